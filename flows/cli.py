@@ -1,0 +1,91 @@
+"""`vitsflow`: the command line. Each pipeline command runs one stage's Prefect flow."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from params paths; never a surprise download
+
+app = typer.Typer(help="Reproducible data and training pipeline for Bert-VITS2 text-to-speech.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+PARAMS = typer.Option("params.yaml", "--params", "-p", help="The pipeline's params file.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _run(flow_name: str, **kwargs) -> dict:
+    from flows import stages
+    from tasks.config import ConfigError
+    from tasks.datasets import DatasetError
+
+    try:
+        flow = stages.with_workers(getattr(stages, flow_name), kwargs["params_path"])
+        return flow(**kwargs)
+    except (ConfigError, DatasetError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def validate(params: str = PARAMS) -> None:
+    """Check params.yaml against the schema and print the parsed configuration."""
+    from tasks.config import ConfigError, load_params
+
+    try:
+        parsed = load_params(params)
+    except ConfigError as err:
+        _fail(str(err))
+    typer.echo(json.dumps(parsed.model_dump(), indent=2, ensure_ascii=False))
+
+
+@app.command()
+def demo(params: str = PARAMS) -> None:
+    """Stage `demo`: synthesise the embedded multilingual demo corpus with espeak-ng."""
+    _run("demo_flow", params_path=params)
+
+
+@app.command()
+def ingest(params: str = PARAMS, out: str = typer.Option("data/ingest", help="Output folder.")) -> None:
+    """Stage `ingest`: decode, resample, condition, dedup, shard and split every dataset."""
+    _run("ingest_flow", params_path=params, out=out)
+
+
+@app.command()
+def text(params: str = PARAMS,
+         ingest_dir: str = typer.Option("data/ingest", "--in", help="The ingest stage's folder."),
+         out: str = typer.Option("data/text", help="Output folder.")) -> None:
+    """Stage `text`: normalisation and G2P (phones, tones, word2ph) for every utterance."""
+    _run("text_flow", params_path=params, ingest_dir=ingest_dir, out=out)
+
+
+@app.command()
+def g2p(text_: str = typer.Argument(..., metavar="TEXT", help="The sentence to convert."),
+        lang: str = typer.Option(..., "--lang", "-l", help="A language code from params.yaml (zh, ja, en, ...)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON (the default prints it too)."),
+        params: str = PARAMS) -> None:
+    """Print normalised text, phones, tones (language-local) and word2ph for one sentence."""
+    from tasks.config import ConfigError, find_repo_root, load_params
+    from tasks.text import g2p_json
+
+    try:
+        p = load_params(params)
+        result = g2p_json(p, find_repo_root(Path(params)), lang, text_)
+    except (ConfigError, KeyError) as err:
+        _fail(str(err).strip("'\""))
+    typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Bert-VITS2 as a pure PyTorch library: imports nothing from `tasks` or `flows`."""

@@ -1,0 +1,107 @@
+"""Audio decoding and conditioning for ingest: decode, mono, resample, trim, loudness, int16."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+SUPPORTED_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3"}
+
+
+class AudioError(ValueError):
+    """This clip cannot be used; the message is the reason written to the rejects report."""
+
+
+def decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """Bytes of a wav/flac/ogg/mp3 file -> (mono float32 samples, sample rate)."""
+    import soundfile as sf
+
+    ext = ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise AudioError(f"unsupported format {ext or '(no extension)'!r}; expected one of "
+                         f"{sorted(SUPPORTED_EXTENSIONS)}")
+    if not data:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as err:
+        text = str(err).lower()
+        if "unsupported" in text or "not supported" in text:
+            raise AudioError(f"unsupported encoding: {err}") from None
+        raise AudioError(f"not a readable audio file (corrupt or not {ext[1:]}): {err}") from None
+    except (RuntimeError, ValueError) as err:
+        raise AudioError(f"not a readable audio file: {err}") from None
+    if samples.shape[0] == 0:
+        raise AudioError("audio stream has no samples")
+    if not np.isfinite(samples).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    return samples.mean(axis=1), int(sr)  # downmix: the mean keeps the level of a centred voice
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    if sr_in == sr_out:
+        return x
+    import soxr
+
+    return soxr.resample(x, sr_in, sr_out, quality="VHQ").astype(np.float32)
+
+
+def trim_silence(x: np.ndarray, sr: int, top_db: float, frame_ms: float = 20.0) -> np.ndarray:
+    """Cut leading and trailing frames whose RMS is more than `top_db` below the loudest frame."""
+    frame = max(1, int(sr * frame_ms / 1000))
+    n = len(x) // frame
+    if n == 0:
+        return x
+    rms = np.sqrt(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-20)
+    db = 20 * np.log10(rms / rms.max())
+    loud = np.flatnonzero(db > -top_db)
+    start, end = loud[0] * frame, min(len(x), (loud[-1] + 1) * frame)
+    return x[start:end]
+
+
+def normalize_loudness(x: np.ndarray, sr: int, target_lufs: float) -> np.ndarray:
+    import pyloudnorm
+
+    meter = pyloudnorm.Meter(sr)
+    if len(x) < int(meter.block_size * sr):  # BS.1770 needs one 400 ms block; leave short clips alone
+        return x
+    loudness = meter.integrated_loudness(x.astype(np.float64))
+    if not np.isfinite(loudness):
+        return x
+    return (x * 10 ** ((target_lufs - loudness) / 20)).astype(np.float32)
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    if peak > 0.999:  # scale down rather than clip after loudness gain
+        x = x * (0.999 / peak)
+    return np.round(x * 32767).astype("<i2")
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    sample_rate: int
+    loudness_lufs: Optional[float]
+    trim_db: Optional[float]
+    min_seconds: float
+    max_seconds: float
+
+
+def condition(data: bytes, name: str, s: AudioSettings) -> np.ndarray:
+    """Source file bytes -> int16 mono PCM at `s.sample_rate`, or AudioError with the reason."""
+    x, sr = decode(data, name)
+    if float(np.abs(x).max()) == 0.0:
+        raise AudioError("silent clip (every sample is zero)")
+    x = resample(x, sr, s.sample_rate)
+    if s.trim_db is not None:
+        x = trim_silence(x, s.sample_rate, s.trim_db)
+    seconds = len(x) / s.sample_rate
+    if seconds < s.min_seconds:
+        raise AudioError(f"too short: {seconds:.3f} s < min_seconds {s.min_seconds}")
+    if seconds > s.max_seconds:
+        raise AudioError(f"too long: {seconds:.3f} s > max_seconds {s.max_seconds}")
+    if s.loudness_lufs is not None:
+        x = normalize_loudness(x, s.sample_rate, s.loudness_lufs)
+    return to_int16(x)
