@@ -27,10 +27,10 @@ def decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
     try:
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:
-        text = str(err).lower()
-        if "unsupported" in text or "not supported" in text:
-            raise AudioError(f"unsupported encoding: {err}") from None
-        raise AudioError(f"not a readable audio file (corrupt or not {ext[1:]}): {err}") from None
+        text = err.error_string  # str(err) names the BytesIO's address: not reproducible
+        if "unsupported" in text.lower() or "not supported" in text.lower():
+            raise AudioError(f"unsupported encoding: {text}") from None
+        raise AudioError(f"not a readable audio file (corrupt or not {ext[1:]}): {text}") from None
     except (RuntimeError, ValueError) as err:
         raise AudioError(f"not a readable audio file: {err}") from None
     if samples.shape[0] == 0:

@@ -31,8 +31,9 @@ _CURRENCY_RX = re.compile(r"([$¥£€])([0-9.]*[0-9])")
 _NUMBER_RX = re.compile(r"([0-9]+)(?:\.([0-9]+))?")
 _DIGITS = "零一二三四五六七八九"
 
-# Applied after NFKC, so full-width forms already arrived as ASCII (upstream also lists the
-# full-width keys; after NFKC those never match, which is why upstream drops `:` and `;`).
+# `normalize` applies this after NFKC, where `：` and `；` have already become ASCII; upstream
+# only lists the full-width forms and so deletes colons. The full-width keys still matter for
+# OpenJTalk's word surfaces, which echo ASCII punctuation as full width (see `text_to_words`).
 _PUNCT_MAP = {
     ":": ",", ";": ",", "，": ",", "、": ",", "·": ",", "・": ",",
     "。": ".", "．": ".", "\n": ".", "$": ".", "！": "!", "？": "?",
@@ -77,7 +78,8 @@ def replace_punctuation(text: str) -> str:
 def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)  # full-width Latin/digits/punctuation -> ASCII
     text = convert_numbers(text)
-    text = text.replace("~", _LONG)  # upstream reads wave dashes as the long-vowel mark
+    # Upstream reads wave dashes (~, and ～ which NFKC made ~) as the long-vowel mark; 〜 too.
+    text = text.replace("~", _LONG).replace("〜", _LONG)
     text = replace_punctuation(text)
     # Combining (han)dakuten left by NFKC on e.g. "あ゛" would reach OpenJTalk bare.
     return text.replace("\u3099", "").replace("\u309a", "")

@@ -64,30 +64,38 @@ def _read_digits(digits: str, phone_style: bool = False) -> str:
 
 
 def _read_number(number: str) -> str:
-    """A signed integer or decimal as a quantity; codes with leading zeros digit by digit."""
-    sign, unsigned = ("负", number[1:]) if number.startswith("-") else ("", number)
-    integer, _, fraction = unsigned.partition(".")
+    """An unsigned integer or decimal as a quantity; codes with leading zeros digit by digit."""
+    integer, _, fraction = number.partition(".")
     if (len(integer) > 1 and integer.startswith("0")) or len(integer) > _MAX_CN2AN_DIGITS:
-        spoken = _read_digits(integer) + ("点" + _read_digits(fraction) if fraction else "")
-    else:
-        spoken = cn2an.an2cn(unsigned)
-    return sign + spoken
+        return _read_digits(integer) + ("点" + _read_digits(fraction) if fraction else "")
+    return cn2an.an2cn(number)
+
+
+def _read_small(number: str) -> str:
+    """A month, day, hour or minute: leading zeros are not spoken (03月 -> 三月)."""
+    return cn2an.an2cn(str(int(number)))
 
 
 def _read_date(m: re.Match) -> str:
     year, month, day = m.group("year", "month", "day")
     if not (1 <= int(month) <= 12 and 1 <= int(day) <= 31):
         return m.group(0)
-    return f"{_read_digits(year)}年{cn2an.an2cn(str(int(month)))}月{cn2an.an2cn(str(int(day)))}日"
+    return f"{_read_digits(year)}年{_read_small(month)}月{_read_small(day)}日"
+
+
+def _read_clock_minutes(number: str) -> str:
+    """Minutes and seconds keep a spoken zero below ten: 10:05 -> 十点零五分."""
+    value = int(number)
+    return ("零" if 0 < value < 10 else "") + cn2an.an2cn(str(value))
 
 
 def _read_time(m: re.Match) -> str:
     hour, minute, second = m.group("hour", "minute", "second")
-    spoken = ("两" if int(hour) == 2 else cn2an.an2cn(str(int(hour)))) + "点"
+    spoken = ("两" if int(hour) == 2 else _read_small(hour)) + "点"  # 两点, not 二点
     if int(minute) or second:
-        spoken += ("零" if minute.startswith("0") and int(minute) else "") + cn2an.an2cn(str(int(minute))) + "分"
+        spoken += _read_clock_minutes(minute) + "分"
     if second:
-        spoken += ("零" if second.startswith("0") and int(second) else "") + cn2an.an2cn(str(int(second))) + "秒"
+        spoken += _read_clock_minutes(second) + "秒"
     return spoken
 
 
@@ -97,9 +105,7 @@ def _read_phone(m: re.Match) -> str:
 
 
 def _read_percent(m: re.Match) -> str:
-    number = m.group("number")
-    sign, unsigned = ("负", number[1:]) if number.startswith("-") else ("", number)
-    return f"{sign}百分之{_read_number(unsigned)}"
+    return "百分之" + _read_number(m.group("number"))
 
 
 def _read_currency(m: re.Match) -> str:
@@ -110,27 +116,31 @@ def _read_fraction(m: re.Match) -> str:
     return f"{_read_number(m.group('denominator'))}分之{_read_number(m.group('numerator'))}"
 
 
-_NUMBER = r"-?\d+(?:\.\d+)?"
-# Applied in order: the specific patterns must claim their digits before the generic number rule.
-_NUMBER_RULES: list[tuple[re.Pattern, Callable[[re.Match], str] | str]] = [
+_NUMBER = r"\d+(?:\.\d+)?"
+# Applied in order: the specific patterns claim their digits before the generic number rule.
+_NUMBER_RULE_SOURCES: list[tuple[str, Callable[[re.Match], str] | str]] = [
     # thousands separators: 1,234,567 -> 1234567
-    (re.compile(r"(?<=\d),(?=\d{3}(?!\d))"), ""),
+    (r"(?<=\d),(?=\d{3}(?!\d))", ""),
     # 2024-03-05, 2024/3/5, 2024.03.05, 2024年3月5日
-    (re.compile(r"(?<!\d)(?P<year>\d{4})\s*[-/.年]\s*(?P<month>\d{1,2})\s*[-/.月]\s*(?P<day>\d{1,2})(?!\d)[日号]?"),
+    (r"(?<!\d)(?P<year>\d{4})\s*[-/.年]\s*(?P<month>\d{1,2})\s*[-/.月]\s*(?P<day>\d{1,2})(?!\d)[日号]?",
      _read_date),
     # a four-digit year is read digit by digit: 2024年 -> 二零二四年
-    (re.compile(r"(?<!\d)(\d{4})(?=年)"), lambda m: _read_digits(m.group(1))),
+    (r"(?<!\d)\d{4}(?=年)", lambda m: _read_digits(m.group(0))),
+    # a lone month or day: 03月 -> 三月
+    (r"(?<!\d)\d{1,2}(?=[月日号])", lambda m: _read_small(m.group(0))),
     # 10:30, 08:05:09
-    (re.compile(r"(?<!\d)(?P<hour>[01]?\d|2[0-4]):(?P<minute>[0-5]\d)(?::(?P<second>[0-5]\d))?(?!\d)"), _read_time),
+    (r"(?<!\d)(?P<hour>[01]?\d|2[0-4]):(?P<minute>[0-5]\d)(?::(?P<second>[0-5]\d))?(?!\d)", _read_time),
     # mobile numbers, area code + number, and dash-grouped numbers (400-800-1234)
-    (re.compile(r"(?<!\d)(?:1[3-9]\d{9}|0\d{2,3}-\d{7,8}|\d{3}-\d{3,4}-\d{4})(?!\d)"), _read_phone),
-    (re.compile(rf"(?P<number>{_NUMBER})\s*%"), _read_percent),
-    (re.compile(rf"(?P<symbol>[¥$€£])\s*(?P<number>{_NUMBER})"), _read_currency),
-    (re.compile(r"(?<![\d/])(?P<numerator>\d+)/(?P<denominator>\d+)(?![\d/])"), _read_fraction),
+    (r"(?<!\d)(?:1[3-9]\d{9}|0\d{2,3}-\d{7,8}|\d{3}-\d{3,4}-\d{4})(?!\d)", _read_phone),
     # '-' is a minus sign unless it joins two numbers or letters (3-5, A-1)
-    (re.compile(r"(?<![0-9A-Za-z])-(?=\d)"), "负"),
-    (re.compile(r"\d+(?:\.\d+)?"), lambda m: _read_number(m.group(0))),
+    (r"(?<![0-9A-Za-z])-(?=\d)", "负"),
+    (rf"(?P<number>{_NUMBER})\s*%", _read_percent),
+    (rf"(?P<symbol>[¥$€£])\s*(?P<number>{_NUMBER})", _read_currency),
+    (r"(?<![\d/])(?P<numerator>\d+)/(?P<denominator>\d+)(?![\d/])", _read_fraction),
+    (_NUMBER, lambda m: _read_number(m.group(0))),
 ]
+# ASCII-only: \d means 0-9 (digits of other scripts are dropped later with other symbols).
+_NUMBER_RULES = [(re.compile(pattern, re.ASCII), replacement) for pattern, replacement in _NUMBER_RULE_SOURCES]
 
 
 def _verbalize_numbers(text: str) -> str:
@@ -427,7 +437,7 @@ def _syllable_phones(initial: str, final: str) -> tuple[list[str], int]:
     """Phones and tone of one syllable; UNK for a character pypinyin cannot read."""
     tone = _tone(final)
     phones = _PINYIN_TO_PHONES.get(_spelled_pinyin(initial, final[:-1]))
-    if phones is None or tone not in "12345" or not tone:
+    if phones is None or tone not in {"1", "2", "3", "4", "5"}:
         return [_UNKNOWN], 0
     return phones, int(tone)
 
