@@ -3,7 +3,8 @@
 Each language is written in a different source layout and audio format so that ingest's
 readers and decoders all get exercised:
 
-    en/  LJSpeech   metadata.csv (id|text|normalized text), wavs/<id>.wav
+    en_m1/, en_f1/  LJSpeech (no speaker column: one folder per voice)
+                    metadata.csv (id|text|normalized text), wavs/<id>.wav
     zh/  bv2 list   filelist.list (wav_path|speaker|ZH|text), wavs/<id>.flac
     ja/  JSONL      metadata.jsonl ({"audio", "text", "speaker"}), audio/<id>.ogg (Vorbis)
     de/  bv2 list   filelist.list (wav_path|speaker|DE|text), wavs/<id>.mp3
@@ -202,6 +203,17 @@ def metadata(language: str, utterances: list[Utterance]) -> tuple[str, str]:
         for u in utterances)
 
 
+def dataset_folders(language: str, utterances: list[Utterance]) -> dict[str, list[Utterance]]:
+    """Folder name -> its utterances: one per language, or one per voice where the format has no
+    speaker column (LJSpeech), so that each folder is a dataset with a fixed speaker."""
+    if LAYOUTS[language].layout != "ljspeech":
+        return {language: utterances}
+    folders: dict[str, list[Utterance]] = {}
+    for utt in utterances:
+        folders.setdefault(utt.voice.speaker, []).append(utt)
+    return folders
+
+
 def _render(utt: Utterance, root: Path) -> int:
     """Synthesise, encode and write one clip under `root`; returns its length in samples."""
     samples = synthesize(utt.spoken, utt.voice)
@@ -235,19 +247,20 @@ def make_demo_corpus(sentences_dir: Path, out_dir: Path, jobs: int | None = None
     plans = {lang: plan(lang, read_sentences(sentences_dir / f"{lang}.txt")) for lang in languages}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = {lang: Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{lang}.partial-")) for lang in languages}
+    folders = {name: utts for lang in languages for name, utts in dataset_folders(lang, plans[lang]).items()}
+    staging = {name: Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.partial-")) for name in folders}
     try:
-        work = [(utt, staging[lang]) for lang in languages for utt in plans[lang]]
+        work = [(utt, staging[name]) for name, utts in folders.items() for utt in utts]
         with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
             lengths = list(pool.map(lambda job: _render(*job), work))
-        for lang in languages:
-            name, content = metadata(lang, plans[lang])
-            (staging[lang] / name).write_text(content, encoding="utf-8")
-            _swap_in(staging[lang], out_dir / lang)
+        for name, utts in folders.items():
+            file_name, content = metadata(utts[0].language, utts)
+            (staging[name] / file_name).write_text(content, encoding="utf-8")
+            _swap_in(staging[name], out_dir / name)
     finally:
         for path in staging.values():
             shutil.rmtree(path, ignore_errors=True)
-    return summarize(plans, [utt for lang in languages for utt in plans[lang]], lengths)
+    return summarize(plans, [utt for utts in folders.values() for utt in utts], lengths)
 
 
 def summarize(plans: dict[str, list[Utterance]], utterances: list[Utterance], lengths: list[int]) -> dict:

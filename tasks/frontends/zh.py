@@ -24,7 +24,7 @@ NUM_TONES = 6  # 0 for punctuation and padding, 1-4 lexical tones, 5 neutral ton
 
 jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary loading on first use
 
-DATA = Path(__file__).parent / "data"
+_DATA = Path(__file__).parent / "data"
 Segment = tuple[str, str]  # (word, jieba part-of-speech tag)
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def normalize(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 _NEUTRAL_TONE_WORDS = frozenset(
-    word for line in (DATA / "zh-neutral-tone-words.txt").read_text(encoding="utf-8").splitlines()
+    word for line in (_DATA / "zh-neutral-tone-words.txt").read_text(encoding="utf-8").splitlines()
     if not line.startswith("#") for word in line.split()
 )
 # Words that look like they take a neutral suffix (…子, reduplication) but keep the full tone.
@@ -412,7 +412,7 @@ def _merge_for_sandhi(seg: list[Segment]) -> list[Segment]:
 _PINYIN_TO_PHONES: dict[str, list[str]] = {
     pinyin: phones.split(" ")
     for pinyin, phones in (line.split("\t") for line in
-                           (DATA / "opencpop-strict.txt").read_text(encoding="utf-8").splitlines() if line)
+                           (_DATA / "opencpop-strict.txt").read_text(encoding="utf-8").splitlines() if line)
 }
 # pypinyin gives standard finals; after an initial the table spells them abbreviated (gui, liu, lun).
 _ABBREVIATED_FINALS = {"uei": "ui", "iou": "iu", "uen": "un"}
