@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from params paths; never a surprise download
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from a temporary server
 
 app = typer.Typer(help="Reproducible data and training pipeline for Bert-VITS2 text-to-speech.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

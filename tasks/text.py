@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from transformers import AutoTokenizer  # at import: transformers' lazy imports race in worker threads
+
 from tasks.config import LanguageConfig, Params, resolve_model_path
 from tasks.datasets import Reject
 from tasks.frontends import backend_info, g2p, normalize
@@ -30,8 +32,6 @@ def tokenizer_for(root: Path, lang: LanguageConfig):
     cache = _local.__dict__.setdefault("tokenizers", {})
     key = (lang.bert.model, lang.bert.revision)
     if key not in cache:
-        from transformers import AutoTokenizer
-
         cache[key] = AutoTokenizer.from_pretrained(resolve_model_path(root, lang.bert.model),
                                                    revision=lang.bert.revision)
     return cache[key]

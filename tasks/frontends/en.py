@@ -90,7 +90,7 @@ _CURRENCY_SUFFIX_RE = re.compile(rf"(?<![\w.,])({_NUM}){_MAGNITUDE}\s?([$£€])
 _PERCENT_RE = re.compile(rf"({_NUM})\s?%")
 _ORDINAL_RE = re.compile(r"\b(\d{1,3}(?:,\d{3})+|\d+)(st|nd|rd|th)\b", re.IGNORECASE)
 _DECADE_RE = re.compile(r"\b(\d{1,3}0)'?s\b")
-_TIME_RE = re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)\b")
+_TIME_RE = re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)(?!\d)")
 _LETTER_DIGIT_RE = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
 _NEGATIVE_RE = re.compile(rf"(?<![\w.,-])-(?=(?:{_NUM}))")
 _NUMBER_RE = re.compile(_NUM)
@@ -192,8 +192,13 @@ def _time(m: re.Match) -> str:
 
 
 def _sub_padded(pattern: re.Pattern, spell: Callable[[re.Match], str], text: str) -> str:
-    """Replace and keep the words apart from whatever touches the match ("mp3" -> "mp three")."""
-    return pattern.sub(lambda m: f" {spell(m)} ", text)
+    """Replace, keeping the words apart from letters or digits touching the match ("mp3" -> "mp three")."""
+
+    def replace(m: re.Match) -> str:
+        before, after = m.string[m.start() - 1:m.start()], m.string[m.end():m.end() + 1]
+        return f"{' ' if before.isalnum() else ''}{spell(m)}{' ' if after.isalnum() else ''}"
+
+    return pattern.sub(replace, text)
 
 
 def normalize_numbers(text: str) -> str:
@@ -239,7 +244,7 @@ def _drop_controls(text: str) -> str:
 def normalize(text: str) -> str:
     text = _drop_controls(text)
     # A line break ends a sentence (upstream maps "\n" to "."), unless punctuation already does.
-    text = re.sub(r"(?<=[.!?,…;:])[ \t\r]*\n[\s]*", " ", text.strip())
+    text = re.sub(r"(?<=[.!?,…;:。！？，；：、])[ \t\r]*\n\s*", " ", text.strip())
     text = re.sub(r"[ \t\r]*\n\s*", ". ", text)
     text = expand_abbreviations(text)
     text = text.replace("&", " and ")
@@ -247,7 +252,7 @@ def normalize(text: str) -> str:
     text = text.replace("%", " percent ")
     text = replace_punctuation(text)
     text = _SPACE_AFTER_PUNCT_RE.sub(r"\1 \2", text)
-    # Number expansion pads with spaces; none belongs before a pause mark ("in 1455 ." -> "in 1455.").
+    # No space before a pause mark ("Hello , world" -> "Hello, world"); the words stay the same.
     return _SPACE_BEFORE_PUNCT_RE.sub(r"\1", " ".join(text.split()))
 
 

@@ -34,9 +34,10 @@ Segment = tuple[str, str]  # (word, jieba part-of-speech tag)
 _DIGITS = "零一二三四五六七八九"
 _MAX_CN2AN_DIGITS = 16  # cn2an refuses longer integers
 
-# Full-width and typographic variants of the characters the number rules look for.
+# Full-width and typographic variants of the characters the number rules look for
+# (so ２０％ and −5 are read; upstream drops them).
 _HALF_WIDTH = str.maketrans({**{chr(0xFF10 + i): str(i) for i in range(10)},
-                             "％": "%", "￥": "¥", "＄": "$", "－": "-", "−": "-", "：": ":", "／": "/"})
+                             "％": "%", "￥": "¥", "＄": "$", "－": "-", "−": "-", "／": "/"})
 
 _CURRENCY_UNITS = {"¥": "元", "$": "美元", "€": "欧元", "£": "英镑"}
 
@@ -128,8 +129,8 @@ _NUMBER_RULE_SOURCES: list[tuple[str, Callable[[re.Match], str] | str]] = [
     (r"(?<!\d)\d{4}(?=年)", lambda m: _read_digits(m.group(0))),
     # a lone month or day: 03月 -> 三月
     (r"(?<!\d)\d{1,2}(?=[月日号])", lambda m: _read_small(m.group(0))),
-    # 10:30, 08:05:09
-    (r"(?<!\d)(?P<hour>[01]?\d|2[0-4]):(?P<minute>[0-5]\d)(?::(?P<second>[0-5]\d))?(?!\d)", _read_time),
+    # 10:30, 08:05:09, 10：30
+    (r"(?<!\d)(?P<hour>[01]?\d|2[0-4])[:：](?P<minute>[0-5]\d)(?:[:：](?P<second>[0-5]\d))?(?!\d)", _read_time),
     # mobile numbers, area code + number, and dash-grouped numbers (400-800-1234)
     (r"(?<!\d)(?:1[3-9]\d{9}|0\d{2,3}-\d{7,8}|\d{3}-\d{3,4}-\d{4})(?!\d)", _read_phone),
     # '-' is a minus sign unless it joins two numbers or letters (3-5, A-1)
@@ -140,7 +141,8 @@ _NUMBER_RULE_SOURCES: list[tuple[str, Callable[[re.Match], str] | str]] = [
     (_NUMBER, lambda m: _read_number(m.group(0))),
 ]
 # ASCII-only: \d means 0-9 (digits of other scripts are dropped later with other symbols).
-_NUMBER_RULES = [(re.compile(pattern, re.ASCII), replacement) for pattern, replacement in _NUMBER_RULE_SOURCES]
+_NUMBER_RULES = [(re.compile(pattern, re.ASCII), replacement)
+                 for pattern, replacement in _NUMBER_RULE_SOURCES]
 
 
 def _verbalize_numbers(text: str) -> str:
@@ -295,7 +297,8 @@ def _third_tone_sandhi(word: str, finals: list[str]) -> list[str]:
             for i, half in enumerate(halves):
                 if len(half) == 2 and _all_third_tone(half):  # 所有/人
                     half[0] = _with_tone(half[0], "2")
-                elif i == 1 and not _all_third_tone(half) and _tone(half[0]) == "3" and _tone(halves[0][-1]) == "3":
+                elif (i == 1 and not _all_third_tone(half)
+                      and _tone(half[0]) == "3" and _tone(halves[0][-1]) == "3"):
                     halves[0][-1] = _with_tone(halves[0][-1], "2")  # 好/喜欢
             finals = halves[0] + halves[1]
     elif len(word) == 4:  # idioms: two words of two syllables
@@ -419,7 +422,7 @@ _ABBREVIATED_FINALS = {"uei": "ui", "iou": "iu", "uen": "un"}
 # Without an initial, the table spells the syllable with y/w (yi, wu, ya, yuan).
 _ZERO_INITIAL_SYLLABLES = {"ing": "ying", "i": "yi", "in": "yin", "u": "wu"}
 _ZERO_INITIAL_GLIDES = {"v": "yu", "i": "y", "u": "w"}
-_UNKNOWN = "UNK"
+_UNKNOWN = "UNK"  # in the base symbol table for exactly this
 
 
 def _spelled_pinyin(initial: str, final: str) -> str:
@@ -442,6 +445,13 @@ def _syllable_phones(initial: str, final: str) -> tuple[list[str], int]:
     return phones, int(tone)
 
 
+def _word_phones(word: str, pos: str) -> list[tuple[list[str], int]]:
+    """Phones and tone of each character of a word; punctuation is its own phone, tone 0."""
+    finals = _apply_sandhi(word, pos, _finals(word))
+    return [([char], 0) if char in PUNCTUATION else _syllable_phones(initial, final)
+            for char, initial, final in zip(word, _initials(word), finals, strict=True)]
+
+
 _SENTENCE_END_RE = re.compile(f"(?<=[{re.escape(''.join(PUNCTUATION))}])")
 _NORMALIZED_RE = re.compile(f"[{_ALLOWED_CLASS}]*")
 
@@ -457,10 +467,9 @@ def g2p(norm_text: str, tokenizer=None) -> tuple[list[str], list[int], list[int]
     phones, tones, word2ph = ["_"], [0], [1]
     # Upstream segments each clause separately; that changes jieba's cuts, so keep it.
     for sentence in filter(None, _SENTENCE_END_RE.split(norm_text)):
-        for word, pos in _merge_for_sandhi(psg.lcut(sentence)):
-            finals = _apply_sandhi(word, pos, _finals(word))
-            for char, initial, final in zip(word, _initials(word), finals, strict=True):
-                char_phones, tone = ([char], 0) if char in PUNCTUATION else _syllable_phones(initial, final)
+        segments = [(word, pos) for word, pos in psg.lcut(sentence)]  # jieba pairs -> tuples
+        for word, pos in _merge_for_sandhi(segments):
+            for char_phones, tone in _word_phones(word, pos):
                 phones += char_phones
                 tones += [tone] * len(char_phones)
                 word2ph.append(len(char_phones))

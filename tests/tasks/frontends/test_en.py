@@ -157,10 +157,16 @@ def test_oov_word_with_hyphen_keeps_dictionary_parts_and_the_hyphen_phone():
     assert tones[phones.index("-")] == 0
 
 
-def test_possessive_of_a_dictionary_word_adds_the_right_suffix():
-    assert en.word_phones("Gutenberg's")[0][-1] == "z"  # voiced ending: -z (if not in CMUdict itself)
-    stem, _ = en.word_phones("ulrich")
-    assert en.word_phones("ulrich's")[0] in (stem + ["s"], stem + ["ih", "z"])
+@pytest.mark.parametrize("stem,suffix,suffix_tones", [
+    ("gutenberg", ["z"], [3]),  # voiced ending
+    ("gothic", ["s"], [3]),  # voiceless ending
+    ("ulrich", ["ih", "z"], [1, 3]),  # sibilant ending
+    ("bus", ["ih", "z"], [1, 3]),
+])
+def test_possessive_of_a_dictionary_word_adds_s_z_or_ih_z(stem, suffix, suffix_tones):
+    assert stem in en._lexicon() and f"{stem}'s" not in en._lexicon()
+    phones, tones = en.word_phones(stem)
+    assert en.word_phones(f"{stem.title()}'s") == (phones + suffix, tones + suffix_tones)
 
 
 def test_accented_letters_are_looked_up_without_accents():

@@ -3,7 +3,7 @@ import pytest
 
 from tasks import frontends
 from tasks.frontends import zh
-from tasks.frontends.symbols import BASE_SYMBOLS
+from tasks.frontends.symbols import BASE_SYMBOLS, PUNCTUATION
 
 ORDINARY_SENTENCES = [
     "你好,我不是一个老师.",
@@ -76,8 +76,8 @@ def test_pinyin_maps_to_opencpop_strict_phones(text, expected):
 def test_punctuation_is_its_own_phone_with_tone_zero():
     assert syllables("好!真的?") == [("h", "ao", 3), ("!", 0), ("zh", "en", 1), ("d", "e", 5), ("?", 0)]
     text = "对,是.好…'行'-吗!"
-    punct = [s for s in syllables(text) if s[0] in zh.PUNCTUATION]
-    assert punct == [(c, 0) for c in text if c in zh.PUNCTUATION]
+    punct = [s for s in syllables(text) if s[0] in PUNCTUATION]
+    assert punct == [(c, 0) for c in text if c in PUNCTUATION]
 
 
 def test_pads_wrap_the_sequence_with_tone_zero_and_one_slot_each():
@@ -142,7 +142,8 @@ def test_registry_exposes_the_zh_frontend(minilm_tokenizer):
     ("2:05", "两点零五分"),
     ("08:00", "八点"),
     ("1/2的人", "二分之一的人"),
-    ("２０２４年", "二零二四年"),                # full-width digits
+    ("２０２４年", "二零二四年"),                # full-width forms
+    ("１０：３０，涨了２０％", "十点三十分,涨了百分之二十"),
     ("12345678901234567890", "一二三四五六七八九零一二三四五六七八九零"),  # too long for a quantity
 ])
 def test_normalize_spells_out_numbers(raw, expected):
