@@ -32,11 +32,13 @@ def text_chunk_task(chunk, params, root):
     return text.text_chunk(list(chunk), params, root)
 
 
-def _log_summary(stage: str, summary: dict, started: float) -> None:
-    logger = get_run_logger()
-    rate = summary["utterances"] / max(time.perf_counter() - started, 1e-9)
-    logger.info("%s: %d utterances, %d rejects, %.1f s (%.1f utt/s)\n%s", stage, summary["utterances"],
-                summary["rejects"], time.perf_counter() - started, rate, json.dumps(summary, indent=2))
+def _log_summary(stage: str, summary: dict, started: float) -> dict:
+    """Log the stage's summary; return it with the wall time (which the outs never contain)."""
+    seconds = time.perf_counter() - started
+    get_run_logger().info("%s: %d utterances, %d rejects, %.1f s (%.1f utt/s)\n%s", stage, summary["utterances"],
+                          summary["rejects"], seconds, summary["utterances"] / max(seconds, 1e-9),
+                          json.dumps(summary, indent=2))
+    return {**summary, "seconds": round(seconds, 3)}
 
 
 @flow(name="demo", log_prints=True)
@@ -60,9 +62,7 @@ def ingest_flow(params_path: str = "params.yaml", out: str = "data/ingest") -> d
     writer.rejects += plan.rejects
     run_chunks(ingest_chunk_task, plan.utterances, params.ingest.chunk_size, params.runtime.in_flight_chunks,
                "ingest", writer.add, storages=plan.storages, settings=ingest.audio_settings(params))
-    summary = writer.finish(params)
-    _log_summary("ingest", summary, started)
-    return summary
+    return _log_summary("ingest", writer.finish(params), started)
 
 
 @flow(name="text")
@@ -74,9 +74,7 @@ def text_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest",
     writer = text.TextWriter(resolve_local(root, out), params.text.shard_mb)
     run_chunks(text_chunk_task, rows, params.text.chunk_size, params.runtime.in_flight_chunks,
                "text", writer.add, params=params, root=root)
-    summary = writer.finish(params)
-    _log_summary("text", summary, started)
-    return summary
+    return _log_summary("text", writer.finish(params), started)
 
 
 def with_workers(f, params_path: str):

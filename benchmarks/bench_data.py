@@ -1,0 +1,98 @@
+"""Throughput and memory of the data half: utterances/s of `ingest` and `text` on the demo corpus,
+and peak RSS at 1x and 4x the corpus size (it must stay flat: the stages stream).
+
+    .venv/bin/python benchmarks/bench_data.py [--copies 1 4]
+
+Each size runs in a fresh child process (the stage flows, as `dvc repro` runs them, with a
+temporary Prefect server whose start-up is not counted). The Nx corpus is N copies of the demo
+corpus, each copy's audio with its own faint dither so that ingest's dedup keeps every clip.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CHILD = r"""
+import json, resource, sys
+from flows.stages import ingest_flow, text_flow, with_workers
+params, out = sys.argv[1], sys.argv[2]
+ingest = with_workers(ingest_flow, params)(params_path=params, out=out + "/ingest")
+text = with_workers(text_flow, params)(params_path=params, ingest_dir=out + "/ingest", out=out + "/text")
+print("RESULT " + json.dumps({"ingest": ingest, "text": text,
+                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def build_demo(work: Path) -> Path:
+    from tasks.demo import make_demo_corpus
+
+    make_demo_corpus(REPO / "demo" / "sentences", work / "demo")
+    return work / "demo"
+
+
+def dithered_copies(demo: Path, work: Path, copies: int) -> list[dict]:
+    """`copies` jsonl datasets per demo dataset, all audio re-written as dithered wav."""
+    from tasks.config import load_params
+    from tasks.datasets import read_dataset
+
+    params = load_params(REPO / "params.yaml")
+    datasets = []
+    for ds in params.datasets:
+        local = ds.model_copy(update={"path": str(demo / Path(ds.path).name)})
+        storage, utts, _ = read_dataset(local, REPO)
+        for k in range(copies):
+            dest = work / f"x{copies}" / f"{ds.name}_{k}"
+            (dest / "audio").mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(k)
+            lines = []
+            for u in utts:
+                x, sr = sf.read(storage.describe(u.audio))
+                name = f"audio/{Path(u.audio).stem}.wav"
+                sf.write(dest / name, x + rng.normal(0, 1e-4, x.shape), sr)
+                lines.append(json.dumps({"audio": name, "text": u.text, "speaker": u.speaker}, ensure_ascii=False))
+            (dest / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            datasets.append({"name": f"{ds.name}_{k}", "language": ds.language, "path": str(dest), "format": "jsonl"})
+    return datasets
+
+
+def run_size(work: Path, copies: int, demo: Path) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["datasets"] = dithered_copies(demo, work, copies)
+    params_path = work / f"params_x{copies}.yaml"
+    params_path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(params_path), str(work / f"out_x{copies}")],
+                          cwd=REPO, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copies", type=int, nargs="+", default=[1, 4])
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        demo = build_demo(work)
+        print(f"{'size':>5} {'utts':>6} {'audio min':>9} {'ingest utt/s':>12} {'text utt/s':>10} {'peak RSS MB':>11}")
+        for copies in args.copies:
+            r = run_size(work, copies, demo)
+            n = r["ingest"]["utterances"]
+            print(f"{copies:>4}x {n:>6} {r['ingest']['hours'] * 60:>9.1f} {n / r['ingest']['seconds']:>12.1f} "
+                  f"{r['text']['utterances'] / r['text']['seconds']:>10.1f} {r['peak_rss_mb']:>11.0f}")
+
+
+if __name__ == "__main__":
+    main()

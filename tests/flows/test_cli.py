@@ -1,0 +1,48 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["validate"], ["demo"], ["ingest"], ["text"], ["g2p"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, command + ["--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_g2p_prints_upstream_fields_with_language_local_tones():
+    result = runner.invoke(app, ["g2p", "--lang", "ja", "--json", "こんにちは", "--params", str(REPO / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out) == {"norm_text", "phones", "tones", "word2ph"}
+    assert out["phones"] == ["_", "k", "o", "N", "n", "i", "ch", "i", "w", "a", "_"]
+    assert set(out["tones"]) <= {0, 1}  # JP tones before the offset of 6
+    assert sum(out["word2ph"]) == len(out["phones"])
+
+
+def test_g2p_for_an_unregistered_language_is_a_clear_error():
+    result = runner.invoke(app, ["g2p", "--lang", "xx", "hi", "--params", str(REPO / "params.yaml")])
+    assert result.exit_code == 2 and "language 'xx' is not in params.yaml" in result.output
+
+
+def test_validate_reports_the_key_path_of_a_bad_value(tmp_path):
+    bad = (REPO / "params.yaml").read_text().replace("sample_rate: 22050", "sample_rate: fast")
+    (tmp_path / "params.yaml").write_text(bad)
+    result = runner.invoke(app, ["validate", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2
+    assert "audio.sample_rate: got 'fast'" in result.output
+
+
+def test_the_console_script_is_installed():
+    exe = Path(sys.executable).with_name("vitsflow")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ingest" in out.stdout
