@@ -10,6 +10,24 @@ import numpy as np
 SUPPORTED_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".mp3"}
 
 
+# WAV codecs libsndfile decodes: PCM, MS/IMA ADPCM, float, A-law, mu-law, GSM 6.10, MPEG, extensible.
+LIBSNDFILE_WAV_TAGS = {0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x0011, 0x0031, 0x0050, 0x0055, 0xFFFE}
+
+
+def wav_format_tag(data: bytes) -> int | None:
+    """The codec tag of a RIFF/WAVE file's `fmt ` chunk, or None if there is no readable one."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4:pos + 8], "little")
+        if data[pos:pos + 4] == b"fmt ":
+            plausible = 16 <= size <= 64 and pos + 8 + size <= len(data)  # else it is corruption
+            return int.from_bytes(data[pos + 8:pos + 10], "little") if plausible else None
+        pos += 8 + size + (size & 1)
+    return None
+
+
 class AudioError(ValueError):
     """This clip cannot be used; the message is the reason written to the rejects report."""
 
@@ -28,8 +46,9 @@ def decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
         samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:
         text = err.error_string  # str(err) names the BytesIO's address: not reproducible
-        if "unsupported" in text.lower() or "not supported" in text.lower():
-            raise AudioError(f"unsupported encoding: {text}") from None
+        tag = wav_format_tag(data)
+        if tag is not None and tag not in LIBSNDFILE_WAV_TAGS:
+            raise AudioError(f"unsupported encoding: WAV format tag 0x{tag:04x} ({text})") from None
         raise AudioError(f"not a readable audio file (corrupt or not {ext[1:]}): {text}") from None
     except (RuntimeError, ValueError) as err:
         raise AudioError(f"not a readable audio file: {err}") from None

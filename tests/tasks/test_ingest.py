@@ -1,5 +1,6 @@
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,13 @@ from tasks.datasets import DatasetError
 from tasks.ingest import IngestWriter, assign_split, ingest_chunk, plan_ingest, audio_settings
 from tasks.shards import read_jsonl, read_pcm
 from tests.helpers import aishell_bv2_list, ljspeech_subset, write_params
+
+
+def wav_with_codec(tag: int, data: bytes) -> bytes:
+    """A RIFF/WAVE file whose format chunk names codec `tag`."""
+    fmt = struct.pack("<HHIIHH", tag, 1, 22050, 44100, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 def run_ingest(params_path: Path, out: Path) -> dict:
@@ -37,6 +45,7 @@ def corpus(tmp_path, shared_speech):
     (wav / "empty.wav").write_bytes(b"")
     (wav / "notaudio.wav").write_text("this is a text file, not a RIFF wave\n")
     (wav / "clip.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A ")
+    (wav / "codec.wav").write_bytes(wav_with_codec(0x1234, np.zeros(2000, "<i2").tobytes()))
     sf.write(wav / "short.wav", x[: int(sr * 0.1)], sr)
     sf.write(wav / "long.wav", np.tile(x, 3)[: sr * 20], sr)
     sf.write(wav / "stereo.wav", np.stack([x[: sr * 2], x[sr * 4: sr * 6]], axis=1), sr)
@@ -47,7 +56,7 @@ def corpus(tmp_path, shared_speech):
            "wavs/stereo.wav|en_a|EN|a stereo file mixed to mono.",
            "wavs/corrupt.wav|en_a|EN|corrupt.", "wavs/empty.wav|en_a|EN|empty.",
            "wavs/notaudio.wav|en_a|EN|not audio.", "wavs/missing.wav|en_a|EN|missing.",
-           "wavs/clip.m4a|en_a|EN|unsupported.", "wavs/short.wav|en_a|EN|too short.",
+           "wavs/clip.m4a|en_a|EN|unsupported.", "wavs/codec.wav|en_a|EN|unknown codec.", "wavs/short.wav|en_a|EN|too short.",
            "wavs/long.wav|en_a|EN|too long.", f"wavs/{ids[4]}.wav|en_a|EN|   ",
            "wavs/dupe.wav|en_a|EN|a duplicate."]
     (en / "mixed.list").write_text("\n".join(bad) + "\n", encoding="utf-8")
@@ -75,11 +84,12 @@ def test_ingest_rejects_each_bad_input_with_its_reason_and_keeps_every_good_clip
     assert rejects["notaudio"].startswith("not a readable audio file")
     assert rejects["missing"] == "missing audio file"
     assert rejects["clip"].startswith("unsupported format '.m4a'")
+    assert rejects["codec"].startswith("unsupported encoding")
     assert rejects["short"].startswith("too short")
     assert rejects["long"].startswith("too long")
     assert rejects["LJ001-0005"] == "empty transcript"
     assert rejects["dupe"] == "exact duplicate of lj/wavs/LJ001-0001"
-    assert summary["utterances"] == len(rows) and summary["rejects"] == 11
+    assert summary["utterances"] == len(rows) and summary["rejects"] == 12
     assert all(r["source"] for r in read_jsonl(tmp_path / "out" / "rejects.jsonl"))
 
 
