@@ -48,8 +48,10 @@ def check_alignment(language: str, phones: list[str], tones: list[int], word2ph:
     """Why a G2P result is unusable, or None. The model relies on every one of these."""
     if len(phones) != len(tones):
         return f"{len(phones)} phones but {len(tones)} tones"
-    if len(phones) < 3 or phones[0] != "_" or phones[-1] != "_":
-        return "phones must be `_`, at least one phone, `_`"
+    if len(phones) < 3:
+        return "no phones: nothing speakable in the text"
+    if phones[0] != "_" or phones[-1] != "_":
+        return "phones must start and end with `_`"
     if sum(word2ph) != len(phones):
         return f"word2ph sums to {sum(word2ph)}, expected len(phones) = {len(phones)}"
     if len(word2ph) != n_tokens + 2:

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.config import load_params, parse_params
+from tasks.frontends.symbols import BASE_SYMBOLS, SymbolTable
+from tasks.text import check_alignment, symbol_table, text_one, tokenizer_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(REPO / "params.yaml")
+
+
+def row(text: str, language: str) -> dict:
+    return {"id": f"d/{language}", "source": "d:list:1", "text": text, "language": language,
+            "speaker": "s", "split": "train"}
+
+
+@pytest.mark.parametrize("language, text", [("zh", "你好，世界。"), ("ja", "こんにちは。"),
+                                            ("en", "Hello, world."), ("de", "Guten Tag, Welt.")])
+def test_text_one_gives_aligned_phones_for_every_registered_language(params, language, text):
+    lang = params.languages[language]
+    result = text_one(row(text, language), lang, tokenizer_for(REPO, lang))
+    assert result.reject is None, result.reject
+    out = result.row
+    assert out["phones"][0] == out["phones"][-1] == "_" and sum(out["word2ph"]) == len(out["phones"])
+
+
+@pytest.mark.parametrize("language, reason", [("zh", "normalised text is empty"), ("en", "nothing speakable")])
+def test_a_sentence_with_nothing_to_say_is_a_reject_not_a_crash(params, language, reason):
+    lang = params.languages[language]
+    result = text_one(row("🙂🙂", language), lang, tokenizer_for(REPO, lang))
+    assert result.row is None and reason in result.reject.reason
+    assert result.reject.stage == "text" and result.reject.source == "d:list:1"
+
+
+def test_a_g2p_failure_is_a_reject_naming_the_error(params):
+    lang = params.languages["de"].model_copy(update={"g2p_options": {"voice": "not_a_voice"}})
+    result = text_one(row("Guten Tag.", "de"), lang, tokenizer_for(REPO, lang))
+    assert result.reject.reason.startswith("g2p failed: RuntimeError")
+
+
+@pytest.mark.parametrize("phones, tones, word2ph, n_tokens, why", [
+    (["_", "a", "_"], [0, 1, 0], [1, 2, 1], 1, "word2ph sums to 4"),
+    (["_", "a", "_"], [0, 1, 0], [1, 1, 1], 2, "expected BERT tokens + 2 = 4"),
+    (["_", "a", "_"], [0, 1], [1, 1, 1], 1, "3 phones but 2 tones"),
+    (["_", "a", "_"], [0, 9, 0], [1, 1, 1], 1, "tones outside 0..5"),
+    (["_", "ʃ", "_"], [0, 1, 0], [1, 1, 1], 1, "not in the base symbol table"),
+])
+def test_alignment_checks_name_what_is_wrong(phones, tones, word2ph, n_tokens, why):
+    assert why in check_alignment("zh", phones, tones, word2ph, n_tokens, num_tones=6)
+
+
+def test_new_languages_append_symbols_tones_and_ids_after_the_base_table(params):
+    table = symbol_table(params, {"de": {"ʃ", "a", "ç"}, "zh": {"a"}})
+    assert table.symbols[:112] == BASE_SYMBOLS and table.symbols[112:] == ["ç", "ʃ"]  # "a" is a base symbol
+    assert table.language_ids == {"zh": 0, "ja": 1, "en": 2, "de": 3}
+    assert table.tone_offsets["de"] == 12 and table.num_tones == 15
+    ids, tones, langs = table.to_ids(["_", "ʃ", "a", "_"], [0, 1, 0, 0], "de")
+    assert ids == [0, 113, BASE_SYMBOLS.index("a"), 0] and tones == [12, 13, 12, 12] and langs == [3] * 4
+
+
+def test_base_languages_map_to_upstream_ids():
+    zh = SymbolTable().to_ids(["_", "n", "i", "_"], [0, 3, 3, 0], "zh")
+    en = SymbolTable().to_ids(["_", "hh", "_"], [0, 3, 0], "en")
+    assert zh[1] == [0, 3, 3, 0] and zh[2] == [0] * 4
+    assert en[1] == [8, 11, 8] and en[2] == [2] * 3
