@@ -68,6 +68,28 @@ def text(params: str = PARAMS,
 
 
 @app.command()
+def bert(params: str = PARAMS,
+         text_dir: str = typer.Option("data/text", "--in", help="The text stage's folder."),
+         out: str = typer.Option("data/bert", help="Output folder.")) -> None:
+    """Stage `bert`: phone-level BERT features (fp16, sharded), batched, cached by content."""
+    _run("bert_flow", params_path=params, text_dir=text_dir, out=out)
+
+
+@app.command()
+def spec(params: str = PARAMS,
+         ingest_dir: str = typer.Option("data/ingest", "--in", help="The ingest stage's folder."),
+         out: str = typer.Option("data/spec", help="Output folder.")) -> None:
+    """Stage `spec`: linear and mel spectrograms with the model's own STFT (cached or on the fly)."""
+    _run("spec_flow", params_path=params, ingest_dir=ingest_dir, out=out)
+
+
+@app.command()
+def stats(params: str = PARAMS, out: str = typer.Option("reports", help="Output folder.")) -> None:
+    """Stage `stats`: corpus statistics, sampler buckets and dropped clips (metrics, markdown, PNG)."""
+    _run("stats_flow", params_path=params, out=out)
+
+
+@app.command()
 def g2p(text_: str = typer.Argument(..., metavar="TEXT", help="The sentence to convert."),
         lang: str = typer.Option(..., "--lang", "-l", help="A language code from params.yaml (zh, ja, en, ...)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON (the default prints it too)."),

@@ -1,45 +1,48 @@
 """Fan a stage's work out over Prefect tasks, a chunk of items per task, with a progress bar.
 
-A bounded window of chunks is in flight at once, so memory stays flat however large the corpus;
-results come back in submission order, so the outs are identical whatever the concurrency.
+Only the items whose cache key is missing are computed; each chunk's results are committed to the
+stage's cache as they arrive, so an interrupted run resumes where it stopped. A bounded window of
+chunks is in flight at once, so memory stays flat however large the corpus.
 """
 from __future__ import annotations
 
 import sys
 from collections import deque
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+from tasks.cache import ResultCache
 
 
 def progress_bar() -> Progress:
-    from rich.console import Console
-
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(file=sys.stderr), transient=False)
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr))
 
 
-def run_chunks(task: Any, items: Sequence[Any], chunk_size: int, window: int, description: str,
-               on_result: Callable[[Any], None], **kwargs: Any) -> None:
-    """Submit `task(chunk, **kwargs)` per chunk; hand each chunk's result to `on_result` in order."""
+def fill_cache(task: Any, items: Sequence[Any], cache: ResultCache, chunk_size: int, window: int,
+               description: str, **kwargs: Any) -> int:
+    """Run `task(chunk, **kwargs) -> [(key, Entry)]` over the items whose `.key` is not cached.
+
+    Returns how many items were computed (the rest were cache hits)."""
+    missing = cache.missing(item.key for item in items)
+    todo = [item for item in items if item.key in missing]
+    todo = list({item.key: item for item in todo}.values())  # identical inputs are computed once
     pending: deque = deque()
     with progress_bar() as progress:
-        bar = progress.add_task(description, total=len(items))
-        for chunk in chunked(items, chunk_size):
+        bar = progress.add_task(f"{description} ({len(items) - len(todo)} cached)", total=len(todo))
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
             pending.append((len(chunk), task.submit(chunk, **kwargs)))
             if len(pending) >= window:
-                _drain_one(pending, progress, bar, on_result)
+                _drain_one(pending, cache, progress, bar)
         while pending:
-            _drain_one(pending, progress, bar, on_result)
+            _drain_one(pending, cache, progress, bar)
+    return len(todo)
 
 
-def _drain_one(pending: deque, progress: Progress, bar: Any, on_result: Callable[[Any], None]) -> None:
+def _drain_one(pending: deque, cache: ResultCache, progress: Progress, bar: Any) -> None:
     n, future = pending.popleft()
-    on_result(future.result())
+    cache.put_many(future.result())
     progress.advance(bar, n)

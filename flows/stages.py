@@ -1,7 +1,8 @@
 """The pipeline's stages as Prefect flows: thin wrappers over `tasks`, one flow per DVC stage.
 
 Without PREFECT_API_URL each run starts a temporary local server; with it, runs report to that
-server and show in its UI.
+server and show in its UI. Stage modules are imported inside their flows: each stage runs in its
+own process, and only `bert` and `text` should pay for importing torch and transformers.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.fanout import run_chunks
-from tasks import ingest, text
-from tasks.config import find_repo_root, load_params, resolve_local
+from flows.fanout import fill_cache
+from tasks import ingest
+from tasks.cache import ResultCache
+from tasks.config import Params, find_repo_root, load_params, resolve_local
 
 # Chunk tasks are pure functions of their inputs, so a retry is always safe; retries cover
 # transient storage errors (an s3:// dataset) rather than bad data, which becomes a reject.
@@ -24,21 +26,41 @@ RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 
 @task(name="ingest-chunk", **RETRIES)
 def ingest_chunk_task(chunk, storages, settings):
-    return ingest.ingest_chunk(storages, list(chunk), settings)
+    return ingest.ingest_chunk(storages, chunk, settings)
 
 
 @task(name="text-chunk", **RETRIES)
 def text_chunk_task(chunk, params, root):
-    return text.text_chunk(list(chunk), params, root)
+    from tasks import text
+
+    return text.text_chunk(chunk, params, root)
 
 
-def _log_summary(stage: str, summary: dict, started: float) -> dict:
+def stage_cache(params: Params, root: Path, stage: str) -> ResultCache:
+    return ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{stage}.sqlite")
+
+
+@task(name="bert-chunk", **RETRIES)
+def bert_chunk_task(chunk, params, root, device):
+    from tasks import bert
+
+    return bert.bert_chunk(chunk, params, root, device)
+
+
+@task(name="spec-chunk", **RETRIES)
+def spec_chunk_task(chunk, ingest_dir, stft):
+    from tasks import spec
+
+    return spec.spec_chunk(chunk, ingest_dir, stft)
+
+
+def _log_summary(stage: str, summary: dict, started: float, computed: int) -> dict:
     """Log the stage's summary; return it with the wall time (which the outs never contain)."""
     seconds = time.perf_counter() - started
-    get_run_logger().info("%s: %d utterances, %d rejects, %.1f s (%.1f utt/s)\n%s", stage, summary["utterances"],
-                          summary["rejects"], seconds, summary["utterances"] / max(seconds, 1e-9),
+    get_run_logger().info("%s: %d utterances (%d computed, the rest cached), %d rejects, %.1f s\n%s",
+                          stage, summary["utterances"], computed, summary["rejects"], seconds,
                           json.dumps(summary, indent=2))
-    return {**summary, "seconds": round(seconds, 3)}
+    return {**summary, "seconds": round(seconds, 3), "computed": computed}
 
 
 @flow(name="demo", log_prints=True)
@@ -58,25 +80,77 @@ def ingest_flow(params_path: str = "params.yaml", out: str = "data/ingest") -> d
     params = load_params(params_path)
     root = find_repo_root(Path(params_path))
     plan = ingest.plan_ingest(params, root)  # a missing path or a broken list stops here, before any work
-    writer = ingest.IngestWriter(resolve_local(root, out), params.ingest.shard_mb, params.audio.sample_rate)
-    writer.rejects += plan.rejects
-    run_chunks(ingest_chunk_task, plan.utterances, params.ingest.chunk_size, params.runtime.in_flight_chunks,
-               "ingest", writer.add, storages=plan.storages, settings=ingest.audio_settings(params))
-    return _log_summary("ingest", writer.finish(params), started)
+    cache = stage_cache(params, root, "ingest")
+    computed = fill_cache(ingest_chunk_task, plan.items, cache, params.ingest.chunk_size,
+                          params.runtime.in_flight_chunks, "ingest",
+                          storages=plan.storages, settings=ingest.audio_settings(params))
+    summary = ingest.assemble(plan, cache, resolve_local(root, out), params)
+    return _log_summary("ingest", summary, started, computed)
 
 
 @flow(name="text")
 def text_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest", out: str = "data/text") -> dict:
+    from tasks import text
+
     started = time.perf_counter()
     params = load_params(params_path)
     root = find_repo_root(Path(params_path))
-    rows = text.read_index(resolve_local(root, ingest_dir))
-    writer = text.TextWriter(resolve_local(root, out), params.text.shard_mb)
-    run_chunks(text_chunk_task, rows, params.text.chunk_size, params.runtime.in_flight_chunks,
-               "text", writer.add, params=params, root=root)
-    return _log_summary("text", writer.finish(params), started)
+    items = text.plan_text(ingest.read_index(resolve_local(root, ingest_dir)), params, root)
+    cache = stage_cache(params, root, "text")
+    computed = fill_cache(text_chunk_task, items, cache, params.text.chunk_size, params.runtime.in_flight_chunks,
+                          "text", params=params, root=root)
+    summary = text.assemble(items, cache, resolve_local(root, out), params)
+    return _log_summary("text", summary, started, computed)
 
 
 def with_workers(f, params_path: str):
     """The flow with a thread pool sized by params.runtime.workers."""
     return f.with_options(task_runner=ThreadPoolTaskRunner(max_workers=load_params(params_path).runtime.workers))
+
+
+@flow(name="bert")
+def bert_flow(params_path: str = "params.yaml", text_dir: str = "data/text", out: str = "data/bert") -> dict:
+    from tasks import bert
+
+    started = time.perf_counter()
+    params = load_params(params_path)
+    root = find_repo_root(Path(params_path))
+    device = bert.pick_device(params.features.bert.device)
+    items = bert.plan_bert(bert.read_text_rows(resolve_local(root, text_dir)), params, root, device)
+    cache = stage_cache(params, root, "bert")
+    computed = fill_cache(bert_chunk_task, bert.batch_order(items), cache, params.features.bert.chunk_size,
+                          params.runtime.in_flight_chunks, f"bert ({device})", params=params, root=root,
+                          device=device)
+    summary = bert.assemble(items, cache, resolve_local(root, out), params, root)
+    return _log_summary("bert", summary, started, computed)
+
+
+@flow(name="spec")
+def spec_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest", out: str = "data/spec") -> dict:
+    from tasks import spec
+
+    started = time.perf_counter()
+    params = load_params(params_path)
+    root = find_repo_root(Path(params_path))
+    ingest_path = resolve_local(root, ingest_dir)
+    items = spec.plan_spec(ingest.read_index(ingest_path), params)
+    cache, computed = None, 0
+    if params.features.spec.cache:
+        cache = stage_cache(params, root, "spec")
+        computed = fill_cache(spec_chunk_task, items, cache, params.features.spec.chunk_size,
+                              params.runtime.in_flight_chunks, "spec", ingest_dir=ingest_path,
+                              stft=spec.stft_params(params))
+    summary = spec.assemble(items, cache, resolve_local(root, out), params)
+    return _log_summary("spec", summary, started, computed)
+
+
+@flow(name="stats")
+def stats_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest", text_dir: str = "data/text",
+               spec_dir: str = "data/spec", out: str = "reports") -> dict:
+    from tasks import stats
+
+    params = load_params(params_path)
+    root = find_repo_root(Path(params_path))
+    metrics = stats.write_reports(*(resolve_local(root, d) for d in (ingest_dir, text_dir, spec_dir, out)), params)
+    get_run_logger().info("stats: %s", json.dumps(metrics, indent=2))
+    return metrics

@@ -38,6 +38,9 @@ class BertConfig(Strict):
     model: str
     revision: Optional[str] = None
     layer: int = -3
+    # Which of the network's three BERT inputs (upstream 2.3: zh, ja, en) carries this language's
+    # features; required for languages beyond those three.
+    slot: Optional[Literal["zh", "ja", "en"]] = None
 
     @field_validator("model")
     @classmethod
@@ -156,15 +159,61 @@ class RuntimeConfig(Strict):
     # How, not what: no stage lists these as DVC params, so changing them re-runs nothing.
     workers: int = Field(2, ge=1, le=256)
     in_flight_chunks: int = Field(4, ge=1, le=1024)  # bounds memory: chunks submitted but not yet written
+    # Per-utterance results keyed by content (tasks/cache.py); outside DVC's outs, safe to delete.
+    cache_dir: str = ".cache/vitsflow"
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: str) -> str:
+        return check_path_text(v)
 
 
-class FeaturesConfig(Strict):
+class SpecConfig(Strict):
     n_fft: int = Field(2048, ge=64)
     hop_length: int = Field(512, ge=16)
     win_length: int = Field(2048, ge=16)
     n_mels: int = Field(128, ge=8)
     fmin: float = Field(0.0, ge=0)
     fmax: Optional[float] = None
+    # true: the spec stage stores linear and mel spectrograms (fp16); false: the data loader
+    # computes them on the fly with the same STFT.
+    cache: bool = True
+    shard_mb: int = Field(256, ge=1, le=4096)
+    chunk_size: int = Field(16, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _window(self) -> "SpecConfig":
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        if self.hop_length > self.win_length:
+            raise ValueError(f"hop_length ({self.hop_length}) must not exceed win_length ({self.win_length})")
+        return self
+
+
+class BertStageConfig(Strict):
+    batch_size: int = Field(16, ge=1, le=1024)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
+    shard_mb: int = Field(64, ge=1, le=4096)
+    chunk_size: int = Field(64, ge=1, le=4096)
+
+
+class FeaturesConfig(Strict):
+    spec: SpecConfig = SpecConfig()
+    bert: BertStageConfig = BertStageConfig()
+
+
+class TrainConfig(Strict):
+    batch_size: int = Field(16, ge=1)
+    # Spectrogram-frame boundaries of the bucketed sampler (upstream's defaults); clips at or
+    # below the first or above the last are dropped, and the stats stage lists them.
+    bucket_boundaries: list[int] = Field(default_factory=lambda: [32, 300, 400, 500, 600, 700, 800, 900, 1000])
+
+    @field_validator("bucket_boundaries")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if len(v) < 2 or any(b <= a for a, b in zip(v, v[1:])) or v[0] < 0:
+            raise ValueError("expected at least two strictly increasing, non-negative frame counts")
+        return v
 
 
 class StorageConfig(Strict):
@@ -200,8 +249,8 @@ class Params(Strict):
     storage: StorageConfig = StorageConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     # Filled by the network/trainer and evaluation issues; free-form until their schemas land.
+    train: TrainConfig = TrainConfig()
     model: dict[str, Any] = Field(default_factory=dict)
-    train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("languages")
@@ -222,6 +271,10 @@ class Params(Strict):
             if d.language not in self.languages:
                 raise ValueError(f"datasets.{i}.language: got {d.language!r}; expected a key of "
                                  f"`languages` ({sorted(self.languages)})")
+        for code, lang in self.languages.items():
+            if code not in ("zh", "ja", "en") and lang.bert.slot is None:
+                raise ValueError(f"languages.{code}.bert.slot: required for a language beyond zh/ja/en; "
+                                 "expected zh, ja or en (the network input that carries its features)")
         return self
 
 

@@ -2,7 +2,7 @@
 
 Outs (one folder): `audio-NNNNN.pcm` shards, `index.jsonl` (one row per utterance: id, dataset,
 speaker, language, text, duration, sha256, shard location, split), `rejects.jsonl` (source, reason)
-and `summary.json`. The folder is built under a temporary name and renamed when complete.
+and `summary.json`. Results are cached by content (tasks/cache.py): a re-run conditions only new or changed files.
 """
 from __future__ import annotations
 
@@ -10,35 +10,71 @@ import hashlib
 import json
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from tasks.audio import AudioError, AudioSettings, condition
+from tasks.cache import Entry, ResultCache, cache_key
 from tasks.config import Params
 from tasks.datasets import Reject, SourceUtterance, read_dataset
-from tasks.shards import ShardWriter, write_jsonl
+from tasks.shards import ShardWriter, read_jsonl, write_jsonl
 from tasks.storage import Storage, atomic_write_bytes
+
+
+# Bump when the conditioning code changes what it writes: every cached result is recomputed.
+VERSION = "ingest-1"
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    utt: SourceUtterance
+    key: str  # cache key: source bytes, audio settings, library versions
 
 
 @dataclass
 class IngestPlan:
     storages: dict[str, Storage]
-    utterances: list[SourceUtterance]
+    items: list[IngestItem]
     rejects: list[Reject]
 
 
+def library_versions() -> dict[str, str]:
+    import pyloudnorm
+    import soundfile
+    import soxr
+
+    return {"soxr": soxr.__version__, "libsndfile": soundfile.__libsndfile_version__,
+            "pyloudnorm": getattr(pyloudnorm, "__version__", "?"), "numpy": np.__version__}
+
+
 def plan_ingest(params: Params, root: Path) -> IngestPlan:
-    """Read every dataset list; raises before any audio work if a path or list is unusable."""
-    storages, utterances, rejects = {}, [], []
+    """Read every dataset list and fingerprint every source file.
+
+    Raises before any audio work if a dataset path or list is unusable; a file that cannot be read
+    is a reject here."""
+    storages, items, rejects = {}, [], []
+    settings = asdict(audio_settings(params))
+    libs = library_versions()
     for ds in params.datasets:
         storage, utts, bad = read_dataset(ds, root)
         storages[ds.name] = storage
-        utterances += utts
         rejects += bad
-    return IngestPlan(storages, utterances, rejects)
+        for utt in utts:
+            try:
+                digest = hashlib.sha256(storage.read_bytes(utt.audio)).hexdigest()
+            except FileNotFoundError:
+                rejects.append(Reject(utt.source, "missing audio file", utt.utt_id))
+                continue
+            except OSError as err:
+                rejects.append(Reject(utt.source, f"cannot read audio file: {err.strerror or err}", utt.utt_id))
+                continue
+            key = cache_key(stage=VERSION, source_sha256=digest, name=Path(utt.audio).suffix.lower(),
+                            audio=settings, libs=libs)
+            items.append(IngestItem(utt, key))
+    return IngestPlan(storages, items, rejects)
 
 
 def audio_settings(params: Params) -> AudioSettings:
@@ -46,29 +82,21 @@ def audio_settings(params: Params) -> AudioSettings:
     return AudioSettings(a.sample_rate, a.loudness_lufs, a.trim_db, a.min_seconds, a.max_seconds)
 
 
-@dataclass
-class Ingested:
-    utt: SourceUtterance
-    pcm: np.ndarray | None = None
-    reject: Reject | None = None
-
-
-def ingest_one(storage: Storage, utt: SourceUtterance, settings: AudioSettings) -> Ingested:
+def ingest_one(storage: Storage, utt: SourceUtterance, settings: AudioSettings) -> Entry:
+    """One source file -> a cache entry: int16 PCM and its sha256, or the reason it was rejected."""
     try:
-        data = storage.read_bytes(utt.audio)
+        pcm = condition(storage.read_bytes(utt.audio), utt.audio, settings)
     except FileNotFoundError:
-        return Ingested(utt, reject=Reject(utt.source, "missing audio file", utt.utt_id))
-    except OSError as err:
-        return Ingested(utt, reject=Reject(utt.source, f"cannot read audio file: {err}", utt.utt_id))
-    try:
-        return Ingested(utt, pcm=condition(data, utt.audio, settings))
+        return Entry({"reject": "missing audio file"}, b"")
     except AudioError as err:
-        return Ingested(utt, reject=Reject(utt.source, str(err), utt.utt_id))
+        return Entry({"reject": str(err)}, b"")
+    data = pcm.tobytes()
+    return Entry({"num_samples": len(pcm), "sha256": hashlib.sha256(data).hexdigest()}, data)
 
 
-def ingest_chunk(storages: dict[str, Storage], chunk: list[SourceUtterance],
-                 settings: AudioSettings) -> list[Ingested]:
-    return [ingest_one(storages[u.dataset], u, settings) for u in chunk]
+def ingest_chunk(storages: dict[str, Storage], chunk: list[IngestItem],
+                 settings: AudioSettings) -> list[tuple[str, Entry]]:
+    return [(item.key, ingest_one(storages[item.utt.dataset], item.utt, settings)) for item in chunk]
 
 
 def split_key(seed: int, utt_id: str) -> str:
@@ -87,51 +115,37 @@ def assign_split(rows: list[dict[str, Any]], seed: int, val_per_speaker: int, mi
             row["split"] = "val" if i < n_val else "train"
 
 
-@dataclass
-class IngestWriter:
-    """Collects chunk results in order: dedups by content, shards the audio, keeps index rows."""
+def assemble(plan: IngestPlan, cache: ResultCache, out_dir: Path, params: Params) -> dict[str, Any]:
+    """Write the outs from cached results, in list order: shards, index, split, rejects, summary.
 
-    out_dir: Path
-    shard_mb: int
-    sample_rate: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    _by_hash: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.tmp_dir = self.out_dir.with_name(self.out_dir.name + ".partial")
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        self.shards = ShardWriter(self.tmp_dir, "audio", ".pcm", self.shard_mb * 2**20)
-
-    def add(self, results: Iterable[Ingested]) -> None:
-        for r in results:
-            if r.reject is not None:
-                self.rejects.append(r.reject)
-                continue
-            payload = r.pcm.tobytes()
-            sha = hashlib.sha256(payload).hexdigest()
-            if sha in self._by_hash:
-                self.rejects.append(Reject(r.utt.source, f"exact duplicate of {self._by_hash[sha]}", r.utt.utt_id))
-                continue
-            self._by_hash[sha] = r.utt.utt_id
-            loc = self.shards.append(payload)
-            self.rows.append({"id": r.utt.utt_id, "dataset": r.utt.dataset, "speaker": r.utt.speaker,
-                              "language": r.utt.language, "text": r.utt.text, "source": r.utt.source,
-                              "num_samples": len(r.pcm), "duration": round(len(r.pcm) / self.sample_rate, 4),
-                              "sample_rate": self.sample_rate, "sha256": sha, **loc})
-
-    def finish(self, params: Params) -> dict[str, Any]:
-        self.shards.close()
-        s = params.split
-        assign_split(self.rows, s.seed, s.val_per_speaker, s.min_train_per_speaker)
-        write_jsonl(self.tmp_dir / "index.jsonl", self.rows)
-        write_jsonl(self.tmp_dir / "rejects.jsonl", (r.to_json() for r in self.rejects))
-        # Outs carry no timings or absolute paths: two clean clones must produce identical bytes.
-        summary = summarize(self.rows, self.rejects)
-        atomic_write_bytes(self.tmp_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
-        shutil.rmtree(self.out_dir, ignore_errors=True)
-        self.tmp_dir.rename(self.out_dir)
-        return summary
+    Built under `<out>.partial` and renamed when complete. Outs carry no timings or absolute paths,
+    so two clean clones produce identical bytes."""
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows, rejects, first_of = [], list(plan.rejects), {}
+    sr = params.audio.sample_rate
+    with ShardWriter(tmp, "audio", ".pcm", params.ingest.shard_mb * 2**20) as shards:
+        for item, (_, entry) in zip(plan.items, cache.iter_entries(i.key for i in plan.items)):
+            utt, meta = item.utt, entry.meta
+            if "reject" in meta:
+                rejects.append(Reject(utt.source, meta["reject"], utt.utt_id))
+            elif meta["sha256"] in first_of:
+                rejects.append(Reject(utt.source, f"exact duplicate of {first_of[meta['sha256']]}", utt.utt_id))
+            else:
+                first_of[meta["sha256"]] = utt.utt_id
+                rows.append({"id": utt.utt_id, "dataset": utt.dataset, "speaker": utt.speaker,
+                             "language": utt.language, "text": utt.text, "source": utt.source,
+                             "num_samples": meta["num_samples"], "duration": round(meta["num_samples"] / sr, 4),
+                             "sample_rate": sr, "sha256": meta["sha256"], **shards.append(entry.data)})
+    s = params.split
+    assign_split(rows, s.seed, s.val_per_speaker, s.min_train_per_speaker)
+    write_jsonl(tmp / "index.jsonl", rows)
+    write_jsonl(tmp / "rejects.jsonl", (r.to_json() for r in rejects))
+    summary = summarize(rows, rejects)
+    atomic_write_bytes(tmp / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return summary
 
 
 def reason_kind(reason: str) -> str:
@@ -153,3 +167,10 @@ def summarize(rows: list[dict], rejects: list[Reject]) -> dict[str, Any]:
         "minutes_per_speaker": {k: round(v / 60, 3) for k, v in sorted(per_speaker.items())},
         "shards": len({r["shard"] for r in rows}),
     }
+
+
+def read_index(ingest_dir: Path) -> list[dict[str, Any]]:
+    path = Path(ingest_dir) / "index.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ingest index not found; run the ingest stage first")
+    return list(read_jsonl(path))

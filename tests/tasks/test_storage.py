@@ -31,6 +31,6 @@ def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, shared_
     params = write_params(tmp_path, [{"name": "lj", "language": "en", "path": "s3://vf-corpus/lj",
                                       "format": "ljspeech", "speaker": "lj"}])
     plan = plan_ingest(load_params(params), tmp_path)
-    assert [u.utt_id for u in plan.utterances] == [f"lj/wavs/{i}" for i in ids]
-    data = plan.storages["lj"].read_bytes(plan.utterances[0].audio)
+    assert [i.utt.utt_id for i in plan.items] == [f"lj/wavs/{i}" for i in ids]
+    data = plan.storages["lj"].read_bytes(plan.items[0].utt.audio)
     assert data[:4] == b"RIFF"

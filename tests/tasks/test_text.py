@@ -4,7 +4,8 @@ import pytest
 
 from tasks.config import load_params, parse_params
 from tasks.frontends.symbols import BASE_SYMBOLS, SymbolTable
-from tasks.text import check_alignment, symbol_table, text_one, tokenizer_for
+from tasks.hf import tokenizer_for
+from tasks.text import check_alignment, symbol_table, text_one
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -14,33 +15,26 @@ def params():
     return load_params(REPO / "params.yaml")
 
 
-def row(text: str, language: str) -> dict:
-    return {"id": f"d/{language}", "source": "d:list:1", "text": text, "language": language,
-            "speaker": "s", "split": "train"}
-
-
 @pytest.mark.parametrize("language, text", [("zh", "你好，世界。"), ("ja", "こんにちは。"),
                                             ("en", "Hello, world."), ("de", "Guten Tag, Welt.")])
 def test_text_one_gives_aligned_phones_for_every_registered_language(params, language, text):
     lang = params.languages[language]
-    result = text_one(row(text, language), lang, tokenizer_for(REPO, lang))
-    assert result.reject is None, result.reject
-    out = result.row
+    out = text_one(text, language, lang, tokenizer_for(REPO, lang.bert)).meta
+    assert "reject" not in out, out
     assert out["phones"][0] == out["phones"][-1] == "_" and sum(out["word2ph"]) == len(out["phones"])
 
 
 @pytest.mark.parametrize("language, reason", [("zh", "normalised text is empty"), ("en", "nothing speakable")])
 def test_a_sentence_with_nothing_to_say_is_a_reject_not_a_crash(params, language, reason):
     lang = params.languages[language]
-    result = text_one(row("🙂🙂", language), lang, tokenizer_for(REPO, lang))
-    assert result.row is None and reason in result.reject.reason
-    assert result.reject.stage == "text" and result.reject.source == "d:list:1"
+    result = text_one("🙂🙂", language, lang, tokenizer_for(REPO, lang.bert)).meta
+    assert reason in result["reject"]
 
 
 def test_a_g2p_failure_is_a_reject_naming_the_error(params):
     lang = params.languages["de"].model_copy(update={"g2p_options": {"voice": "not_a_voice"}})
-    result = text_one(row("Guten Tag.", "de"), lang, tokenizer_for(REPO, lang))
-    assert result.reject.reason.startswith("g2p failed: RuntimeError")
+    result = text_one("Guten Tag.", "de", lang, tokenizer_for(REPO, lang.bert)).meta
+    assert result["reject"].startswith("g2p failed: RuntimeError")
 
 
 @pytest.mark.parametrize("phones, tones, word2ph, n_tokens, why", [

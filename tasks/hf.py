@@ -1,0 +1,64 @@
+"""Hugging Face models named in params: tokenizers and BERT encoders, loaded once, fingerprinted.
+
+A fingerprint stands for the exact files behind a model, so caches keyed by it notice a changed
+model even when its name did not change.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import AutoModel, AutoTokenizer  # at import: transformers' lazy imports race in threads
+
+from tasks.config import BertConfig, resolve_model_path
+
+_lock = threading.Lock()
+_local = threading.local()
+_models: dict[tuple, object] = {}
+
+TOKENIZER_FILE_HINTS = ("token", "vocab", "spm", "merges", "special", "sentencepiece", "bpe")
+
+
+@lru_cache(maxsize=32)
+def _hash_folder(folder: str, tokenizer_only: bool) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if tokenizer_only and not any(hint in rel.lower() for hint in TOKENIZER_FILE_HINTS):
+            continue
+        h.update(rel.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False) -> str:
+    """sha256 of the model's files (local folders), or `id@revision` (hub ids)."""
+    where = resolve_model_path(root, bert.model)
+    if Path(where).is_dir():
+        return _hash_folder(where, tokenizer_only)
+    return f"{bert.model}@{bert.revision or 'main'}"
+
+
+def tokenizer_for(root: Path, bert: BertConfig):
+    """The tokenizer, loaded once per thread (fast tokenizers are not safe to share across threads)."""
+    cache = _local.__dict__.setdefault("tokenizers", {})
+    key = (bert.model, bert.revision)
+    if key not in cache:
+        cache[key] = AutoTokenizer.from_pretrained(resolve_model_path(root, bert.model), revision=bert.revision)
+    return cache[key]
+
+
+def encoder_for(root: Path, bert: BertConfig, device: str):
+    """The BERT encoder in eval mode, loaded once per process and shared (inference is thread-safe)."""
+    key = (bert.model, bert.revision, device)
+    with _lock:
+        if key not in _models:
+            # No remote code: a model that needs it is refused by transformers.
+            model = AutoModel.from_pretrained(resolve_model_path(root, bert.model), revision=bert.revision,
+                                              trust_remote_code=False)
+            _models[key] = model.eval().to(device)
+        return _models[key]

@@ -1,0 +1,95 @@
+"""Stage `spec`: linear and mel spectrograms of every ingested utterance, with the model's own STFT.
+
+With `features.spec.cache: true` the stage stores both as fp16 in shards; with `false` it stores
+only each utterance's frame count and the data loader computes the spectrograms on the fly through
+the same `model.mel_processing` functions. Each utterance is transformed on its own (no batch
+padding), so its spectrogram is a function of its audio alone.
+
+Outs: `spec-NNNNN.bin` shards (linear [n_fft/2+1, frames] then mel [n_mels, frames]),
+`index.jsonl` (id, frames, shard location), `meta.json` (the STFT params), `summary.json`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.mel_processing import STFTParams, linear_spectrogram, spec_to_mel
+from tasks.cache import Entry, ResultCache, cache_key
+from tasks.config import Params
+from tasks.shards import ShardWriter, read_pcm, read_record, write_jsonl
+from tasks.storage import atomic_write_bytes
+
+VERSION = "spec-1"
+
+
+def stft_params(params: Params) -> STFTParams:
+    s = params.features.spec
+    return STFTParams(params.audio.sample_rate, s.n_fft, s.hop_length, s.win_length, s.n_mels, s.fmin, s.fmax)
+
+
+@dataclass(frozen=True)
+class SpecItem:
+    row: dict[str, Any]  # an ingest index row
+    key: str
+
+
+def plan_spec(rows: list[dict[str, Any]], params: Params) -> list[SpecItem]:
+    deps = {"stft": asdict(stft_params(params)), "torch": torch.__version__}
+    return [SpecItem(row, cache_key(stage=VERSION, audio=row["sha256"], **deps)) for row in rows]
+
+
+def spectrograms(pcm: np.ndarray, p: STFTParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """int16 PCM [T] -> (linear [n_fft/2+1, T // hop], log-mel [n_mels, T // hop]), float32."""
+    y = torch.from_numpy(pcm.astype(np.float32) / 32768.0).unsqueeze(0)
+    linear = linear_spectrogram(y, p)
+    return linear[0], spec_to_mel(linear, p)[0]
+
+
+def spec_chunk(items: list[SpecItem], ingest_dir: Path, p: STFTParams) -> list[tuple[str, Entry]]:
+    out = []
+    for item in items:
+        linear, mel = spectrograms(read_pcm(ingest_dir, item.row), p)
+        payload = linear.half().numpy().tobytes() + mel.half().numpy().tobytes()
+        out.append((item.key, Entry({"frames": linear.shape[1]}, payload)))
+    return out
+
+
+def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, params: Params) -> dict[str, Any]:
+    """Write the outs; with caching off (`cache` None) only frame counts and the STFT params."""
+    p = stft_params(params)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = []
+    n_freq = p.n_fft // 2 + 1
+    if cache is None:
+        rows = [{"id": i.row["id"], "frames": i.row["num_samples"] // p.hop_length} for i in items]
+        n_shards = 0
+    else:
+        with ShardWriter(tmp, "spec", ".bin", params.features.spec.shard_mb * 2**20) as shards:
+            for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
+                rows.append({"id": item.row["id"], "frames": entry.meta["frames"], **shards.append(entry.data)})
+        n_shards = len(shards.names)
+    write_jsonl(tmp / "index.jsonl", rows)
+    meta = {"stft": asdict(p), "cached": cache is not None, "dtype": "float16", "n_freq": n_freq,
+            "layout": "linear [n_freq, frames] then mel [n_mels, frames], row-major"}
+    atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+    frames = sum(r["frames"] for r in rows)
+    summary = {"utterances": len(rows), "rejects": 0, "frames": frames, "shards": n_shards}
+    atomic_write_bytes(tmp / "summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return summary
+
+
+def read_spectrograms(spec_dir: Path, row: dict[str, Any], meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One utterance's cached (linear [n_freq, frames], mel [n_mels, frames]) as float16."""
+    data = np.frombuffer(read_record(spec_dir, row), dtype=np.float16)
+    n_freq, n_mels, frames = meta["n_freq"], meta["stft"]["n_mels"], row["frames"]
+    return data[: n_freq * frames].reshape(n_freq, frames), data[n_freq * frames:].reshape(n_mels, frames)
