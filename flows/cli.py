@@ -54,6 +54,27 @@ def demo(params: str = PARAMS) -> None:
 
 
 @app.command()
+def fingerprint(dataset: str = typer.Option(..., help="A dataset name from params.yaml."),
+                out: str = typer.Option(..., help="The JSON file to write."), params: str = PARAMS) -> None:
+    """Stage `source@N`: list a dataset's files with their hashes, so ingest sees corpus changes."""
+    from tasks.config import ConfigError, find_repo_root, load_params, resolve_local
+    from tasks.datasets import DatasetError, fingerprint_dataset
+    from tasks.storage import atomic_write_bytes
+
+    try:
+        p = load_params(params)
+        root = find_repo_root(Path(params))
+        ds = next((d for d in p.datasets if d.name == dataset), None)
+        if ds is None:
+            _fail(f"dataset {dataset!r} is not in {params} (datasets: {[d.name for d in p.datasets]})")
+        info = fingerprint_dataset(ds, root)
+    except (ConfigError, DatasetError) as err:
+        _fail(str(err))
+    atomic_write_bytes(resolve_local(root, out), json.dumps(info, indent=1, ensure_ascii=False).encode("utf-8"))
+    typer.echo(f"{dataset}: {len(info['files'])} files")
+
+
+@app.command()
 def ingest(params: str = PARAMS, out: str = typer.Option("data/ingest", help="Output folder.")) -> None:
     """Stage `ingest`: decode, resample, condition, dedup, shard and split every dataset."""
     _run("ingest_flow", params_path=params, out=out)
@@ -87,6 +108,18 @@ def spec(params: str = PARAMS,
 def stats(params: str = PARAMS, out: str = typer.Option("reports", help="Output folder.")) -> None:
     """Stage `stats`: corpus statistics, sampler buckets and dropped clips (metrics, markdown, PNG)."""
     _run("stats_flow", params_path=params, out=out)
+
+
+@app.command()
+def remote(params: str = PARAMS) -> None:
+    """Point DVC's default remote at params.yaml `storage` (s3:// or file://); no credentials stored."""
+    from tasks.config import ConfigError, find_repo_root, load_params
+    from tasks.remote import configure_dvc_remote
+
+    try:
+        typer.echo(json.dumps(configure_dvc_remote(load_params(params), find_repo_root(Path(params)))))
+    except (ConfigError, RuntimeError) as err:
+        _fail(str(err))
 
 
 @app.command()

@@ -397,27 +397,15 @@ class SynthesizerTrn(nn.Module):
                  use_spk_conditioned_encoder: bool = True, use_noise_scaled_mas: bool = False,
                  mas_noise_scale_initial: float = 0.01, noise_scale_delta: float = 2e-6,
                  use_duration_discriminator: bool = False, **kwargs):
+        hparams = dict(locals())
         super().__init__()
         unknown = set(kwargs) - _UPSTREAM_TRAINER_KEYS
         if unknown:
             logger.warning("SynthesizerTrn: ignoring unknown config keys %s", sorted(unknown))
         if not (use_sdp or use_dp):
             raise ValueError("at least one of use_sdp / use_dp is needed")
-        self.hparams = dict(
-            n_vocab=n_vocab, spec_channels=spec_channels, segment_size=segment_size,
-            inter_channels=inter_channels, hidden_channels=hidden_channels, filter_channels=filter_channels,
-            n_heads=n_heads, n_layers=n_layers, kernel_size=kernel_size, p_dropout=p_dropout,
-            resblock=resblock, resblock_kernel_sizes=list(resblock_kernel_sizes),
-            resblock_dilation_sizes=[list(d) for d in resblock_dilation_sizes],
-            upsample_rates=list(upsample_rates), upsample_initial_channel=upsample_initial_channel,
-            upsample_kernel_sizes=list(upsample_kernel_sizes), n_speakers=n_speakers,
-            gin_channels=gin_channels, use_sdp=use_sdp, n_flow_layer=n_flow_layer,
-            n_layers_trans_flow=n_layers_trans_flow, flow_share_parameter=flow_share_parameter,
-            use_transformer_flow=use_transformer_flow, num_tones=num_tones, num_languages=num_languages,
-            bert_dim=bert_dim, use_bert=use_bert, use_dp=use_dp,
-            use_spk_conditioned_encoder=use_spk_conditioned_encoder,
-            use_noise_scaled_mas=use_noise_scaled_mas, mas_noise_scale_initial=mas_noise_scale_initial,
-            noise_scale_delta=noise_scale_delta, use_duration_discriminator=use_duration_discriminator)
+        # Every argument, for export (model/upstream.py writes them back as an upstream config).
+        self.hparams = {k: v for k, v in hparams.items() if k not in ("self", "kwargs", "__class__")}
         self.n_speakers = n_speakers
         self.segment_size = segment_size
         self.use_sdp, self.use_dp, self.use_bert = use_sdp, use_dp, use_bert
@@ -476,7 +464,8 @@ class SynthesizerTrn(nn.Module):
     def _align(self, z_p, m_p, logs_p, x_mask, y_mask):
         """Monotonic alignment search on the log-likelihood of z_p under each token's prior.
         Returns attn [B, 1, T_y, T_x] (0/1)."""
-        from model.monotonic_align import maximum_path  # imported here: a sibling module
+        # Imported here: only training needs it (and the numba it compiles with).
+        from model.monotonic_align import maximum_path
 
         # log N(z_p; m_p, exp(logs_p)) summed over channels, expanded so every term is one matmul:
         # -0.5 log 2pi - logs - 0.5 z^2 / s^2 + z m / s^2 - 0.5 m^2 / s^2
@@ -514,17 +503,19 @@ class SynthesizerTrn(nn.Module):
         w = attn.sum(2)  # [B, 1, T_x] frames per token
         logw_ = torch.log(w + 1e-6) * x_mask  # the target log-durations
 
+        # (calls in upstream's order, so dropout/noise draws match upstream's under one seed)
         l_length = 0
         logw = logw_sdp = None
         if self.use_sdp:
-            l_length = self.sdp(x, x_mask, w, g=g) / torch.sum(x_mask)
-            if self.use_dp:
-                # 2.3: also regress a sampled SDP duration, which the duration discriminator judges.
-                logw_sdp = self.sdp(x, x_mask, g=g, reverse=True, noise_scale=1.0)
-                l_length = l_length + torch.sum((logw_sdp - logw_) ** 2, [1, 2]) / torch.sum(x_mask)
+            l_length = self.sdp(x, x_mask, w, g=g) / torch.sum(x_mask)  # NLL bound
         if self.use_dp:
             logw = self.dp(x, x_mask, g=g)
-            l_length = l_length + torch.sum((logw - logw_) ** 2, [1, 2]) / torch.sum(x_mask)
+        if self.use_sdp and self.use_dp:
+            # 2.3: also regress a sampled SDP duration; the duration discriminator judges it too.
+            logw_sdp = self.sdp(x, x_mask, g=g, reverse=True, noise_scale=1.0)
+            l_length = l_length + torch.sum((logw_sdp - logw_) ** 2, [1, 2]) / torch.sum(x_mask)
+        if self.use_dp:
+            l_length = torch.sum((logw - logw_) ** 2, [1, 2]) / torch.sum(x_mask) + l_length
 
         # expand the prior from tokens to frames along the alignment
         m_p = torch.matmul(attn.squeeze(1), m_p.transpose(1, 2)).transpose(1, 2)  # [B, C, T_y]

@@ -53,7 +53,8 @@ def to_upstream_key(key: str) -> str:
     return key
 
 
-def to_upstream_state_dict(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tensor]]) -> "OrderedDict[str, torch.Tensor]":
+def to_upstream_state_dict(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tensor]]
+                           ) -> "OrderedDict[str, torch.Tensor]":
     """Our state_dict with upstream's key names (weight_g/weight_v, weight_orig/weight_u/weight_v)."""
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
     return OrderedDict((to_upstream_key(k), v) for k, v in sd.items())
@@ -188,7 +189,8 @@ def read_config(path: PathLike) -> dict[str, Any]:
         return json.load(f)
 
 
-def generator_kwargs(config: Mapping[str, Any], state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, Any]:
+def generator_kwargs(config: Mapping[str, Any],
+                     state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, Any]:
     """SynthesizerTrn arguments for an upstream config, as upstream's train_ms/infer compute them.
 
     Things upstream takes from its code rather than its config (table sizes, BERT width, which
@@ -196,7 +198,9 @@ def generator_kwargs(config: Mapping[str, Any], state_dict: Optional[Mapping[str
     """
     data, model = config["data"], dict(config["model"])
     model.pop("variant", None)
-    spec_channels = data["n_mel_channels"] if model.get("use_mel_posterior_encoder") else data["filter_length"] // 2 + 1
+    # (upstream's option of a posterior encoder on the mel spectrogram changes its input width)
+    spec_channels = (data["n_mel_channels"] if model.get("use_mel_posterior_encoder")
+                     else data["filter_length"] // 2 + 1)
     kwargs: dict[str, Any] = dict(spec_channels=spec_channels,
                                   segment_size=config["train"]["segment_size"] // data["hop_length"],
                                   n_speakers=data["n_speakers"], **model)

@@ -121,3 +121,18 @@ def read_dataset(ds: DatasetConfig, root: Path) -> tuple[Storage, list[SourceUtt
         seen.add(utt_id)
         utterances.append(SourceUtterance(utt_id, ds.name, audio, source, speaker, ds.language, text))
     return storage, utterances, rejects
+
+
+def fingerprint_dataset(ds: DatasetConfig, root: Path) -> dict:
+    """Every file of a dataset with its size and content hash (S3: its ETag), sorted.
+
+    The `source` stages write this per dataset, so that `ingest` re-runs when a corpus outside
+    DVC gains, loses or changes a file."""
+    import hashlib
+
+    storage = dataset_storage(ds, root)
+    files = []
+    for key in storage.list():
+        data = storage.read_bytes(key)
+        files.append({"path": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return {"dataset": ds.name, "format": ds.format, "files": files}

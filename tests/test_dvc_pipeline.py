@@ -1,11 +1,15 @@
-"""`dvc repro` end to end in a temporary git repository: the real DAG, real Prefect, real audio."""
+"""`dvc repro` end to end in temporary git repositories: the real DAG, a real Prefect server, real
+audio, a real S3 endpoint (moto's server) for the DVC remote."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 
@@ -13,6 +17,7 @@ from tasks.shards import read_jsonl
 from tests.helpers import aishell_bv2_list
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ["demo", "ingest", "text", "bert", "spec", "stats"]  # Prefect flows; plus one source@N per dataset
 TINY_SENTENCES = {
     "en": ["Hello there, it is 7 o'clock!", "Is this the train to Leeds?", "I paid $5 for two apples.",
            "The 3rd door on the left.", "Good morning, Dr. Smith.", "Where are you going?"],
@@ -22,30 +27,41 @@ TINY_SENTENCES = {
 }
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, shared_speech) -> Path:
-    """A clean clone of the project's pipeline with a tiny demo corpus plus real AISHELL-3 clips."""
-    root = tmp_path_factory.mktemp("project")
+def computed(output: str, stage: str) -> int:
+    """How many utterances a stage computed (the rest came from its cache), from its log line."""
+    match = re.search(rf"{stage}: \d+ utterances \((\d+) computed", output)
+    assert match, f"no summary line for {stage}"
+    return int(match.group(1))
+
+
+def edit_params(root: Path, edit) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    edit(params)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def make_project(root: Path, corpus: Path) -> Path:
+    """A clean clone of the project's pipeline: a tiny demo corpus plus real AISHELL-3 clips."""
     for name in ["flows", "tasks", "model"]:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copy(REPO / ".gitignore", root)
     (root / "demo" / "sentences").mkdir(parents=True)
     for lang, lines in TINY_SENTENCES.items():
         (root / "demo" / "sentences" / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    corpus = tmp_path_factory.mktemp("aishell")  # outside the repo, as users' corpora usually are
-    aishell_bv2_list(shared_speech, corpus, 4)
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["datasets"].append({"name": "aishell", "language": "zh", "path": str(corpus), "format": "bv2_list"})
-    params["split"]["min_train_per_speaker"] = 1
-    params["split"]["val_per_speaker"] = 1
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    shutil.copy(REPO / "params.yaml", root)
+
+    def edit(p):
+        p["datasets"].append({"name": "aishell", "language": "zh", "path": str(corpus), "format": "bv2_list"})
+        p["split"].update(min_train_per_speaker=1, val_per_speaker=1)
+    edit_params(root, edit)
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
@@ -53,13 +69,37 @@ def project(tmp_path_factory, shared_speech) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_repro(project) -> str:
-    return run(["dvc", "repro"], project)
+def corpus(tmp_path_factory, shared_speech) -> Path:
+    path = tmp_path_factory.mktemp("aishell")  # outside the repo, as users' corpora usually are
+    aishell_bv2_list(shared_speech, path, 4)
+    return path
 
 
-def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro):
-    for stage in ["demo", "ingest", "text"]:
-        assert f"Running stage '{stage}'" in first_repro
+@pytest.fixture(scope="module")
+def env(prefect_server) -> dict:
+    return {"PREFECT_API_URL": prefect_server}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, corpus) -> Path:
+    return make_project(tmp_path_factory.mktemp("project"), corpus)
+
+
+@pytest.fixture(scope="module")
+def first_repro(project, env) -> tuple[str, str]:
+    out = run(["dvc", "repro"], project, env)
+    return out, (project / "dvc.lock").read_text()
+
+
+def out_hashes(lock_text: str) -> dict[str, str]:
+    lock = yaml.safe_load(lock_text)
+    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+
+
+def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefect_server):
+    out, _ = first_repro
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
     ingest = json.loads((project / "data/ingest/summary.json").read_text())
     text = json.loads((project / "data/text/summary.json").read_text())
     assert ingest["utterances"] == 22 and ingest["rejects"] == 0  # 18 demo clips + 4 AISHELL-3
@@ -69,20 +109,80 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro):
     symbols = json.loads((project / "data/text/symbols.json").read_text())
     assert symbols["language_ids"] == {"zh": 0, "ja": 1, "en": 2, "de": 3}
     assert symbols["tone_offsets"] == {"zh": 0, "ja": 6, "en": 8, "de": 12} and symbols["num_tones"] == 15
-    assert "Prefect" in first_repro or "Flow run" in first_repro  # each stage ran as a Prefect flow
-    assert "utterances" in first_repro and "rejects" in first_repro  # and logged its summary
+    bert_meta = json.loads((project / "data/bert/meta.json").read_text())
+    assert bert_meta["dims"] == {"zh": 384, "ja": 384, "en": 384} and bert_meta["fill"] == "zeros"
+    stats = json.loads((project / "reports/stats.json").read_text())
+    assert stats["utterances"] == 22 and (project / "reports/durations.png").read_bytes()[:4] == b"\x89PNG"
+    # every stage ran as a Prefect flow, reported to the server named by PREFECT_API_URL
+    req = urllib.request.Request(f"{prefect_server}/flows/filter", data=b"{}", method="POST",
+                                 headers={"Content-Type": "application/json"})
+    flows = {f["name"] for f in json.loads(urllib.request.urlopen(req).read())}
+    assert set(STAGES) <= flows
 
 
-def test_a_second_dvc_repro_runs_nothing(project, first_repro):
-    out = run(["dvc", "repro"], project)
+def test_a_second_dvc_repro_runs_nothing(project, first_repro, env):
+    out = run(["dvc", "repro"], project, env)
     assert "Running stage" not in out
-    status = run(["dvc", "status"], project)
-    assert "up to date" in status
+    assert "up to date" in run(["dvc", "status"], project, env)
 
 
-def test_changing_a_text_param_reruns_text_only(project, first_repro):
-    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
-    params["text"]["shard_mb"] = 2
-    (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    out = run(["dvc", "repro"], project)
-    assert "Running stage 'text'" in out and "Running stage 'ingest'" not in out
+def test_two_clean_clones_give_identical_out_hashes(tmp_path, corpus, first_repro, env):
+    other = make_project(tmp_path / "clone", corpus)
+    run(["dvc", "repro"], other, env)
+    assert out_hashes((other / "dvc.lock").read_text()) == out_hashes(first_repro[1])
+
+
+def test_dvc_push_and_pull_through_s3(project, first_repro, env, s3_endpoint):
+    boto3.client("s3").create_bucket(Bucket="vf-dvc")
+    edit_params(project, lambda p: p["storage"].update(uri="s3://vf-dvc/demo"))
+    run(["vitsflow", "remote"], project, env)
+    config = (project / ".dvc" / "config").read_text() + (project / ".dvc" / "config.local").read_text()
+    assert "testing" not in config  # the credentials stay in the environment
+    run(["dvc", "push"], project, env)
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="vf-dvc")["Contents"]]
+    assert keys and all(k.startswith("demo/dvc/") for k in keys)
+    shutil.rmtree(project / ".dvc" / "cache")
+    for out in ["data/ingest", "data/text", "data/bert", "data/spec"]:
+        shutil.rmtree(project / out)
+    run(["dvc", "pull"], project, env)
+    assert (project / "data/bert/meta.json").is_file()
+    assert "up to date" in run(["dvc", "status"], project, env)
+
+
+def test_adding_an_utterance_computes_only_it(project, first_repro, env, corpus, shared_speech):
+    src = shared_speech / "zh_aishell3"
+    utt, speaker, text = (src / "metadata_with_speaker.csv").read_text(encoding="utf-8").splitlines()[5].split("|", 2)
+    shutil.copy(src / "wavs" / f"{utt}.wav", corpus / "wavs")
+    with open(corpus / "filelist.list", "a", encoding="utf-8") as f:
+        f.write(f"wavs/{utt}.wav|{speaker}|ZH|{text}\n")
+    out = run(["dvc", "repro"], project, env)  # the corpus lives outside DVC: its source stage notices
+    assert "Running stage 'source@5'" in out and "Running stage 'source@0'" not in out
+    assert computed(out, "ingest") == 1
+    for stage in ["text", "bert", "spec"]:
+        assert computed(out, stage) == 1, stage
+    assert json.loads((project / "data/ingest/summary.json").read_text())["utterances"] == 23
+
+
+def test_changing_hop_length_recomputes_spectrograms_but_not_bert(project, first_repro, env):
+    edit_params(project, lambda p: p["features"]["spec"].update(hop_length=128))
+    out = run(["dvc", "repro"], project, env)
+    assert "Running stage 'spec'" in out and "Running stage 'bert'" not in out
+    assert computed(out, "spec") == json.loads((project / "data/spec/summary.json").read_text())["utterances"]
+
+
+def test_changing_the_bert_layer_recomputes_bert_but_not_spectrograms(project, first_repro, env):
+    edit_params(project, lambda p: p["languages"]["ja"]["bert"].update(layer=-2))
+    out = run(["dvc", "repro"], project, env)
+    assert "Running stage 'spec'" not in out and "Running stage 'text'" in out
+    n_ja = json.loads((project / "data/bert/summary.json").read_text())["by_language"]["ja"]
+    assert computed(out, "bert") == n_ja and computed(out, "text") == 0
+
+
+def test_removing_an_utterance_removes_it_from_every_out(project, first_repro, env, corpus):
+    lines = (corpus / "filelist.list").read_text(encoding="utf-8").splitlines()
+    gone = "aishell/" + lines[0].split("|")[0].removesuffix(".wav")
+    (corpus / "filelist.list").write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
+    run(["dvc", "repro"], project, env)
+    for out in ["data/ingest/index.jsonl", "data/bert/index.jsonl", "data/spec/index.jsonl"]:
+        assert gone not in {r["id"] for r in read_jsonl(project / out)}, out
+    assert all(gone not in p.read_text(encoding="utf-8") for p in (project / "data/text").glob("text-*.jsonl"))

@@ -18,6 +18,16 @@ CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "conform
 TINY_DIR = CONFORMANCE / "bv2_23_tiny"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core runner the thread
+    hand-offs cost several times the compute."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def shapes_json() -> dict:
     path = CONFORMANCE / "bv2_23_state_dict_shapes.json"
@@ -185,9 +195,27 @@ def test_spectral_norm_keys_map_to_upstream_names():
 
 
 def test_discriminator_checkpoints_round_trip(tmp_path):
-    wd = build_discriminators("bert-vits2-2.3", 16, 8, slm={"hidden": 12, "nlayers": 3, "initial_channel": 8})["WD"]
+    def make():
+        return WavLMDiscriminator(slm_hidden=12, slm_layers=3, initial_channel=8)
+    wd = make()
     path = save_upstream_checkpoint(wd, tmp_path / "WD_0.pth", iteration=0)
     assert "pre.weight_g" in torch.load(path, weights_only=True)["model"]
-    clone = build_discriminators("bert-vits2-2.3", 16, 8, slm={"hidden": 12, "nlayers": 3, "initial_channel": 8})["WD"]
+    clone = make()
     load_checkpoint(clone, path)
     assert all(torch.equal(a, b) for a, b in zip(wd.state_dict().values(), clone.state_dict().values()))
+
+
+@pytest.mark.parametrize("variant", ["vits2", "vits"])
+def test_other_variants_export_and_reload(variant, tmp_path):
+    net_g = build_generator(variant, n_vocab=30, spec_channels=33, segment_size=8, inter_channels=16,
+                            hidden_channels=16, filter_channels=32, n_heads=2, n_layers=3, kernel_size=3,
+                            p_dropout=0.1, resblock="2", resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+                            upsample_rates=[4, 4], upsample_initial_channel=32, upsample_kernel_sizes=[8, 8],
+                            n_speakers=2, gin_channels=8, n_flow_layer=2, n_layers_trans_flow=3, num_tones=4,
+                            num_languages=2)
+    ckpt = save_upstream_checkpoint(net_g, tmp_path / "G_1.pth", iteration=1)
+    cfg = save_upstream_config(net_g, tmp_path / "config.json", data={"sampling_rate": 22050, "hop_length": 16})
+    again = load_generator(cfg, ckpt)
+    assert again.variant == variant and again.hparams == net_g.hparams
+    a, b = net_g.state_dict(), again.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
