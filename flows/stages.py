@@ -136,6 +136,7 @@ def spec_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest",
     items = spec.plan_spec(ingest.read_index(ingest_path), params)
     cache, computed = None, 0
     if params.features.spec.cache:
+        spec.share_cores(params.runtime.workers)
         cache = stage_cache(params, root, "spec")
         computed = fill_cache(spec_chunk_task, items, cache, params.features.spec.chunk_size,
                               params.runtime.in_flight_chunks, "spec", ingest_dir=ingest_path,

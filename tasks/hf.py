@@ -10,6 +10,7 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+import torch
 from transformers import AutoModel, AutoTokenizer  # at import: transformers' lazy imports race in threads
 
 from tasks.config import BertConfig, resolve_model_path
@@ -53,12 +54,24 @@ def tokenizer_for(root: Path, bert: BertConfig):
 
 
 def encoder_for(root: Path, bert: BertConfig, device: str):
-    """The BERT encoder in eval mode, loaded once per process and shared (inference is thread-safe)."""
-    key = (bert.model, bert.revision, device)
+    """(encoder, index into its hidden_states of `bert.layer`), loaded once per process and shared.
+
+    Layers above the one we read cannot change it, so they are cut off: upstream's
+    hidden_states[-3] of a 6-layer model skips a third of the compute this way."""
+    key = (bert.model, bert.revision, bert.layer, device)
     with _lock:
         if key not in _models:
             # No remote code: a model that needs it is refused by transformers.
             model = AutoModel.from_pretrained(resolve_model_path(root, bert.model), revision=bert.revision,
                                               trust_remote_code=False)
-            _models[key] = model.eval().to(device)
+            index = bert.layer
+            layers = getattr(getattr(model, "encoder", None), "layer", None)
+            if isinstance(layers, torch.nn.ModuleList):
+                keep = len(layers) + 1 + bert.layer if bert.layer < 0 else bert.layer
+                if not 0 <= keep <= len(layers):
+                    raise ValueError(f"BERT {bert.model}: layer {bert.layer} does not exist "
+                                     f"({len(layers)} layers, so -{len(layers) + 1}..{len(layers)})")
+                model.encoder.layer = layers[:keep]
+                index = keep
+            _models[key] = (model.eval().to(device), index)
         return _models[key]

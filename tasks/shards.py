@@ -72,9 +72,7 @@ def read_record(shard_dir: Path, loc: dict[str, Any]) -> bytes:
 
 def read_pcm(shard_dir: Path, loc: dict[str, Any]) -> np.ndarray:
     """The int16 samples of one ingested utterance, without reading the rest of its shard."""
-    mm = np.memmap(Path(shard_dir) / loc["shard"], dtype="<i2", mode="r",
-                   offset=loc["offset"], shape=(loc["nbytes"] // 2,))
-    return np.array(mm)
+    return np.frombuffer(read_record(shard_dir, loc), dtype="<i2")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -5,7 +5,7 @@ only each utterance's frame count and the data loader computes the spectrograms 
 the same `model.mel_processing` functions. Each utterance is transformed on its own (no batch
 padding), so its spectrogram is a function of its audio alone.
 
-Outs: `spec-NNNNN.bin` shards (linear [n_fft/2+1, frames] then mel [n_mels, frames]),
+Outs: `spec-NNNNN.bin` shards (linear [frames, n_fft/2+1] then mel [frames, n_mels], fp16),
 `index.jsonl` (id, frames, shard location), `meta.json` (the STFT params), `summary.json`.
 """
 from __future__ import annotations
@@ -46,17 +46,29 @@ def plan_spec(rows: list[dict[str, Any]], params: Params) -> list[SpecItem]:
 
 def spectrograms(pcm: np.ndarray, p: STFTParams) -> tuple[torch.Tensor, torch.Tensor]:
     """int16 PCM [T] -> (linear [n_fft/2+1, T // hop], log-mel [n_mels, T // hop]), float32."""
-    y = torch.from_numpy(pcm.astype(np.float32) / 32768.0).unsqueeze(0)
+    y = torch.from_numpy(pcm).float().mul_(1 / 32768.0).unsqueeze(0)
     linear = linear_spectrogram(y, p)
     return linear[0], spec_to_mel(linear, p)[0]
+
+
+def share_cores(workers: int) -> None:
+    """One STFT is too small to split across cores: give each worker thread its share instead."""
+    import os
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def spec_chunk(items: list[SpecItem], ingest_dir: Path, p: STFTParams) -> list[tuple[str, Entry]]:
     out = []
     for item in items:
         linear, mel = spectrograms(read_pcm(ingest_dir, item.row), p)
-        payload = linear.half().numpy().tobytes() + mel.half().numpy().tobytes()
-        out.append((item.key, Entry({"frames": linear.shape[1]}, payload)))
+        (n_freq, frames), n_mels = linear.shape, mel.shape[0]
+        # Time-major, because torch.stft's output already is: storing [frames, bins] is one fp16
+        # copy per tensor, where [bins, frames] would cost a transpose each.
+        payload = torch.empty((n_freq + n_mels) * frames, dtype=torch.float16)
+        payload[: n_freq * frames].view(frames, n_freq).copy_(linear.T)
+        payload[n_freq * frames:].view(frames, n_mels).copy_(mel.T)
+        out.append((item.key, Entry({"frames": frames}, payload.numpy().tobytes())))
     return out
 
 
@@ -78,7 +90,7 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
         n_shards = len(shards.names)
     write_jsonl(tmp / "index.jsonl", rows)
     meta = {"stft": asdict(p), "cached": cache is not None, "dtype": "float16", "n_freq": n_freq,
-            "layout": "linear [n_freq, frames] then mel [n_mels, frames], row-major"}
+            "layout": "linear [frames, n_freq] then mel [frames, n_mels], row-major (time-major)"}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     frames = sum(r["frames"] for r in rows)
     summary = {"utterances": len(rows), "rejects": 0, "frames": frames, "shards": n_shards}
@@ -89,7 +101,7 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
 
 
 def read_spectrograms(spec_dir: Path, row: dict[str, Any], meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """One utterance's cached (linear [n_freq, frames], mel [n_mels, frames]) as float16."""
+    """One utterance's cached (linear [n_freq, frames], mel [n_mels, frames]) float16 views."""
     data = np.frombuffer(read_record(spec_dir, row), dtype=np.float16)
     n_freq, n_mels, frames = meta["n_freq"], meta["stft"]["n_mels"], row["frames"]
-    return data[: n_freq * frames].reshape(n_freq, frames), data[n_freq * frames:].reshape(n_mels, frames)
+    return data[: n_freq * frames].reshape(frames, n_freq).T, data[n_freq * frames:].reshape(frames, n_mels).T

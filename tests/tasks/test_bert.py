@@ -4,7 +4,7 @@ import torch
 
 from tasks.bert import SLOTS, bert_chunk, encode_batch, phone_features, plan_bert, slot_inputs
 from tasks.config import load_params
-from tasks.hf import encoder_for, tokenizer_for
+from tasks.hf import tokenizer_for
 from tasks.text import text_one
 from pathlib import Path
 
@@ -35,8 +35,11 @@ def test_features_are_the_configured_layer_expanded_to_phones(params, rows):
     assert feats.shape == (384, len(rows[0]["phones"])) and key == items[0].key
     lang = params.languages["en"].bert
     enc = tokenizer_for(REPO, lang)(rows[0]["norm_text"], return_tensors="pt")
+    from transformers import AutoModel
+    from tasks.config import resolve_model_path
+    full = AutoModel.from_pretrained(resolve_model_path(REPO, lang.model)).eval()  # all 6 layers
     with torch.inference_mode():
-        hidden = encoder_for(REPO, lang, "cpu")(**enc, output_hidden_states=True).hidden_states[-3][0]
+        hidden = full(**enc, output_hidden_states=True).hidden_states[-3][0]
     ref = phone_features(hidden, rows[0]["word2ph"]).numpy()
     assert np.abs(feats.astype(np.float32) - ref).max() < 1e-2  # fp16 storage, other batch shape
 

@@ -1,0 +1,147 @@
+"""P1 and P2: the feature stages against what upstream Bert-VITS2 does, in the same process.
+
+P1 (bert): utterances/s of our batched, fixed-shape encoder (tasks.bert.bert_chunk) against a
+baseline that does what upstream's bert_gen.py does: one sentence at a time through
+AutoModelForMaskedLM (upstream loads the masked-LM head too), hidden_states[-3], a Python loop
+repeating each token's vector per phone, one torch.save per utterance. Same model, same threads.
+
+P2 (spec): times real time of our spectrograms (the model's torch STFT, per utterance, on the
+stage's 2 worker threads) against a per-file librosa loop (linear magnitude STFT plus mel, the
+same framing), on the same audio.
+
+    .venv/bin/python benchmarks/bench_features.py [--copies 4]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def demo_rows(work: Path, copies: int):
+    """The demo corpus through ingest and text (no Prefect), repeated `copies` times."""
+    from tasks.cache import ResultCache
+    from tasks.config import load_params
+    from tasks.demo import make_demo_corpus
+    from tasks import ingest, text
+
+    make_demo_corpus(REPO / "demo" / "sentences", work / "demo")
+    params = load_params(REPO / "params.yaml")
+    datasets = [d.model_copy(update={"path": str(work / "demo" / Path(d.path).name)}) for d in params.datasets]
+    params = params.model_copy(update={"datasets": datasets})
+    plan = ingest.plan_ingest(params, REPO)
+    cache = ResultCache(work / "ingest.sqlite")
+    cache.put_many(ingest.ingest_chunk(plan.storages, plan.items, ingest.audio_settings(params)))
+    ingest.assemble(plan, cache, work / "ingest", params)
+    rows = ingest.read_index(work / "ingest")
+    items = text.plan_text(rows, params, REPO)
+    tcache = ResultCache(work / "text.sqlite")
+    tcache.put_many(text.text_chunk(items, params, REPO))
+    text_rows = [{"id": i.row["id"], "language": i.row["language"], **e.meta}
+                 for i, (_, e) in zip(items, tcache.iter_entries(i.key for i in items))]
+    uniq = lambda rs, k: [dict(r, id=f"{r['id']}#{k}") for r in rs]  # noqa: E731
+    return params, [r for k in range(copies) for r in uniq(rows, k)], [r for k in range(copies) for r in uniq(text_rows, k)]
+
+
+def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from tasks.config import resolve_model_path
+
+    path = resolve_model_path(REPO, params.languages["en"].bert.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForMaskedLM.from_pretrained(path)
+    start = time.perf_counter()
+    for i, row in enumerate(text_rows):
+        with torch.no_grad():
+            inputs = tokenizer(row["norm_text"], return_tensors="pt")
+            res = model(**inputs, output_hidden_states=True)
+            res = torch.cat(res["hidden_states"][-3:-2], -1)[0].cpu()
+        phone_level = [res[j].repeat(row["word2ph"][j], 1) for j in range(len(row["word2ph"]))]
+        torch.save(torch.cat(phone_level, dim=0).T, out_dir / f"{i}.bert.pt")
+    return time.perf_counter() - start
+
+
+def our_bert(text_rows, params) -> float:
+    from tasks.bert import batch_order, bert_chunk, plan_bert
+    from tasks.hf import encoder_for, tokenizer_for
+
+    for lang in params.languages.values():  # loading is once per process, outside the loop
+        tokenizer_for(REPO, lang.bert), encoder_for(REPO, lang.bert, "cpu")
+    torch.set_num_threads(os.cpu_count() or 1)
+    items = batch_order(plan_bert(text_rows, params, REPO, "cpu"))
+    start = time.perf_counter()
+    chunk = params.features.bert.chunk_size
+    for s in range(0, len(items), chunk):
+        bert_chunk(items[s:s + chunk], params, REPO, "cpu")
+    return time.perf_counter() - start
+
+
+def librosa_spec(pcms, p) -> float:
+    import librosa
+
+    librosa.stft(np.zeros(4096, dtype=np.float32), n_fft=p.n_fft)  # numba warm-up, not timed
+    mel_basis = librosa.filters.mel(sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax)
+    start = time.perf_counter()
+    for pcm in pcms:
+        y = np.pad(pcm.astype(np.float32) / 32768.0, ((p.n_fft - p.hop_length) // 2,) * 2, mode="reflect")
+        mag = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length,
+                                  center=False))
+        np.log(np.clip(mel_basis @ mag, 1e-5, None))
+    return time.perf_counter() - start
+
+
+def our_spec(rows, ingest_dir: Path, p, workers: int, chunk: int) -> float:
+    """The spec stage's compute as its flow runs it: chunk tasks on `workers` threads."""
+    from tasks.spec import SpecItem, share_cores, spec_chunk
+
+    share_cores(workers)
+    items = [SpecItem(r, r["id"]) for r in rows]
+    spec_chunk(items[:2], ingest_dir, p)  # warm-up
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda s: spec_chunk(items[s:s + chunk], ingest_dir, p), range(0, len(items), chunk)))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copies", type=int, default=4, help="repeat the 120-utterance demo corpus")
+    args = ap.parse_args()
+    from tasks.shards import read_pcm
+    from tasks.spec import stft_params
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        params, rows, text_rows = demo_rows(work, args.copies)
+        n = len(text_rows)
+        (work / "pt").mkdir()
+        t_up = upstream_style_bert(text_rows, params, work / "pt")
+        t_ours = our_bert(text_rows, params)
+        print(f"P1 bert ({n} utterances, CPU, {torch.get_num_threads()} threads)")
+        print(f"  upstream-style, one sentence at a time: {n / t_up:8.1f} utt/s ({t_up:.2f} s)")
+        print(f"  vitsflow batched (batch {params.features.bert.batch_size}):       {n / t_ours:8.1f} utt/s ({t_ours:.2f} s)")
+        print(f"  ratio: {t_up / t_ours:.2f}x")
+
+        p = stft_params(params)
+        seconds = sum(r["num_samples"] for r in rows) / p.sample_rate
+        t_lib = librosa_spec([read_pcm(work / "ingest", r) for r in rows], p)
+        t_ours = our_spec(rows, work / "ingest", p, params.runtime.workers, params.features.spec.chunk_size)
+        print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio)")
+        print(f"  librosa per-file loop:      {seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
+        print(f"  vitsflow torch STFT ({params.runtime.workers} thr): {seconds / t_ours:8.1f}x real time ({t_ours:.2f} s)")
+        print(f"  ratio: {t_lib / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""P3 and P4: an incremental `dvc repro` after adding 1% new utterances, and DVC file counts.
+
+Builds a project from this repo's pipeline with N dithered copies of the demo corpus (9 copies:
+1,080 utterances), starts a local Prefect server (as a user watching the UI would have), runs a
+full `dvc repro`, adds 1% new utterances to one dataset and runs `dvc repro` again.
+P4 counts the files DVC tracks and extrapolates them to 10,000 utterances from the measured bytes
+per utterance of each sharded out.
+
+    .venv/bin/python benchmarks/bench_incremental.py [--copies 9]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.bench_data import build_demo, dithered_copies  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def start_prefect(home: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=url, PREFECT_UI_API_URL=url,
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(180):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return proc, url
+        except Exception:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("Prefect server did not start")
+
+
+def repro(project: Path, api: str) -> tuple[float, str]:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PREFECT_API_URL=api)
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return time.perf_counter() - start, proc.stdout + proc.stderr
+
+
+def add_utterances(dataset: Path, n: int) -> None:
+    lines = (dataset / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    rng = np.random.default_rng(1234)
+    for k in range(n):
+        src = json.loads(lines[k])
+        x, sr = sf.read(dataset / src["audio"])
+        name = f"audio/new_{k:04d}.wav"
+        sf.write(dataset / name, x + rng.normal(0, 1e-4, x.shape), sr)
+        lines.append(json.dumps({**src, "audio": name}, ensure_ascii=False))
+    (dataset / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copies", type=int, default=9)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        project = work / "project"
+        project.mkdir()
+        for name in ["flows", "tasks", "model", "demo"]:
+            shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ["dvc.yaml", ".gitignore"]:
+            shutil.copy(REPO / name, project)
+        params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+        params["datasets"] = dithered_copies(build_demo(work), work, args.copies)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+            subprocess.run(cmd, cwd=project, check=True, env=dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}"))
+        server, api = start_prefect(work / "prefect")
+        try:
+            t_full, _ = repro(project, api)
+            n = json.loads((project / "data/ingest/summary.json").read_text())["utterances"]
+            new = max(1, round(n / 100))
+            add_utterances(Path(params["datasets"][0]["path"]), new)
+            t_inc, log = repro(project, api)
+        finally:
+            server.terminate()
+        stage_s = {m[0]: float(m[1]) for m in re.findall(r"(\w+): \d+ utterances \(\d+ computed.*?, ([\d.]+) s", log)}
+        computed = dict(re.findall(r"(\w+): \d+ utterances \((\d+) computed", log))
+        print(f"P3 ({n} utterances, then +{new} new, Prefect server, CPU)")
+        print(f"  full dvc repro:        {t_full:7.1f} s")
+        print(f"  incremental dvc repro: {t_inc:7.1f} s = {100 * t_inc / t_full:.1f}% of the full run")
+        print(f"  computed per stage: {computed}; in-flow seconds: {stage_s}")
+        print(f"  outside the flows (process start, imports, flow-run bookkeeping, DVC hashing): "
+              f"{t_inc - sum(stage_s.values()):.1f} s")
+
+        lock = yaml.safe_load((project / "dvc.lock").read_text())
+        outs = [o for st in lock["stages"].values() for o in st.get("outs", [])]
+        files = sum(o.get("nfiles", 1) for o in outs)
+        print(f"P4 files DVC tracks for {n + new} utterances: {files}")
+        est = 0
+        for out in ["data/ingest", "data/text", "data/bert", "data/spec"]:
+            folder = project / out
+            shard_bytes = sum(p.stat().st_size for p in folder.iterdir() if re.search(r"-\d{5}\.", p.name))
+            others = sum(1 for p in folder.iterdir() if not re.search(r"-\d{5}\.", p.name))
+            sec = {"data/ingest": "ingest", "data/text": "text"}.get(out)
+            shard_mb = params[sec]["shard_mb"] if sec else params["features"][out.split("/")[1]]["shard_mb"]
+            shards = math.ceil(shard_bytes / (n + new) * 10_000 / (shard_mb * 2**20))
+            est += shards + others
+            print(f"  {out}: {shard_bytes / (n + new) / 1024:.1f} KiB/utt -> {shards} shards + {others} files at 10k")
+        rest = files - sum(o.get("nfiles", 1) for o in outs if o["path"] in
+                           ("data/ingest", "data/text", "data/bert", "data/spec"))
+        print(f"  estimate for 10,000 utterances: {est + rest} files (sources and reports: {rest})")
+
+
+if __name__ == "__main__":
+    main()
