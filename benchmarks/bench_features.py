@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=4, help="repeat the 120-utterance demo corpus")
     args = ap.parse_args()
     from tasks.shards import read_pcm
-    from tasks.spec import stft_params
+    from tasks.spec import stft_params, stft_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -136,7 +136,8 @@ def main() -> None:
         p = stft_params(params)
         seconds = sum(r["num_samples"] for r in rows) / p.sample_rate
         t_lib = librosa_spec([read_pcm(work / "ingest", r) for r in rows], p)
-        t_ours = our_spec(rows, work / "ingest", p, params.runtime.workers, params.features.spec.chunk_size)
+        t_ours = our_spec(rows, work / "ingest", stft_settings(params), params.runtime.workers,
+                          params.features.spec.chunk_size)
         print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio)")
         print(f"  librosa per-file loop:      {seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
         print(f"  vitsflow torch STFT ({params.runtime.workers} thr): {seconds / t_ours:8.1f}x real time ({t_ours:.2f} s)")

@@ -48,9 +48,10 @@ def bert_chunk_task(chunk, params, root, device):
 
 
 @task(name="spec-chunk", **RETRIES)
-def spec_chunk_task(chunk, ingest_dir, stft):
+def spec_chunk_task(chunk, ingest_dir, stft, workers):
     from tasks import spec
 
+    spec.share_cores(workers)
     return spec.spec_chunk(chunk, ingest_dir, stft)
 
 
@@ -136,11 +137,10 @@ def spec_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest",
     items = spec.plan_spec(ingest.read_index(ingest_path), params)
     cache, computed = None, 0
     if params.features.spec.cache:
-        spec.share_cores(params.runtime.workers)
         cache = stage_cache(params, root, "spec")
         computed = fill_cache(spec_chunk_task, items, cache, params.features.spec.chunk_size,
                               params.runtime.in_flight_chunks, "spec", ingest_dir=ingest_path,
-                              stft=spec.stft_params(params))
+                              stft=spec.stft_settings(params), workers=params.runtime.workers)
     summary = spec.assemble(items, cache, resolve_local(root, out), params)
     return _log_summary("spec", summary, started, computed)
 

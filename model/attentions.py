@@ -16,7 +16,8 @@ from model import commons
 
 
 class LayerNorm(nn.Module):
-    """Channel LayerNorm for [B, C, T] (duplicate of modules.LayerNorm: modules imports this file)."""
+    """LayerNorm over the channel axis of a [B, C, T] tensor (params named gamma/beta upstream).
+    Lives here because modules.py imports this file; modules re-exports it."""
 
     def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()

@@ -15,26 +15,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from model import commons
-from model.attentions import Encoder
+from model.attentions import Encoder, LayerNorm  # noqa: F401  (LayerNorm: re-exported for models.py)
 from model.commons import get_padding, weight_norm
 from model.transforms import piecewise_rational_quadratic_transform
 
 LRELU_SLOPE = 0.1
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the channel axis of a [B, C, T] tensor (params named gamma/beta upstream)."""
-
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.channels = channels
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.ones(channels))
-        self.beta = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.transpose(1, -1), (self.channels,), self.gamma, self.beta, self.eps)
-        return x.transpose(1, -1)
 
 
 class DDSConv(nn.Module):

@@ -4,7 +4,8 @@ For each language the model named in params (loaded once per process) encodes th
 text; the hidden state of the configured layer (upstream: hidden_states[-3]) is expanded from
 tokens to phones with word2ph, giving [dim, len(phones)].
 
-Determinism: a token's features depend on the shape of the batch it ran in (the GEMM kernels
+torch and transformers are imported only where something is computed: a run whose results all
+come from the cache starts in a second. Determinism: a token's features depend on the shape of the batch it ran in (the GEMM kernels
 change with it), so every batch has exactly `bert_batch_size` rows and a padded length set by the
 length bucket of its items. An utterance's features are then a function of its own text alone, so
 a resumed or incremental run writes the same bytes as a full one.
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import torch
 
 from tasks.cache import Entry, ResultCache, cache_key
 from tasks.config import Params
@@ -38,6 +38,8 @@ FILL = "zeros"  # what the slots of the other languages hold, in training and in
 
 
 def pick_device(setting: str) -> str:
+    import torch
+
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return setting
@@ -61,7 +63,9 @@ def read_text_rows(text_dir: Path) -> Iterable[dict[str, Any]]:
 def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device: str) -> list[BertItem]:
     deps = {code: {"model": fingerprint(root, lang.bert), "layer": lang.bert.layer}
             for code, lang in params.languages.items()}
-    libs = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+    from importlib.metadata import version
+
+    libs = {"torch": version("torch"), "transformers": version("transformers"),
             "device": device, "batch": params.features.bert.batch_size, "bucket": LENGTH_BUCKET}
     items = []
     for row in rows:
@@ -77,13 +81,17 @@ def batch_order(items: list[BertItem]) -> list[BertItem]:
     return sorted(items, key=lambda i: (i.row["language"], -(-i.n_tokens // LENGTH_BUCKET), i.key))
 
 
-def phone_features(hidden: torch.Tensor, word2ph: list[int]) -> torch.Tensor:
+def phone_features(hidden, word2ph: list[int]):
     """hidden: [n_tokens, dim] -> [dim, sum(word2ph)]: each token's vector repeated per phone."""
+    import torch
+
     return hidden.repeat_interleave(torch.tensor(word2ph, device=hidden.device), dim=0).T
 
 
 def encode_batch(items: list[BertItem], params: Params, root: Path, device: str) -> list[tuple[str, Entry]]:
     """One full-shape batch of one language and length bucket -> cache entries."""
+    import torch
+
     lang = params.languages[items[0].row["language"]]
     tokenizer, (model, index) = tokenizer_for(root, lang.bert), encoder_for(root, lang.bert, device)
     size = params.features.bert.batch_size

@@ -7,6 +7,7 @@ Relative paths are resolved against the repository root (the folder holding para
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -202,11 +203,59 @@ class FeaturesConfig(Strict):
     bert: BertStageConfig = BertStageConfig()
 
 
+class InitFromConfig(Strict):
+    """Upstream checkpoints to start a new run from (fine-tuning); ignored when the run resumes.
+
+    Each of G, D, DUR, WD is a local path (relative to the repo) or an s3:// URI of an upstream
+    `G_*.pth`-style file, or null. Loading is strict: any difference in keys or shapes is an error
+    unless a pattern below covers it, and every allowed difference is logged."""
+    G: Optional[str] = None
+    D: Optional[str] = None
+    DUR: Optional[str] = None
+    WD: Optional[str] = None
+    # Keys (fnmatch patterns) whose first dimension may differ: the speaker table (new speakers) and
+    # the symbol/tone/language tables (languages added through params.yaml). Shared rows are copied.
+    allow_resize: list[str] = Field(default_factory=lambda: ["emb_g", "enc_p.emb", "enc_p.tone_emb",
+                                                             "enc_p.language_emb"])
+    # Keys dropped from the checkpoint and left at their initial values, e.g. `enc_p.*bert_proj`
+    # when the BERT width differs from upstream's 1024.
+    reinit: list[str] = Field(default_factory=list)
+
+
 class TrainConfig(Strict):
-    batch_size: int = Field(16, ge=1)
+    """The trainer (tasks/train.py): upstream 2.3's train section with its names, plus the loop's own knobs."""
+    batch_size: int = Field(16, ge=1)  # per process
     # Spectrogram-frame boundaries of the bucketed sampler (upstream's defaults); clips at or
     # below the first or above the last are dropped, and the stats stage lists them.
     bucket_boundaries: list[int] = Field(default_factory=lambda: [32, 300, 400, 500, 600, 700, 800, 900, 1000])
+    seed: int = 1234
+    learning_rate: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.8, 0.99)
+    eps: float = Field(1e-9, gt=0)
+    lr_decay: float = Field(0.99995, gt=0, le=1)  # ExponentialLR gamma, stepped once per epoch as upstream
+    segment_size: int = Field(16384, ge=64)  # samples of the random slice the decoder trains on
+    c_mel: float = Field(45.0, ge=0)
+    c_kl: float = Field(1.0, ge=0)
+    epochs: int = Field(1000, ge=1)
+    max_steps: Optional[int] = Field(None, ge=0)  # stop at this global step (whichever of the two comes first)
+    log_interval: int = Field(200, ge=1)  # steps between TensorBoard scalars/images
+    eval_interval: int = Field(1000, ge=1)  # steps between validation losses
+    save_interval: int = Field(1000, ge=1)  # steps between checkpoints (and one at the end)
+    keep_best: int = Field(3, ge=1)  # checkpoints kept by validation loss, besides the latest
+    bf16: bool = False  # opt-in bfloat16 autocast (CUDA or CPU); no GradScaler
+    # Max gradient norms (null: no clipping, upstream's fp32 default; upstream's bf16 runs use 500 / 200).
+    grad_clip_g: Optional[float] = Field(None, gt=0)
+    grad_clip_d: Optional[float] = Field(None, gt=0)  # D, DUR and WD
+    num_workers: int = Field(2, ge=0)  # data-loader processes per training process
+    nproc: int = Field(1, ge=1)  # training processes (torchrun --nproc_per_node); 1: in-process
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    val_max_utterances: int = Field(16, ge=1)  # validation clips (the first of the val split) per evaluation
+    audio_samples: int = Field(2, ge=0)  # validation clips rendered to TensorBoard per evaluation
+    init_from: InitFromConfig = InitFromConfig()
+    # The run's name under storage `runs/`; null: derived from model/train params and the data, so
+    # the same params on the same data resume the same run.
+    run_id: Optional[str] = None
+    log_dir: str = "logs"  # TensorBoard event files, under <log_dir>/<run_id>/
 
     @field_validator("bucket_boundaries")
     @classmethod
@@ -214,6 +263,64 @@ class TrainConfig(Strict):
         if len(v) < 2 or any(b <= a for a, b in zip(v, v[1:])) or v[0] < 0:
             raise ValueError("expected at least two strictly increasing, non-negative frame counts")
         return v
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.'")
+        return v
+
+
+class SLMConfig(Strict):
+    """Upstream 2.3's WavLM (speech language model) discriminator and feature loss."""
+    model: Optional[str] = None  # a local WavLM folder (transformers format); null: no WavLM terms, no WD
+    sr: int = 16000
+    hidden: int = 768
+    nlayers: int = 13
+    initial_channel: int = 64
+
+
+class ModelConfig(Strict):
+    """The network: upstream 2.3's `model` section with its names and defaults (config.json).
+
+    Table sizes (symbols, tones, languages, speakers) and the BERT width come from the data; the
+    spectrogram width from features.spec.n_fft."""
+    variant: Literal["bert-vits2-2.3", "vits2", "vits"] = "bert-vits2-2.3"
+    add_blank: bool = True  # a blank (id 0) between phones, as upstream data.add_blank
+    inter_channels: int = Field(192, ge=2)
+    hidden_channels: int = Field(192, ge=2)
+    filter_channels: int = Field(768, ge=1)
+    n_heads: int = Field(2, ge=1)
+    n_layers: int = Field(6, ge=1)
+    kernel_size: int = Field(3, ge=1)
+    p_dropout: float = Field(0.1, ge=0, lt=1)
+    resblock: Literal["1", "2"] = "1"
+    resblock_kernel_sizes: list[int] = Field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = Field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+    upsample_rates: list[int] = Field(default_factory=lambda: [8, 8, 2, 2, 2])
+    upsample_initial_channel: int = Field(512, ge=1)
+    upsample_kernel_sizes: list[int] = Field(default_factory=lambda: [16, 16, 8, 2, 2])
+    gin_channels: int = Field(512, ge=1)
+    n_flow_layer: int = Field(4, ge=1)
+    n_layers_trans_flow: int = Field(4, ge=1)
+    flow_share_parameter: bool = False
+    use_spectral_norm: bool = False  # of the discriminators
+    slm: SLMConfig = SLMConfig()
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "ModelConfig":
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            raise ValueError("upsample_rates and upsample_kernel_sizes must have the same length")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
+        if self.hidden_channels % self.n_heads:
+            raise ValueError(f"hidden_channels ({self.hidden_channels}) must be a multiple of n_heads ({self.n_heads})")
+        return self
+
+    def generator_kwargs(self) -> dict[str, Any]:
+        """SynthesizerTrn arguments from this section (the data-dependent ones are added by the trainer)."""
+        return self.model_dump(exclude={"variant", "add_blank", "use_spectral_norm", "slm"})
 
 
 class StorageConfig(Strict):
@@ -248,9 +355,9 @@ class Params(Strict):
     features: FeaturesConfig = FeaturesConfig()
     storage: StorageConfig = StorageConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    # Filled by the network/trainer and evaluation issues; free-form until their schemas land.
     train: TrainConfig = TrainConfig()
-    model: dict[str, Any] = Field(default_factory=dict)
+    model: ModelConfig = ModelConfig()
+    # Filled by the evaluation issue; free-form until its schema lands.
     eval: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("languages")
@@ -275,6 +382,13 @@ class Params(Strict):
             if code not in ("zh", "ja", "en") and lang.bert.slot is None:
                 raise ValueError(f"languages.{code}.bert.slot: required for a language beyond zh/ja/en; "
                                  "expected zh, ja or en (the network input that carries its features)")
+        hop = self.features.spec.hop_length
+        if math.prod(self.model.upsample_rates) != hop:
+            raise ValueError(f"model.upsample_rates: their product ({math.prod(self.model.upsample_rates)}) must "
+                             f"equal features.spec.hop_length ({hop}): the decoder makes one hop per frame")
+        if self.train.segment_size % hop:
+            raise ValueError(f"train.segment_size ({self.train.segment_size}) must be a multiple of "
+                             f"features.spec.hop_length ({hop})")
         return self
 
 

@@ -10,9 +10,6 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-from transformers import AutoModel, AutoTokenizer  # at import: transformers' lazy imports race in threads
-
 from tasks.config import BertConfig, resolve_model_path
 
 _lock = threading.Lock()
@@ -44,12 +41,21 @@ def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False) -> s
     return f"{bert.model}@{bert.revision or 'main'}"
 
 
+def _transformers():
+    """transformers, imported on first use (2-4 s a stage whose results are all cached never pays),
+    under a lock: its lazy attribute imports race when two worker threads get there at once."""
+    with _lock:
+        from transformers import AutoModel, AutoTokenizer
+    return AutoTokenizer, AutoModel
+
+
 def tokenizer_for(root: Path, bert: BertConfig):
     """The tokenizer, loaded once per thread (fast tokenizers are not safe to share across threads)."""
     cache = _local.__dict__.setdefault("tokenizers", {})
     key = (bert.model, bert.revision)
     if key not in cache:
-        cache[key] = AutoTokenizer.from_pretrained(resolve_model_path(root, bert.model), revision=bert.revision)
+        auto_tokenizer, _ = _transformers()
+        cache[key] = auto_tokenizer.from_pretrained(resolve_model_path(root, bert.model), revision=bert.revision)
     return cache[key]
 
 
@@ -58,11 +64,14 @@ def encoder_for(root: Path, bert: BertConfig, device: str):
 
     Layers above the one we read cannot change it, so they are cut off: upstream's
     hidden_states[-3] of a 6-layer model skips a third of the compute this way."""
+    import torch
+
+    _, auto_model = _transformers()
     key = (bert.model, bert.revision, bert.layer, device)
     with _lock:
         if key not in _models:
             # No remote code: a model that needs it is refused by transformers.
-            model = AutoModel.from_pretrained(resolve_model_path(root, bert.model), revision=bert.revision,
+            model = auto_model.from_pretrained(resolve_model_path(root, bert.model), revision=bert.revision,
                                               trust_remote_code=False)
             index = bert.layer
             layers = getattr(getattr(model, "encoder", None), "layer", None)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from model.mel_processing import STFTParams, linear_spectrogram, spec_to_mel
 from tasks.cache import Entry, ResultCache, cache_key
 from tasks.config import Params
 from tasks.shards import ShardWriter, read_pcm, read_record, write_jsonl
@@ -28,9 +26,17 @@ from tasks.storage import atomic_write_bytes
 VERSION = "spec-1"
 
 
-def stft_params(params: Params) -> STFTParams:
+def stft_settings(params: Params) -> dict[str, Any]:
+    """The STFT params as a plain dict: what keys and meta.json need, without importing torch."""
     s = params.features.spec
-    return STFTParams(params.audio.sample_rate, s.n_fft, s.hop_length, s.win_length, s.n_mels, s.fmin, s.fmax)
+    return {"sample_rate": params.audio.sample_rate, "n_fft": s.n_fft, "hop_length": s.hop_length,
+            "win_length": s.win_length, "n_mels": s.n_mels, "fmin": s.fmin, "fmax": s.fmax}
+
+
+def stft_params(params: Params):
+    from model.mel_processing import STFTParams
+
+    return STFTParams(**stft_settings(params))
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,18 @@ class SpecItem:
 
 
 def plan_spec(rows: list[dict[str, Any]], params: Params) -> list[SpecItem]:
-    deps = {"stft": asdict(stft_params(params)), "torch": torch.__version__}
+    from importlib.metadata import version
+
+    deps = {"stft": stft_settings(params), "torch": version("torch")}
     return [SpecItem(row, cache_key(stage=VERSION, audio=row["sha256"], **deps)) for row in rows]
 
 
-def spectrograms(pcm: np.ndarray, p: STFTParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """int16 PCM [T] -> (linear [n_fft/2+1, T // hop], log-mel [n_mels, T // hop]), float32."""
+def spectrograms(pcm: np.ndarray, p):
+    """int16 PCM [T] -> (linear [n_fft/2+1, T // hop], log-mel [n_mels, T // hop]), float32 tensors."""
+    import torch
+
+    from model.mel_processing import linear_spectrogram, spec_to_mel
+
     y = torch.from_numpy(pcm).float().mul_(1 / 32768.0).unsqueeze(0)
     linear = linear_spectrogram(y, p)
     return linear[0], spec_to_mel(linear, p)[0]
@@ -55,10 +67,17 @@ def share_cores(workers: int) -> None:
     """One STFT is too small to split across cores: give each worker thread its share instead."""
     import os
 
+    import torch
+
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def spec_chunk(items: list[SpecItem], ingest_dir: Path, p: STFTParams) -> list[tuple[str, Entry]]:
+def spec_chunk(items: list[SpecItem], ingest_dir: Path, settings: dict[str, Any]) -> list[tuple[str, Entry]]:
+    import torch
+
+    from model.mel_processing import STFTParams
+
+    p = STFTParams(**settings)
     out = []
     for item in items:
         linear, mel = spectrograms(read_pcm(ingest_dir, item.row), p)
@@ -74,14 +93,14 @@ def spec_chunk(items: list[SpecItem], ingest_dir: Path, p: STFTParams) -> list[t
 
 def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, params: Params) -> dict[str, Any]:
     """Write the outs; with caching off (`cache` None) only frame counts and the STFT params."""
-    p = stft_params(params)
+    p = stft_settings(params)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows = []
-    n_freq = p.n_fft // 2 + 1
+    n_freq = p["n_fft"] // 2 + 1
     if cache is None:
-        rows = [{"id": i.row["id"], "frames": i.row["num_samples"] // p.hop_length} for i in items]
+        rows = [{"id": i.row["id"], "frames": i.row["num_samples"] // p["hop_length"]} for i in items]
         n_shards = 0
     else:
         with ShardWriter(tmp, "spec", ".bin", params.features.spec.shard_mb * 2**20) as shards:
@@ -89,7 +108,7 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
                 rows.append({"id": item.row["id"], "frames": entry.meta["frames"], **shards.append(entry.data)})
         n_shards = len(shards.names)
     write_jsonl(tmp / "index.jsonl", rows)
-    meta = {"stft": asdict(p), "cached": cache is not None, "dtype": "float16", "n_freq": n_freq,
+    meta = {"stft": p, "cached": cache is not None, "dtype": "float16", "n_freq": n_freq,
             "layout": "linear [frames, n_freq] then mel [frames, n_mels], row-major (time-major)"}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     frames = sum(r["frames"] for r in rows)

@@ -5,7 +5,7 @@ import torch
 from model.mel_processing import STFTParams, mel_spectrogram
 from tasks.cache import ResultCache
 from tasks.config import load_params
-from tasks.spec import assemble, plan_spec, read_spectrograms, spec_chunk, spectrograms, stft_params
+from tasks.spec import assemble, plan_spec, read_spectrograms, spec_chunk, spectrograms, stft_params, stft_settings
 from tests.tasks.test_ingest import run_ingest, corpus  # noqa: F401  (fixture)
 from tasks.ingest import read_index
 
@@ -42,7 +42,7 @@ def test_cached_spectrograms_read_back_as_computed(ingested, tmp_path):
     params, ingest_dir = ingested
     items = plan_spec(read_index(ingest_dir), params)
     cache = ResultCache(tmp_path / "spec.sqlite")
-    cache.put_many(spec_chunk(items, ingest_dir, stft_params(params)))
+    cache.put_many(spec_chunk(items, ingest_dir, stft_settings(params)))
     summary = assemble(items, cache, tmp_path / "spec", params)
     import json
     meta = json.loads((tmp_path / "spec" / "meta.json").read_text())

@@ -1,8 +1,10 @@
 import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
 
-from tasks.config import load_params
+from tasks.config import StorageConfig, load_params
 from tasks.ingest import plan_ingest
-from tasks.storage import LocalStorage, open_storage
+from tasks.storage import MiB, LocalStorage, S3Storage, StorageError, is_transient, open_storage, storage_from_config
 from tests.helpers import ljspeech_subset, write_params
 
 
@@ -34,3 +36,93 @@ def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, shared_
     assert [i.utt.utt_id for i in plan.items] == [f"lj/wavs/{i}" for i in ids]
     data = plan.storages["lj"].read_bytes(plan.items[0].utt.audio)
     assert data[:4] == b"RIFF"
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_storage(request, tmp_path):
+    if request.param == "file":
+        return LocalStorage(tmp_path / "root")
+    request.getfixturevalue("s3_endpoint")
+    boto3.client("s3").create_bucket(Bucket="vf-any")
+    store = open_storage("s3://vf-any/p")
+    store.delete_prefix("d")
+    return store
+
+
+def test_size_delete_and_delete_prefix(any_storage):
+    s = any_storage
+    for key in ("d/a/1.bin", "d/a/2.bin", "d/ab/3.bin", "d/b.bin"):
+        s.write_bytes(key, b"12345")
+    assert s.size("d/a/1.bin") == 5
+    with pytest.raises(FileNotFoundError):
+        s.size("d/nope.bin")
+    s.delete("d/b.bin")
+    s.delete("d/b.bin")  # deleting what is gone is fine
+    assert not s.exists("d/b.bin")
+    assert s.delete_prefix("d/a") == 2  # a folder: d/ab/ is not under it
+    assert list(s.list("d/")) == ["d/ab/3.bin"]
+    with pytest.raises(StorageError, match="refusing"):
+        s.delete_prefix("/")
+    assert s.delete_prefix("d/missing") == 0
+
+
+class FlakyClient:
+    """A boto3 client whose first `failures` uploads fail with a connection error."""
+
+    def __init__(self, inner, failures, error=None):
+        self.inner, self.failures, self.calls = inner, failures, 0
+        self.error = error or EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    def upload_fileobj(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return self.inner.upload_fileobj(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_s3_puts_are_retried_with_backoff_on_connection_errors(s3_endpoint):
+    boto3.client("s3").create_bucket(Bucket="vf-retry")
+    store = S3Storage("vf-retry", "p", retries=3, backoff_s=1.0, max_backoff_s=3.0)
+    delays = []
+    store.sleep = delays.append
+    store.client = FlakyClient(store.client, failures=3)
+    store.write_bytes("k.bin", b"data")
+    assert store.read_bytes("k.bin") == b"data" and store.client.calls == 4
+    assert len(delays) == 3 and all(0 <= d <= cap for d, cap in zip(delays, (1.0, 2.0, 3.0)))
+
+    store.client = FlakyClient(store.client.inner, failures=10)  # bounded: gives up after `retries`
+    with pytest.raises(EndpointConnectionError):
+        store.write_bytes("k2.bin", b"data")
+    assert store.client.calls == 4
+
+
+def test_s3_errors_that_will_not_heal_are_not_retried(s3_endpoint):
+    store = S3Storage("vf-no-such-bucket", "p", retries=3)
+    store.sleep = lambda s: pytest.fail("slept on a permanent error")
+    store.client = FlakyClient(store.client, failures=0)
+    with pytest.raises(StorageError, match="s3://vf-no-such-bucket/p/k.bin.*NoSuchBucket"):
+        store.write_bytes("k.bin", b"x")
+    assert store.client.calls == 1
+    slow = ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+    denied = ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+    assert is_transient(slow) and not is_transient(denied)
+
+
+def test_transfer_config_and_storage_from_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("VITSFLOW_STORAGE_URI", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    store = storage_from_config(StorageConfig(uri="s3://b/x", endpoint_url="http://127.0.0.1:9", region="eu-west-1"),
+                                tmp_path, multipart_threshold=16 * MiB, part_size=32 * MiB)
+    assert isinstance(store, S3Storage) and store.client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert store.client.meta.region_name == "eu-west-1"
+    cfg = store.transfer_config()
+    assert (cfg.multipart_threshold, cfg.multipart_chunksize) == (16 * MiB, 32 * MiB)
+    assert store.transfer_config(part_size=6 * MiB).multipart_chunksize == 6 * MiB
+    local = storage_from_config(StorageConfig(uri="file://store"), tmp_path)
+    assert isinstance(local, LocalStorage) and local.root == tmp_path / "store"
+    monkeypatch.setenv("VITSFLOW_STORAGE_URI", f"file://{tmp_path}/other")
+    assert storage_from_config(StorageConfig(), tmp_path).root == tmp_path / "other"
