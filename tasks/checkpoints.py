@@ -176,9 +176,6 @@ def check_state(value: Any, path: str = "state") -> None:
 
 
 def _state_bytes(state: dict) -> bytes:
-    if not isinstance(state, dict):
-        raise TypeError(f"state: expected a dict, got {type(state).__name__}")
-    check_state(state)
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -278,8 +275,17 @@ class CheckpointStore:
             if not isinstance(name, str) or not _NET_NAME.match(name) or name in ("state", "manifest", "latest"):
                 raise ValueError(f"nets: name {name!r}: expected letters, digits, '_' or '-' (e.g. 'G', 'D', "
                                  "'DUR', 'WD'), not 'state'/'manifest'/'latest'")
-        payload = [(f"{name}{NET_SUFFIX}", _net_bytes(name, sd)) for name, sd in nets.items()]
-        payload.append((STATE, _state_bytes(state)))
+        for name, sd in nets.items():
+            for key, t in sd.items():
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"nets[{name!r}][{key!r}]: {type(t).__name__}; a net's state dict holds "
+                                    "tensors only")
+        if not isinstance(state, dict):
+            raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+        check_state(state)
+        # Serialised one object at a time: host memory peaks at the largest object, not the bundle.
+        payload = [(f"{name}{NET_SUFFIX}", lambda name=name, sd=sd: _net_bytes(name, sd)) for name, sd in nets.items()]
+        payload.append((STATE, lambda: _state_bytes(state)))
         metrics_json = _jsonable(dict(metrics or {}), "metrics")
         lineage_json = _jsonable(dict(lineage or {}), "lineage")
 
@@ -292,9 +298,11 @@ class CheckpointStore:
             self.storage.delete_prefix(prefix)
 
         objects = {}
-        for name, data in payload:
+        for name, serialise in payload:
+            data = serialise()
             self.storage.write_bytes(prefix + name, data)
             objects[name] = {"sha256": _sha256(data), "bytes": len(data)}
+            del data
         manifest = {"format": FORMAT, "run_id": self.run_id, "step": step,
                     "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "path": prefix, "objects": objects, "metrics": metrics_json, "lineage": lineage_json}
