@@ -111,6 +111,24 @@ def stats(params: str = PARAMS, out: str = typer.Option("reports", help="Output 
 
 
 @app.command()
+def train(params: str = PARAMS,
+          out: str = typer.Option("train/manifest.json", help="The run manifest to write (run id, checkpoint, metrics).")
+          ) -> None:
+    """Stage `train`: train Bert-VITS2 on data/ (in-process, or torchrun for train.nproc > 1); a rerun resumes."""
+    import subprocess
+
+    from flows.train import train_flow
+    from tasks.checkpoints import CheckpointError
+    from tasks.config import ConfigError
+
+    try:
+        summary = train_flow(params_path=params, out=out)
+    except (ConfigError, FileNotFoundError, CheckpointError, subprocess.CalledProcessError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps({k: summary[k] for k in ("run_id", "checkpoint", "metrics")}))
+
+
+@app.command()
 def remote(params: str = PARAMS) -> None:
     """Point DVC's default remote at params.yaml `storage` (s3:// or file://); no credentials stored."""
     from tasks.config import ConfigError, find_repo_root, load_params

@@ -574,16 +574,17 @@ class DiscriminatorP(nn.Module):
     """HiFi-GAN period discriminator: the waveform folded into [T / period, period] and read by
     2-D convolutions with kernel (k, 1), i.e. each phase of the period separately."""
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False):
+    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, use_spectral_norm: bool = False,
+                 divisor: int = 1):
         super().__init__()
         self.period = period
         norm_f = spectral_norm if use_spectral_norm else weight_norm
         pad = (get_padding(kernel_size, 1), 0)
-        chans = [1, 32, 128, 512, 1024, 1024]
+        chans = [1] + [max(1, c // divisor) for c in (32, 128, 512, 1024, 1024)]
         self.convs = nn.ModuleList([
             norm_f(Conv2d(chans[i], chans[i + 1], (kernel_size, 1), (stride, 1) if i < 4 else 1, padding=pad))
             for i in range(5)])
-        self.conv_post = norm_f(Conv2d(1024, 1, (3, 1), 1, padding=(1, 0)))
+        self.conv_post = norm_f(Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x: torch.Tensor):
         """x [B, 1, T] -> (logits [B, N], feature maps)."""
@@ -605,18 +606,22 @@ class DiscriminatorP(nn.Module):
 class DiscriminatorS(nn.Module):
     """HiFi-GAN/MelGAN scale discriminator on the raw waveform (grouped strided 1-D convs)."""
 
-    def __init__(self, use_spectral_norm: bool = False):
+    def __init__(self, use_spectral_norm: bool = False, divisor: int = 1):
         super().__init__()
         norm_f = spectral_norm if use_spectral_norm else weight_norm
+
+        def c(n: int) -> int:
+            return max(1, n // divisor)
+
         self.convs = nn.ModuleList([
-            norm_f(Conv1d(1, 16, 15, 1, padding=7)),
-            norm_f(Conv1d(16, 64, 41, 4, groups=4, padding=20)),
-            norm_f(Conv1d(64, 256, 41, 4, groups=16, padding=20)),
-            norm_f(Conv1d(256, 1024, 41, 4, groups=64, padding=20)),
-            norm_f(Conv1d(1024, 1024, 41, 4, groups=256, padding=20)),
-            norm_f(Conv1d(1024, 1024, 5, 1, padding=2)),
+            norm_f(Conv1d(1, c(16), 15, 1, padding=7)),
+            norm_f(Conv1d(c(16), c(64), 41, 4, groups=c(4), padding=20)),
+            norm_f(Conv1d(c(64), c(256), 41, 4, groups=c(16), padding=20)),
+            norm_f(Conv1d(c(256), c(1024), 41, 4, groups=c(64), padding=20)),
+            norm_f(Conv1d(c(1024), c(1024), 41, 4, groups=c(256), padding=20)),
+            norm_f(Conv1d(c(1024), c(1024), 5, 1, padding=2)),
         ])
-        self.conv_post = norm_f(Conv1d(1024, 1, 3, 1, padding=1))
+        self.conv_post = norm_f(Conv1d(c(1024), 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor):
         fmap = []
@@ -630,12 +635,16 @@ class DiscriminatorS(nn.Module):
 
 class MultiPeriodDiscriminator(nn.Module):
     """VITS' discriminator: one scale discriminator + period discriminators for 2, 3, 5, 7, 11.
-    forward(y, y_hat) -> (real logits, fake logits, real fmaps, fake fmaps), lists of 6."""
+    forward(y, y_hat) -> (real logits, fake logits, real fmaps, fake fmaps), lists of 6.
 
-    def __init__(self, use_spectral_norm: bool = False):
+    divisor: every channel count (and group count) divided by it (a power of two; 1 = upstream's
+    widths, the only ones upstream D checkpoints load into). Small CPU configs use 8 or 16: the full
+    discriminator is most of a tiny model's step time."""
+
+    def __init__(self, use_spectral_norm: bool = False, divisor: int = 1):
         super().__init__()
-        discs = [DiscriminatorS(use_spectral_norm=use_spectral_norm)]
-        discs += [DiscriminatorP(p, use_spectral_norm=use_spectral_norm) for p in [2, 3, 5, 7, 11]]
+        discs = [DiscriminatorS(use_spectral_norm=use_spectral_norm, divisor=divisor)]
+        discs += [DiscriminatorP(p, use_spectral_norm=use_spectral_norm, divisor=divisor) for p in [2, 3, 5, 7, 11]]
         self.discriminators = nn.ModuleList(discs)
 
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor):
@@ -675,13 +684,15 @@ class WavLMDiscriminator(nn.Module):
 
 
 def build_discriminators(variant: str = DEFAULT_VARIANT, hidden_channels: int = 192, gin_channels: int = 256,
-                         use_spectral_norm: bool = False, slm: Optional[dict] = None) -> dict[str, nn.Module]:
+                         use_spectral_norm: bool = False, slm: Optional[dict] = None,
+                         divisor: int = 1) -> dict[str, nn.Module]:
     """The discriminators a variant trains with, keyed like upstream's checkpoint files:
     D (always), DUR (VITS2 / 2.3: DurationDiscriminator(hidden, hidden, 3, 0.1, gin) as upstream
-    builds it) and WD (2.3 only; slm = upstream's model.slm config: hidden, nlayers, initial_channel)."""
+    builds it) and WD (2.3 only; slm = upstream's model.slm config: hidden, nlayers, initial_channel).
+    divisor: D's channel counts divided by it (MultiPeriodDiscriminator); 1 = upstream's."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    nets: dict[str, nn.Module] = {"D": MultiPeriodDiscriminator(use_spectral_norm)}
+    nets: dict[str, nn.Module] = {"D": MultiPeriodDiscriminator(use_spectral_norm, divisor)}
     if VARIANTS[variant]["use_duration_discriminator"]:
         nets["DUR"] = DurationDiscriminator(hidden_channels, hidden_channels, 3, 0.1, gin_channels=gin_channels)
     if variant == "bert-vits2-2.3":

@@ -306,6 +306,9 @@ class ModelConfig(Strict):
     n_layers_trans_flow: int = Field(4, ge=1)
     flow_share_parameter: bool = False
     use_spectral_norm: bool = False  # of the discriminators
+    # The multi-period discriminator's channel counts divided by this power of two (1: upstream's
+    # widths, needed to load upstream D checkpoints; 8-16 for CPU-sized demo models).
+    disc_divisor: int = Field(1, ge=1, le=64)
     slm: SLMConfig = SLMConfig()
 
     @model_validator(mode="after")
@@ -316,11 +319,17 @@ class ModelConfig(Strict):
             raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
         if self.hidden_channels % self.n_heads:
             raise ValueError(f"hidden_channels ({self.hidden_channels}) must be a multiple of n_heads ({self.n_heads})")
+        if self.disc_divisor & (self.disc_divisor - 1):
+            raise ValueError(f"disc_divisor ({self.disc_divisor}) must be a power of two")
+        if self.variant != "vits" and min(self.n_layers, self.n_layers_trans_flow) < 3:
+            # the speaker embedding enters the transformers before their third block (VITS2)
+            raise ValueError(f"n_layers ({self.n_layers}) and n_layers_trans_flow ({self.n_layers_trans_flow}) "
+                             f"must be at least 3 for variant {self.variant!r}")
         return self
 
     def generator_kwargs(self) -> dict[str, Any]:
         """SynthesizerTrn arguments from this section (the data-dependent ones are added by the trainer)."""
-        return self.model_dump(exclude={"variant", "add_blank", "use_spectral_norm", "slm"})
+        return self.model_dump(exclude={"variant", "add_blank", "use_spectral_norm", "disc_divisor", "slm"})
 
 
 class StorageConfig(Strict):

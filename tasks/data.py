@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from model.mel_processing import STFTParams
-from tasks.bert import SLOTS, read_features, slot_inputs
+from tasks.bert import read_features, slot_inputs
 from tasks.frontends.symbols import SymbolTable
 from tasks.shards import read_jsonl, read_pcm
 from tasks.stats import bucket_of  # the one bucket rule, shared with the stats report
@@ -271,8 +271,8 @@ class BucketSampler(Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["num_replicas"] != self.num_replicas or state["seed"] != self.seed:
-            raise ValueError(f"sampler state is for {state['num_replicas']} processes and seed {state['seed']}, "
-                             f"this run has {self.num_replicas} and {self.seed}")
+            raise ValueError(f"sampler state is for {state['num_replicas']} process(es) and seed {state['seed']}; "
+                             f"this run has {self.num_replicas} process(es) and seed {self.seed}")
         if state["batches_per_epoch"] != len(self):
             raise ValueError(f"sampler state has {state['batches_per_epoch']} batches per epoch, this data "
                              f"gives {len(self)}: the training data changed")

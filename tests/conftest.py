@@ -117,3 +117,13 @@ def prefect_server(tmp_path_factory):
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def train_corpus(tmp_path_factory) -> Path:
+    """A tiny preprocessed corpus (tests/train_corpus.py): a folder with params.yaml and data/."""
+    from tests.train_corpus import build
+
+    root = tmp_path_factory.mktemp("train_corpus")
+    build(root)
+    return root

@@ -17,7 +17,7 @@ from tasks.shards import read_jsonl
 from tests.helpers import aishell_bv2_list
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["demo", "ingest", "text", "bert", "spec", "stats"]  # Prefect flows; plus one source@N per dataset
+STAGES = ["demo", "ingest", "text", "bert", "spec", "train", "stats"]  # Prefect flows; plus one source@N per dataset
 TINY_SENTENCES = {
     "en": ["Hello there, it is 7 o'clock!", "Is this the train to Leeds?", "I paid $5 for two apples.",
            "The 3rd door on the left.", "Good morning, Dr. Smith.", "Where are you going?"],
@@ -61,6 +61,8 @@ def make_project(root: Path, corpus: Path) -> Path:
     def edit(p):
         p["datasets"].append({"name": "aishell", "language": "zh", "path": str(corpus), "format": "bv2_list"})
         p["split"].update(min_train_per_speaker=1, val_per_speaker=1)
+        # the DAG, not the model, is under test here: one training step a run
+        p["train"].update(max_steps=1, num_workers=0, val_max_utterances=2, audio_samples=0)
     edit_params(root, edit)
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
@@ -113,6 +115,8 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefe
     assert bert_meta["dims"] == {"zh": 384, "ja": 384, "en": 384} and bert_meta["fill"] == "zeros"
     stats = json.loads((project / "reports/stats.json").read_text())
     assert stats["utterances"] == 22 and (project / "reports/durations.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((project / "train/manifest.json").read_text())
+    assert manifest["checkpoint"]["step"] == 1 and manifest["checkpoint"]["uri"].startswith("file://storage/runs/")
     # every stage ran as a Prefect flow, reported to the server named by PREFECT_API_URL
     req = urllib.request.Request(f"{prefect_server}/flows/filter", data=b"{}", method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -164,7 +168,10 @@ def test_adding_an_utterance_computes_only_it(project, first_repro, env, corpus,
 
 
 def test_changing_hop_length_recomputes_spectrograms_but_not_bert(project, first_repro, env):
-    edit_params(project, lambda p: p["features"]["spec"].update(hop_length=128))
+    def hop_128(p):
+        p["features"]["spec"].update(hop_length=128)
+        p["model"].update(upsample_rates=[8, 4, 4], upsample_kernel_sizes=[16, 8, 8])  # product = hop
+    edit_params(project, hop_128)
     out = run(["dvc", "repro"], project, env)
     assert "Running stage 'spec'" in out and "Running stage 'bert'" not in out
     assert computed(out, "spec") == json.loads((project / "data/spec/summary.json").read_text())["utterances"]

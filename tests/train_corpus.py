@@ -19,10 +19,10 @@ SENTENCES = {
 
 # The network at its smallest useful size, for CPU tests (hop 256: 8 * 8 * 4).
 TINY_MODEL = {"variant": "bert-vits2-2.3", "inter_channels": 32, "hidden_channels": 32, "filter_channels": 64,
-              "n_heads": 2, "n_layers": 2, "kernel_size": 3, "p_dropout": 0.1, "resblock": "2",
+              "n_heads": 2, "n_layers": 3, "kernel_size": 3, "p_dropout": 0.1, "resblock": "2",
               "resblock_kernel_sizes": [3, 5], "resblock_dilation_sizes": [[1, 2], [1, 2]],
               "upsample_rates": [8, 8, 4], "upsample_initial_channel": 32, "upsample_kernel_sizes": [16, 16, 8],
-              "gin_channels": 16, "n_flow_layer": 2, "n_layers_trans_flow": 2}
+              "gin_channels": 16, "n_flow_layer": 2, "n_layers_trans_flow": 3, "disc_divisor": 16}
 TINY_TRAIN = {"batch_size": 4, "bucket_boundaries": [32, 100, 150, 200, 300, 1000], "seed": 1234,
               "segment_size": 4096, "max_steps": 4, "log_interval": 2, "eval_interval": 2, "save_interval": 2,
               "num_workers": 0, "val_max_utterances": 2, "audio_samples": 1, "device": "cpu"}
@@ -71,14 +71,14 @@ def run_spec(root: Path, out: Path, cache: bool = True) -> None:
     from tasks.cache import ResultCache
     from tasks.config import load_params
     from tasks.ingest import read_index
-    from tasks.spec import assemble, plan_spec, spec_chunk, stft_params
+    from tasks.spec import assemble, plan_spec, spec_chunk, stft_settings
 
     params = load_params(root / "params.yaml")
     items = plan_spec(read_index(root / "data/ingest"), params)
     store = None
     if cache:
         store = ResultCache(root / ".cache" / f"{out.name}.sqlite")
-        store.put_many(spec_chunk(items, root / "data/ingest", stft_params(params)))
+        store.put_many(spec_chunk(items, root / "data/ingest", stft_settings(params)))
     assemble(items, store, out, params)
 
 
@@ -115,3 +115,14 @@ def build(root: Path) -> Path:
 
     run_spec(root, root / "data/spec")
     return params_path
+
+
+def tiny_params(root: Path, work: Path, model: dict | None = None, **train: Any):
+    """The corpus's params with storage and TensorBoard logs under `work` and `train` overrides."""
+    from tasks.config import load_params, parse_params
+
+    data = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    data["train"].update(train, log_dir=str(work / "logs"))
+    data["model"].update(model or {})
+    data["storage"] = {"uri": f"file://{work}/storage"}
+    return parse_params(data)
