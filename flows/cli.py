@@ -157,6 +157,108 @@ def g2p(text_: str = typer.Argument(..., metavar="TEXT", help="The sentence to c
     typer.echo(json.dumps(result, ensure_ascii=False))
 
 
+def _voice(model: str, params: Optional[str]):
+    from tasks.checkpoints import CheckpointError
+    from tasks.config import ConfigError
+    from tasks.export import ExportError
+    from tasks.synth import SynthError, load_voice
+
+    try:
+        return load_voice(model, params)
+    except (SynthError, ConfigError, ExportError, CheckpointError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+MODEL = typer.Option(..., "--model", "-m", help="An export folder, a checkpoint bundle (file://…/runs/<id>/step_N, "
+                     "s3://…), a run folder (its latest bundle) or train/manifest.json.")
+SYNTH_PARAMS = typer.Option(None, "--params", "-p", help="params.yaml for the text frontends and BERT models "
+                            "(checkpoint bundles; default ./params.yaml). Export folders carry their own.")
+
+
+@app.command()
+def synth(model: str = MODEL,
+          text_: Optional[str] = typer.Option(None, "--text", "-t", help="The sentence to speak."),
+          lang: Optional[str] = typer.Option(None, "--lang", "-l", help="Its language code (zh, ja, en, ...)."),
+          speaker: Optional[str] = typer.Option(None, "--speaker", "-s", help="A speaker name of the model."),
+          out: Optional[str] = typer.Option(None, "--out", "-o", help="The WAV file to write (with --text)."),
+          batch: Optional[str] = typer.Option(None, "--batch", help="A file of lines `speaker|lang|text`, or plain "
+                                              "text lines spoken with --lang/--speaker; # comments skipped."),
+          out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Where --batch writes 0001.wav, 0002.wav, ..."),
+          sdp_ratio: float = typer.Option(0.2, help="Share of the stochastic duration predictor (0..1)."),
+          noise_scale: float = typer.Option(0.6, help="Prior noise (expressiveness)."),
+          noise_scale_w: float = typer.Option(0.8, help="Duration noise of the stochastic predictor."),
+          length_scale: float = typer.Option(1.0, help="Speaking time factor (> 1: slower)."),
+          seed: Optional[int] = typer.Option(None, help="Seed the noise for a reproducible output."),
+          params: Optional[str] = SYNTH_PARAMS) -> None:
+    """Text to speech with a trained model: one sentence (--text, --out) or a batch file (--batch, --out-dir)."""
+    from tasks.storage import atomic_write_bytes
+    from tasks.synth import SynthError, parse_batch, wav_bytes
+
+    if (text_ is None) == (batch is None):
+        _fail("give either --text (with --out) or --batch (with --out-dir)")
+    if text_ is not None and (out is None or lang is None or speaker is None):
+        _fail("--text needs --lang, --speaker and --out")
+    if batch is not None and out_dir is None:
+        _fail("--batch needs --out-dir")
+    if batch is not None:
+        try:
+            jobs = parse_batch(Path(batch).read_text(encoding="utf-8").splitlines(), lang, speaker)
+        except (OSError, SynthError) as err:
+            _fail(f"{batch}: {err}")
+        if not jobs:
+            _fail(f"{batch}: no lines to synthesise")
+    else:
+        jobs = [(speaker, lang, text_)]
+    voice = _voice(model, params)
+    for n, (spk, code, _) in enumerate(jobs, 1):  # every line's speaker and language, before any work
+        try:
+            voice.speaker_id(spk)
+            voice.language(code)
+        except SynthError as err:
+            _fail(f"{batch}: entry {n}: {err}" if batch is not None else str(err))
+    knobs = dict(sdp_ratio=sdp_ratio, noise_scale=noise_scale, noise_scale_w=noise_scale_w, length_scale=length_scale)
+    written = []
+    for n, (spk, code, sentence) in enumerate(jobs, 1):
+        try:
+            wav, sr = voice.synthesize(sentence, code, spk, seed=None if seed is None else seed + n - 1, **knobs)
+        except SynthError as err:
+            _fail(f"{batch}: entry {n}: {err}" if batch is not None else str(err))
+        path = Path(out) if batch is None else Path(out_dir) / f"{n:04d}.wav"
+        atomic_write_bytes(path, wav_bytes(wav, sr))
+        written.append({"path": str(path), "speaker": spk, "lang": code, "seconds": round(len(wav) / sr, 3)})
+    typer.echo(json.dumps(written[0] if batch is None else {"out_dir": out_dir, "files": written},
+                          ensure_ascii=False))
+
+
+@app.command()
+def convert(model: str = typer.Option(..., "--model", "-m",
+                                      help="A checkpoint bundle (file://…/runs/<id>/step_N or its run folder, "
+                                      "s3://…) or train/manifest.json: export folders have no posterior "
+                                      "encoder."),
+            in_: str = typer.Option(..., "--in", "-i", help="The source recording (wav/flac/ogg/mp3)."),
+            source: str = typer.Option(..., "--from", help="The speaker of the recording (a model speaker)."),
+            target: str = typer.Option(..., "--to", help="The speaker to convert to."),
+            out: str = typer.Option(..., "--out", "-o", help="The WAV file to write."),
+            params: Optional[str] = SYNTH_PARAMS) -> None:
+    """Voice conversion: re-speak a recording of one model speaker with another's voice."""
+    from tasks.audio import AudioError, decode
+    from tasks.storage import atomic_write_bytes
+    from tasks.synth import SynthError, wav_bytes
+
+    try:
+        wav, sr = decode(Path(in_).read_bytes(), Path(in_).name)
+    except (OSError, AudioError) as err:
+        _fail(f"{in_}: {err}")
+    voice = _voice(model, params)
+    try:
+        converted = voice.convert(wav, sr, source, target)
+    except SynthError as err:
+        _fail(str(err))
+    atomic_write_bytes(Path(out), wav_bytes(converted, voice.sample_rate))
+    typer.echo(json.dumps({"path": out, "from": source, "to": target,
+                           "seconds": round(len(converted) / voice.sample_rate, 3)}, ensure_ascii=False))
+
+
 def main() -> None:
     app()
 

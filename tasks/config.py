@@ -438,7 +438,8 @@ def _format_error(source: str, err: ValidationError) -> str:
             msg = "unknown key (check its spelling and section)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        got = "" if e["type"] == "missing" else f"got {e['input']!r}; "
+        # A whole section as "got" would bury the message: name values, not mappings.
+        got = "" if e["type"] == "missing" or isinstance(e["input"], (dict, list)) else f"got {e['input']!r}; "
         if len(got) > 200:
             got = got[:200] + "…; "
         lines.append(f"{source}: {loc}: {got}{msg}")
