@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -20,28 +21,12 @@ from model.export import (InferenceModule, example_inputs, export_onnx, export_t
                           trace)
 from model.models import build_generator
 from model.upstream import load_generator
-
-ort = pytest.importorskip("onnxruntime")
+from tests.model.tiny_config import TINY
 
 TINY_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "conformance" / "bv2_23_tiny"
 AUDIO_ATOL = 1e-4
 ZERO_NOISE = dict(noise_scale=0.0, length_scale=1.0, noise_scale_w=0.0, sdp_ratio=0.0)
-TINY_384 = dict(
-    n_vocab=20, spec_channels=33, segment_size=8, inter_channels=16, hidden_channels=16, filter_channels=32,
-    n_heads=2, n_layers=3, kernel_size=3, p_dropout=0.1, resblock="1", resblock_kernel_sizes=[3, 5],
-    resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], upsample_rates=[4, 4], upsample_initial_channel=32,
-    upsample_kernel_sizes=[8, 8], n_speakers=3, gin_channels=8, n_flow_layer=2, n_layers_trans_flow=3,
-    num_tones=12, num_languages=3, bert_dim=384,
-)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads on a shared 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _session(path: Path):
@@ -137,7 +122,7 @@ def test_onnx_and_torchscript_match_pytorch_at_zero_noise(tiny_g, tiny_inputs, t
 
 
 def test_onnx_graph_has_dynamic_axes(tiny_exported, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
     module, session, _ = tiny_exported
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
             for i in [*onnx.load(session._model_path).graph.input, *onnx.load(session._model_path).graph.output]}
@@ -184,13 +169,13 @@ def test_short_example_refused(tiny_g):
 
 def test_reference_encoder_model_refused():
     with pytest.raises(ValueError, match="n_speakers"):
-        InferenceModule(build_generator(**{**TINY_384, "n_speakers": 0}))
+        InferenceModule(build_generator(**{**TINY, "n_speakers": 0}))
 
 
 @pytest.mark.parametrize("variant", ["vits2", "vits"])
 def test_wrapper_is_infer_for_other_variants(variant):
     torch.manual_seed(0)
-    net = build_generator(variant, **TINY_384).eval()
+    net = build_generator(variant, **TINY).eval()
     module = InferenceModule(net)
     assert ("bert" in module.input_names) is False
     assert ("sdp_ratio" in module.input_names) == (variant == "vits2")
@@ -206,7 +191,7 @@ def test_wrapper_is_infer_for_other_variants(variant):
 @pytest.fixture(scope="module")
 def net_384():
     torch.manual_seed(0)
-    net = build_generator("bert-vits2-2.3", **TINY_384).eval()
+    net = build_generator("bert-vits2-2.3", **TINY).eval()
     with torch.no_grad():  # non-zero flow / spline outputs (they start at zero), so the test has teeth
         for name, p in net.named_parameters():
             if name.endswith(("post.weight", "proj.weight")) and p.abs().sum() == 0:
@@ -244,7 +229,7 @@ def test_bert384_exports_match_with_and_without_noise(net_384, exported_384, len
         with torch.no_grad():
             ref = net_384.infer(**inputs)
         t_y = ref[2].shape[-1]
-        sdp_noise, z_noise = _seeded_noise(1, length, t_y, TINY_384["inter_channels"], seed=length)
+        sdp_noise, z_noise = _seeded_noise(1, length, t_y, TINY["inter_channels"], seed=length)
         # z_noise may be longer than the output: its first T_y frames are used
         named = {**inputs, "sdp_noise": sdp_noise, "z_noise": torch.cat([z_noise, torch.randn(1, 16, 5)], 2)}
         with torch.no_grad():

@@ -13,25 +13,10 @@ from model import commons, transforms
 from model.models import (VARIANTS, DurationDiscriminator, MultiPeriodDiscriminator, ResidualCouplingBlock,
                           StochasticDurationPredictor, SynthesizerTrn, TransformerCouplingBlock,
                           WavLMDiscriminator, build_discriminators, build_generator)
+from tests.model.tiny_config import TINY
 
 HOP = 16  # prod(upsample_rates) below
-TINY = dict(
-    n_vocab=20, spec_channels=33, segment_size=8, inter_channels=16, hidden_channels=16, filter_channels=32,
-    n_heads=2, n_layers=3, kernel_size=3, p_dropout=0.1, resblock="1", resblock_kernel_sizes=[3, 5],
-    resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], upsample_rates=[4, 4], upsample_initial_channel=32,
-    upsample_kernel_sizes=[8, 8], n_speakers=3, gin_channels=8, n_flow_layer=2, n_layers_trans_flow=3,
-    num_tones=12, num_languages=3, bert_dim=384,
-)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core runner the thread
-    hand-offs cost several times the compute."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _reference_maximum_path(neg_cent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -18,15 +18,6 @@ CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "conform
 TINY_DIR = CONFORMANCE / "bv2_23_tiny"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core runner the thread
-    hand-offs cost several times the compute."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def shapes_json() -> dict:
