@@ -79,7 +79,7 @@ def our_bert(text_rows, params) -> float:
     for lang in params.languages.values():  # loading is once per process, outside the loop
         tokenizer_for(REPO, lang.bert), encoder_for(REPO, lang.bert, "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
-    items = batch_order(plan_bert(text_rows, params, REPO, "cpu"))
+    items = batch_order(plan_bert(text_rows, params, REPO, "cpu"), params.features.bert.length_bucket)
     start = time.perf_counter()
     chunk = params.features.bert.chunk_size
     for s in range(0, len(items), chunk):

@@ -119,7 +119,8 @@ def bert_flow(params_path: str = "params.yaml", text_dir: str = "data/text", out
     device = bert.pick_device(params.features.bert.device)
     items = bert.plan_bert(bert.read_text_rows(resolve_local(root, text_dir)), params, root, device)
     cache = stage_cache(params, root, "bert")
-    computed = fill_cache(bert_chunk_task, bert.batch_order(items), cache, params.features.bert.chunk_size,
+    ordered = bert.batch_order(items, params.features.bert.length_bucket)
+    computed = fill_cache(bert_chunk_task, ordered, cache, params.features.bert.chunk_size,
                           params.runtime.in_flight_chunks, f"bert ({device})", params=params, root=root,
                           device=device)
     summary = bert.assemble(items, cache, resolve_local(root, out), params, root)

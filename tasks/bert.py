@@ -5,9 +5,11 @@ text; the hidden state of the configured layer (upstream: hidden_states[-3]) is 
 tokens to phones with word2ph, giving [dim, len(phones)].
 
 torch and transformers are imported only where something is computed: a run whose results all
-come from the cache starts in a second. Determinism: a token's features depend on the shape of the batch it ran in (the GEMM kernels
-change with it), so every batch has exactly `bert_batch_size` rows and a padded length set by the
-length bucket of its items. An utterance's features are then a function of its own text alone, so
+come from the cache starts in a second.
+
+Determinism: a token's features depend on the shape of the batch it ran in (the GEMM kernels
+change with it), so every batch has exactly `features.bert.batch_size` rows and a padded length
+set by the length bucket (`features.bert.length_bucket`) of its items. An utterance's features are then a function of its own text alone, so
 a resumed or incremental run writes the same bytes as a full one.
 
 Outs: `bert-NNNNN.bin` shards, `index.jsonl` (id, language, slot, dim, n_phones, shard location),
@@ -33,7 +35,6 @@ from tasks.storage import atomic_write_bytes
 
 VERSION = "bert-1"
 SLOTS = ("zh", "ja", "en")  # the network's three BERT inputs, as upstream 2.3
-LENGTH_BUCKET = 16  # sequences are padded to a multiple of this many tokens (16: fastest on CPU)
 FILL = "zeros"  # what the slots of the other languages hold, in training and inference alike
 
 
@@ -66,7 +67,8 @@ def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device
     from importlib.metadata import version
 
     libs = {"torch": version("torch"), "transformers": version("transformers"),
-            "device": device, "batch": params.features.bert.batch_size, "bucket": LENGTH_BUCKET}
+            "device": device, "batch": params.features.bert.batch_size,
+            "bucket": params.features.bert.length_bucket}
     items = []
     for row in rows:
         key = cache_key(stage=VERSION, text=row["norm_text"], word2ph=row["word2ph"], libs=libs,
@@ -76,9 +78,9 @@ def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device
     return items
 
 
-def batch_order(items: list[BertItem]) -> list[BertItem]:
+def batch_order(items: list[BertItem], bucket: int) -> list[BertItem]:
     """Items grouped by language and length bucket, so that chunks of them make full batches."""
-    return sorted(items, key=lambda i: (i.row["language"], -(-i.n_tokens // LENGTH_BUCKET), i.key))
+    return sorted(items, key=lambda i: (i.row["language"], -(-i.n_tokens // bucket), i.key))
 
 
 def phone_features(hidden, word2ph: list[int]):
@@ -95,7 +97,8 @@ def encode_batch(items: list[BertItem], params: Params, root: Path, device: str)
     lang = params.languages[items[0].row["language"]]
     tokenizer, (model, index) = tokenizer_for(root, lang.bert), encoder_for(root, lang.bert, device)
     size = params.features.bert.batch_size
-    padded_len = -(-max(i.n_tokens for i in items) // LENGTH_BUCKET) * LENGTH_BUCKET
+    bucket = params.features.bert.length_bucket
+    padded_len = -(-max(i.n_tokens for i in items) // bucket) * bucket
     limit = getattr(model.config, "max_position_embeddings", 512)
     texts = [i.row["norm_text"] for i in items] + [""] * (size - len(items))  # fixed shape: see module doc
     enc = tokenizer(texts, padding="max_length", max_length=max(padded_len, 8), truncation=False,
@@ -121,7 +124,7 @@ def encode_batch(items: list[BertItem], params: Params, root: Path, device: str)
 def bert_chunk(items: list[BertItem], params: Params, root: Path, device: str) -> list[tuple[str, Entry]]:
     groups: dict[tuple, list[BertItem]] = defaultdict(list)
     for item in items:
-        groups[(item.row["language"], -(-item.n_tokens // LENGTH_BUCKET))].append(item)
+        groups[(item.row["language"], -(-item.n_tokens // params.features.bert.length_bucket))].append(item)
     out = []
     size = params.features.bert.batch_size
     for group in groups.values():

@@ -193,6 +193,9 @@ class SpecConfig(Strict):
 
 class BertStageConfig(Strict):
     batch_size: int = Field(16, ge=1, le=1024)
+    # Token sequences are padded to a multiple of this; with the fixed batch size it fixes every
+    # batch's shape, so an utterance's features do not depend on its batch mates (16: fastest on CPU).
+    length_bucket: int = Field(16, ge=1, le=512)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
     shard_mb: int = Field(64, ge=1, le=4096)
     chunk_size: int = Field(64, ge=1, le=4096)

@@ -13,13 +13,13 @@ What a model reference can be, and where each piece comes from:
   (normaliser, G2P backend and options, BERT model/layer/slot), BERT dims and fill, audio
   parameters, speaker map, generator hyperparameters; weights from model.safetensors. Inference
   only: it has no posterior encoder, so no voice conversion. `params_path`, when given, only
-  supplies the BERT batch shape (features.bert.batch_size) and a language config the export lacks.
+  supplies the BERT batch shape (features.bert) and a language config the export lacks.
 - a checkpoint bundle (`file://…/runs/<id>/step_N`, `s3://…/runs/<id>/step_N`, a local path to
   such a folder, or the run folder `…/runs/<id>` for its latest bundle, or the train stage's
   `train/manifest.json`): the generator's weights, symbol table, speaker list, model section,
   sample rate and STFT come from the bundle (state.pt, as the trainer saved them); the BERT width
   from the weights. The text frontends and BERT models (params `languages`), the BERT batch shape
-  (`features.bert.batch_size`) and the S3 endpoint come from `params_path` (default: params.yaml
+  (`features.bert`) and the S3 endpoint come from `params_path` (default: params.yaml
   in the current folder), i.e. the repo's params, as the bundle does not record them.
 
 Synthesis takes the training data's path for every step, reusing its code: `tasks.text.text_one`
@@ -46,7 +46,7 @@ import torch
 from model.mel_processing import STFTParams, linear_spectrogram
 from model.models import VARIANTS, SynthesizerTrn, build_generator
 from tasks.bert import SLOTS, BertItem, encode_batch, slot_inputs
-from tasks.config import LanguageConfig, ModelConfig, Params, find_repo_root, load_params
+from tasks.config import BertStageConfig, LanguageConfig, ModelConfig, Params, find_repo_root, load_params
 from tasks.data import add_blanks, blank_features
 from tasks.frontends import backend_info
 from tasks.frontends.symbols import SymbolTable
@@ -55,7 +55,6 @@ logger = logging.getLogger("vitsflow.synth")
 
 PathLike = Union[str, os.PathLike]
 DEFAULTS = dict(sdp_ratio=0.2, noise_scale=0.6, noise_scale_w=0.8, length_scale=1.0)  # upstream's webui defaults
-DEFAULT_BERT_BATCH = 16  # features.bert.batch_size's default, when no params are at hand
 _RUN_REF = re.compile(r"^(?P<root>.*?)/?runs/(?P<run>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/step_(?P<step>\d+))?/*$")
 
 
@@ -79,7 +78,7 @@ class Voice:
     kind: str  # "export" or "checkpoint"
     source: str  # the model reference as given
     root: Path = field(default_factory=Path.cwd)  # where relative BERT model paths resolve
-    bert_batch_size: int = DEFAULT_BERT_BATCH
+    bert_stage: BertStageConfig = field(default_factory=BertStageConfig)  # batch shape of encode_batch
     device: str = "cpu"
     info: dict[str, Any] = field(default_factory=dict)  # run id, step, variant...
 
@@ -142,7 +141,7 @@ class Voice:
         """[dim, n_phones] float16 through the bert stage's own encode_batch (same batch shape)."""
         lang = self.languages[language]
         shim = SimpleNamespace(languages={language: lang},
-                               features=SimpleNamespace(bert=SimpleNamespace(batch_size=self.bert_batch_size)))
+                               features=SimpleNamespace(bert=self.bert_stage))
         item = BertItem({"id": "synth", "language": language, "norm_text": norm_text, "word2ph": word2ph}, "synth",
                         len(word2ph))
         [(_, entry)] = encode_batch([item], shim, self.root, self.device)
@@ -267,7 +266,7 @@ def _load_export(folder: Path, ref: str, params_path: Optional[PathLike], device
                  {slot: config["bert"]["dims"].get(slot) for slot in SLOTS}, bool(model_params.get("add_blank", True)),
                  int(audio["sample_rate"]), int(audio["hop_length"]), stft, "export", ref,
                  find_repo_root(Path(params_path)) if params_path is not None else Path.cwd(),
-                 params.features.bert.batch_size if params is not None else DEFAULT_BERT_BATCH, device,
+                 params.features.bert if params is not None else BertStageConfig(), device,
                  {"variant": config["variant"], "lineage": config.get("lineage")})
 
 
@@ -323,7 +322,7 @@ def _load_checkpoint(ref: str, params_path: Optional[PathLike], device: str) -> 
     return Voice(generator, symbols, {name: i for i, name in enumerate(state["speakers"])}, languages,
                  {slot: (bert_dim if use_bert else None) for slot in SLOTS}, model_cfg.add_blank,
                  int(state["sample_rate"]), stft.hop_length, stft, "checkpoint", ref, root,
-                 params.features.bert.batch_size, device,
+                 params.features.bert, device,
                  {"variant": model_cfg.variant, "run_id": run_id, "step": manifest["step"],
                   "lineage": manifest.get("lineage")})
 
