@@ -129,6 +129,25 @@ def train(params: str = PARAMS,
 
 
 @app.command()
+def evaluate(params: str = PARAMS,
+             manifest: str = typer.Option("train/manifest.json", help="The train stage's run manifest."),
+             out: str = typer.Option("eval", help="Output folder (metrics.json, per_utterance.json, samples/).")
+             ) -> None:
+    """Stage `evaluate`: metrics of the trained voice on the val split, then the promotion gate."""
+    from flows.evaluate import evaluate_flow
+    from tasks.checkpoints import CheckpointError
+    from tasks.config import ConfigError
+    from tasks.evaluate import EvalError
+    from tasks.synth import SynthError
+
+    try:
+        summary = evaluate_flow(params_path=params, manifest=manifest, out=out)
+    except (ConfigError, FileNotFoundError, CheckpointError, EvalError, SynthError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps({k: summary[k] for k in ("metrics", "promotion")}))
+
+
+@app.command()
 def remote(params: str = PARAMS) -> None:
     """Point DVC's default remote at params.yaml `storage` (s3:// or file://); no credentials stored."""
     from tasks.config import ConfigError, find_repo_root, load_params

@@ -355,6 +355,35 @@ class ScheduleConfig(Strict):
     timezone: str = "UTC"
 
 
+class PromotionConfig(Strict):
+    """The promotion gate of the `evaluate` stage: when a candidate replaces production."""
+    # The pointer lives at models/<model_name>/production.json on params.storage.
+    model_name: str = "default"
+    # The candidate's mean MCD must be lower than production's by at least this many dB.
+    min_mcd_improvement_db: float = Field(0.0, ge=0)
+    # ...and its mean log-F0 RMSE may exceed production's by at most this many cents.
+    max_f0_rmse_regression_cents: float = Field(0.0, ge=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.' (it becomes a storage folder)")
+        return v
+
+
+class EvalConfig(Strict):
+    """Stage `evaluate` (tasks/evaluate.py): free-running synthesis of the val split vs. its recordings."""
+    noise_scale: float = Field(0.6, ge=0)
+    noise_scale_w: float = Field(0.8, ge=0)
+    sdp_ratio: float = Field(0.2, ge=0, le=1)
+    length_scale: float = Field(1.0, gt=0)
+    seed: int = 1234  # the synthesis noise, so evaluations are comparable
+    max_utterances: Optional[int] = Field(None, ge=1)  # cap on val utterances (the first ones); null: all
+    samples: int = Field(4, ge=0)  # utterances whose audio (reference, synthesis) and mel PNG are written
+    promotion: PromotionConfig = PromotionConfig()
+
+
 class Params(Strict):
     demo: DemoConfig = DemoConfig()
     datasets: list[DatasetConfig]
@@ -369,8 +398,7 @@ class Params(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     model: ModelConfig = ModelConfig()
-    # Filled by the evaluation issue; free-form until its schema lands.
-    eval: dict[str, Any] = Field(default_factory=dict)
+    eval: EvalConfig = EvalConfig()
 
     @field_validator("languages")
     @classmethod
