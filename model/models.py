@@ -588,19 +588,24 @@ class DiscriminatorP(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """x [B, 1, T] -> (logits [B, N], feature maps)."""
-        fmap = []
         b, c, t = x.shape
         if t % self.period != 0:  # pad to a whole number of periods
             n_pad = self.period - (t % self.period)
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
-        x = x.view(b, c, t // self.period, self.period)
-        for layer in self.convs:
-            x = F.leaky_relu(layer(x), modules.LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
+        return _conv_stack(self.convs, self.conv_post, x.view(b, c, t // self.period, self.period))
+
+
+def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor):
+    """Both discriminators' body: leaky-ReLU convs, then the 1-channel post conv.
+    -> (logits flattened to [B, N], the feature map of every layer)."""
+    fmap = []
+    for layer in convs:
+        x = F.leaky_relu(layer(x), modules.LRELU_SLOPE)
         fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+    x = conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
 
 
 class DiscriminatorS(nn.Module):
@@ -624,13 +629,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = norm_f(Conv1d(c(1024), 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor):
-        fmap = []
-        for layer in self.convs:
-            x = F.leaky_relu(layer(x), modules.LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
