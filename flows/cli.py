@@ -131,7 +131,7 @@ def train(params: str = PARAMS,
 @app.command()
 def evaluate(params: str = PARAMS,
              manifest: str = typer.Option("train/manifest.json", help="The train stage's run manifest."),
-             out: str = typer.Option("eval", help="Output folder (metrics.json, per_utterance.json, samples/).")
+             out: str = typer.Option("eval", help="Output folder (metrics.json, report.md, samples/, plots/).")
              ) -> None:
     """Stage `evaluate`: metrics of the trained voice on the val split, then the promotion gate."""
     from flows.evaluate import evaluate_flow
@@ -276,6 +276,64 @@ def convert(model: str = typer.Option(..., "--model", "-m",
     atomic_write_bytes(Path(out), wav_bytes(converted, voice.sample_rate))
     typer.echo(json.dumps({"path": out, "from": source, "to": target,
                            "seconds": round(len(converted) / voice.sample_rate, 3)}, ensure_ascii=False))
+
+
+@app.command()
+def server(host: str = typer.Option("127.0.0.1", help="The address to listen on."),
+           port: int = typer.Option(4200, help="The port of the API and the UI."),
+           database_url: Optional[str] = typer.Option(None, "--database-url", envvar="VITSFLOW_DATABASE_URL",
+                                                      help="postgresql+asyncpg://user@host/db (password from "
+                                                      "the environment); default: SQLite in PREFECT_HOME.")) -> None:
+    """Start a Prefect server (API + UI) for the pipeline's flow runs, deployments and schedules."""
+    import subprocess
+
+    env = dict(os.environ, PREFECT_UI_API_URL=f"http://{host}:{port}/api")
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    typer.echo(f"Prefect UI: http://{host}:{port}  (then: export PREFECT_API_URL=http://{host}:{port}/api)")
+    exe = Path(sys.executable).with_name("prefect")
+    raise typer.Exit(subprocess.call([str(exe) if exe.exists() else "prefect", "server", "start", "--host", host,
+                                      "--port", str(port)], env=env))
+
+
+@app.command()
+def deploy(params: str = PARAMS,
+           image: Optional[str] = typer.Option(None, help="The pipeline image (infra/Dockerfile) the `train` "
+                                               "deployment runs in; default: this checkout's code.")) -> None:
+    """Register the `gpu` concurrency limit, the `train` deployment on its work pool and the scheduled `retrain`."""
+    from flows.deploy import deploy as deploy_all
+    from tasks.config import ConfigError
+
+    try:
+        typer.echo(json.dumps(deploy_all(params, image), indent=2))
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@app.command()
+def serve(params: str = PARAMS) -> None:
+    """Deploy, then run `retrain` here on its schedule and on "run now" from the UI (until Ctrl-C)."""
+    from flows.deploy import serve as serve_retrain
+    from tasks.config import ConfigError
+
+    try:
+        serve_retrain(params)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@app.command()
+def retrain(params: str = PARAMS) -> None:
+    """Run the `retrain` flow once, now: new data → dvc repro → push → train → evaluate → promote."""
+    from flows.retrain import retrain_flow
+    from tasks.config import ConfigError
+    from tasks.workspace import DvcError, WorkspaceBusy
+
+    try:
+        summary = retrain_flow(params_path=params)
+    except (ConfigError, DvcError, WorkspaceBusy) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, default=str))
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Stage `evaluate` as a Prefect flow: evaluate the train manifest's checkpoint on the val split
-(tasks/evaluate.py: eval/metrics.json, per_utterance.json, report.md, samples/), publish the
-metrics table as a Prefect markdown artifact, then run the promotion gate on params.storage
-(models/<model_name>/production.json) and log its decision."""
+(tasks/evaluate.py: eval/metrics.json, report.md, samples/, plots/), publish the metrics as Prefect
+artifacts (the report as markdown, the per-group metrics as a table), then run the promotion gate
+on params.storage (models/<model_name>/production.json); its decision goes to the log and to
+eval/promotion.json."""
 from __future__ import annotations
 
 import json
@@ -10,12 +11,21 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from tasks.config import find_repo_root, load_params
+from tasks.config import find_repo_root, load_params, resolve_local
+from tasks.storage import atomic_write_bytes
+
+
+def metrics_table(metrics: dict) -> list[dict]:
+    """One row per group (overall, each language, each language/speaker) with the headline metrics."""
+    from tasks.evaluate import HEADLINE
+
+    groups = {"overall": metrics["overall"], **metrics["language"], **metrics["language/speaker"]}
+    return [{"group": name, "n": g["count"], **{k: g.get(k) for k in HEADLINE}} for name, g in groups.items()]
 
 
 @flow(name="evaluate")
 def evaluate_flow(params_path: str = "params.yaml", manifest: str = "train/manifest.json", out: str = "eval") -> dict:
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from tasks.evaluate import evaluate, promote, read_manifest
 
@@ -27,10 +37,16 @@ def evaluate_flow(params_path: str = "params.yaml", manifest: str = "train/manif
     result = evaluate(params, root, manifest, out, params_path=path)
     metrics = result["metrics"]
     decision = promote(params, root, read_manifest(root, manifest), metrics)
+    # the decision next to the metrics, for `retrain`'s summary and for people reading eval/
+    atomic_write_bytes(resolve_local(root, out) / "promotion.json",
+                       (json.dumps({k: decision.get(k) for k in ("promoted", "reason", "key")}, indent=2,
+                                   sort_keys=True) + "\n").encode())
     verdict = "promoted to production" if decision["promoted"] else "not promoted"
     markdown = result["markdown"] + f"\n**Promotion ({params.eval.promotion.model_name})**: {verdict}: {decision['reason']}\n"
     create_markdown_artifact(markdown=markdown, key="evaluate-report",
                              description=f"evaluate: run {metrics['model']['run_id']} step {metrics['model']['step']}")
+    create_table_artifact(table=metrics_table(metrics), key="evaluate-metrics",
+                          description=f"evaluate: metrics per language and speaker, {verdict}")
     log.info("evaluate: %d utterances, MCD %s dB, F0 RMSE %s cents, length ratio %s, mel L1 %s (%.1f s)\n%s",
              metrics["utterances"], metrics["mcd_db"], metrics["f0_rmse_cents"], metrics["length_ratio"],
              metrics["mel_l1"], time.perf_counter() - started, markdown)

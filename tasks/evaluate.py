@@ -1,6 +1,6 @@
 """Stage `evaluate`: objective metrics of the trained voice on the val split, and the promotion gate.
 
-    result = evaluate(params, root)                       # eval/metrics.json, per_utterance.json, samples/
+    result = evaluate(params, root)                 # eval/metrics.json, report.md, samples/, plots/
     decision = promote(params, root, manifest, result["metrics"])
 
 What `evaluate` measures, per val utterance (the first `eval.max_utterances`, or all):
@@ -90,27 +90,42 @@ def _checkpoint_ref(uri: str, root: Path) -> str:
     return "file://" + str(path if path.is_absolute() else (Path(root) / path).resolve())
 
 
-def _mel_png(path: Path, ref: np.ndarray, syn: np.ndarray, stft, title: str) -> None:
-    """Reference vs synthesis log-mel spectrograms, one above the other."""
+def _sample_png(path: Path, ref: np.ndarray, syn: np.ndarray, alignment: np.ndarray, stft, title: str) -> None:
+    """Four panels: reference and synthesis log-mel (one colour scale), the synthesis alignment
+    (phones over frames) and both F0 contours (the metrics' own extractor) on a time axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from model.mel_processing import mel_spectrogram
+    from tasks.metrics import f0_contour
 
+    sr, hop = stft.sample_rate, stft.hop_length
     mels = [mel_spectrogram(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))[None], stft)[0].numpy()
             for w in (ref, syn)]
     lo, hi = min(m.min() for m in mels), max(m.max() for m in mels)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 5), constrained_layout=True)
+    fig, axes = plt.subplots(4, 1, figsize=(10, 11), constrained_layout=True)
     for ax, mel, name in zip(axes, mels, ("reference", "synthesis")):
         im = ax.imshow(mel, origin="lower", aspect="auto", interpolation="none", vmin=lo, vmax=hi)
-        ax.set_title(f"{title}: {name}")
+        ax.set_title(f"{title}: {name} mel")
         ax.set_ylabel("mel bin")
-    axes[-1].set_xlabel(f"frame (hop {stft.hop_length})")
-    fig.colorbar(im, ax=axes, label="log magnitude")
+        ax.set_xlabel(f"frame (hop {hop})")
+    fig.colorbar(im, ax=axes[:2], label="log magnitude")
+    axes[2].imshow(alignment.T, origin="lower", aspect="auto", interpolation="none", cmap="Greys")
+    axes[2].set_title("synthesis alignment")
+    axes[2].set_xlabel("frame")
+    axes[2].set_ylabel("phone (with blanks)")
+    for wav, name in ((ref, "reference"), (syn, "synthesis")):
+        f0, voiced = f0_contour(wav, sr, hop=hop)
+        t = np.arange(len(f0)) * hop / sr
+        axes[3].plot(t, np.where(voiced, f0, np.nan), label=name)
+    axes[3].set_title("F0 (pYIN)")
+    axes[3].set_xlabel("seconds")
+    axes[3].set_ylabel("Hz")
+    axes[3].legend()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
@@ -147,7 +162,8 @@ def markdown_report(metrics: dict) -> str:
 def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/manifest.json",
              out_dir: PathLike = "eval", params_path: Optional[PathLike] = None, device: str = "cpu") -> dict:
     """Evaluate the train manifest's checkpoint on the val split; write `out_dir`/metrics.json,
-    per_utterance.json, report.md and samples/ (WAVs and mel PNGs). `params_path` is the params
+    report.md, samples/ (reference and synthesis WAVs) and plots/ (per_utterance.json for DVC plots,
+    images/: one PNG per sample with mels, alignment and F0). `params_path` is the params
     file the voice's text frontends come from (default: `root`/params.yaml; it should be the file
     `params` was loaded from). Returns {"metrics", "rows", "markdown", "not_computed", "samples", "out_dir"}."""
     from tasks.data import Corpus, TextAudioDataset, collate
@@ -184,9 +200,10 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
     rows: list[dict] = []
     failed: list[dict] = []
     samples: list[dict] = []
-    sample_dir = out / "samples"
-    if sample_dir.is_dir():  # samples of an earlier evaluation (other utterances) must not linger in the outs
-        shutil.rmtree(sample_dir)
+    sample_dir, plot_dir = out / "samples", out / "plots"
+    for old in (sample_dir, plot_dir):  # files of an earlier evaluation (other utterances) must not linger
+        if old.is_dir():
+            shutil.rmtree(old)
     for i, meta in enumerate(val.rows):
         utt, lang, spk = meta["id"], meta["language"], meta["speaker"]
         ref_wav = read_pcm(corpus.ingest_dir, meta["pcm"]).astype(np.float32) / 32768.0
@@ -196,12 +213,12 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
         mel_l1, _ = teacher_forced_mel_l1(voice.generator, [collate([item])], voice.stft, torch.device(device),
                                           samples=0, seed=cfg.seed)
         try:
-            syn, sr = voice.synthesize(texts[utt], lang, spk, seed=cfg.seed, **knobs)
+            synthesis = voice.infer(texts[utt], lang, spk, seed=cfg.seed, **knobs)
         except SynthError as err:
             logger.warning("%s: cannot synthesise: %s", utt, err)
             failed.append({"id": utt, "language": lang, "speaker": spk, "error": str(err)})
             continue
-        syn = resample(syn, sr, ref_sr)
+        syn = resample(synthesis.wav, synthesis.sample_rate, ref_sr)
         m = utterance_metrics(ref_wav, syn, ref_sr)
         row = {"id": utt, "language": lang, "speaker": spk, **{k: _finite(v) for k, v in m.items()},
                "voiced_pairs": int(m["voiced_pairs"]), "mel_l1": _finite(mel_l1)}
@@ -211,9 +228,9 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
             atomic_write_bytes(sample_dir / f"{name}.ref.wav", wav_bytes(ref_wav, ref_sr))
             atomic_write_bytes(sample_dir / f"{name}.syn.wav", wav_bytes(syn, ref_sr))
             stft = STFTParams(**{**vars(voice.stft), "sample_rate": ref_sr})
-            _mel_png(sample_dir / f"{name}.mel.png", ref_wav, syn, stft, f"{utt} ({lang}, {spk})")
+            _sample_png(plot_dir / "images" / f"{name}.png", ref_wav, syn, synthesis.alignment, stft, f"{utt} ({lang}, {spk})")
             samples.append({"id": utt, "reference": f"samples/{name}.ref.wav", "synthesis": f"samples/{name}.syn.wav",
-                            "mel_png": f"samples/{name}.mel.png"})
+                            "plot": f"plots/images/{name}.png"})
         logger.info("%s (%s/%s): MCD %s dB, F0 RMSE %s c, length ratio %.3f, mel L1 %s", utt, lang, spk,
                     _fmt(row["mcd_db"], 2), _fmt(row["f0_rmse_cents"], 1), row["length_ratio"], _fmt(row["mel_l1"]))
     if not rows:
@@ -229,7 +246,7 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
                          "checkpoint": manifest["checkpoint"]["uri"]}}
     markdown = markdown_report(metrics)
     atomic_write_bytes(out / "metrics.json", _json(metrics))
-    atomic_write_bytes(out / "per_utterance.json", _json(rows))
+    atomic_write_bytes(plot_dir / "per_utterance.json", _json(rows))
     atomic_write_bytes(out / "report.md", markdown.encode("utf-8"))
     return {"metrics": metrics, "rows": rows, "markdown": markdown, "samples": samples, "out_dir": str(out),
             "not_computed": {k: NOT_COMPUTED_NOTE for k in NOT_COMPUTED}}

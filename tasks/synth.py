@@ -63,6 +63,14 @@ class SynthError(ValueError):
 
 
 @dataclass
+class Synthesis:
+    """One free-running synthesis: the waveform and the monotonic alignment that timed it."""
+    wav: np.ndarray  # float32 [samples]
+    sample_rate: int
+    alignment: np.ndarray  # [frames, phones] (blanks included when the model adds them), 0/1
+
+
+@dataclass
 class Voice:
     """A generator with everything needed to turn text into its inputs."""
 
@@ -151,11 +159,10 @@ class Voice:
 
     # -- synthesis
     @torch.no_grad()
-    def synthesize(self, text: str, language: str, speaker: str, sdp_ratio: float = DEFAULTS["sdp_ratio"],
-                   noise_scale: float = DEFAULTS["noise_scale"], noise_scale_w: float = DEFAULTS["noise_scale_w"],
-                   length_scale: float = DEFAULTS["length_scale"], seed: Optional[int] = None
-                   ) -> tuple[np.ndarray, int]:
-        """(waveform float32 [samples], sample rate). `seed` makes the noise reproducible."""
+    def infer(self, text: str, language: str, speaker: str, sdp_ratio: float = DEFAULTS["sdp_ratio"],
+              noise_scale: float = DEFAULTS["noise_scale"], noise_scale_w: float = DEFAULTS["noise_scale_w"],
+              length_scale: float = DEFAULTS["length_scale"], seed: Optional[int] = None) -> "Synthesis":
+        """Free-running synthesis with its alignment (Synthesis). `seed` makes the noise reproducible."""
         sid = self.speaker_id(speaker)
         if not 0.0 <= sdp_ratio <= 1.0:
             raise SynthError(f"sdp_ratio {sdp_ratio}: expected 0..1")
@@ -168,12 +175,18 @@ class Voice:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            o, _, y_mask, _ = self.generator.infer(
+            o, attn, y_mask, _ = self.generator.infer(
                 args["x"], args["x_lengths"], torch.LongTensor([sid]).to(dev), args["tone"], args["language"],
                 args.get("bert"), args.get("ja_bert"), args.get("en_bert"), noise_scale=noise_scale,
                 length_scale=length_scale, noise_scale_w=noise_scale_w, sdp_ratio=sdp_ratio)
-        n = int(y_mask.sum().item()) * self.hop_length
-        return o[0, 0, :n].float().cpu().numpy().astype(np.float32), self.sample_rate
+        frames = int(y_mask.sum().item())
+        wav = o[0, 0, :frames * self.hop_length].float().cpu().numpy().astype(np.float32)
+        return Synthesis(wav, self.sample_rate, attn[0, 0, :frames].float().cpu().numpy())
+
+    def synthesize(self, text: str, language: str, speaker: str, **knobs) -> tuple[np.ndarray, int]:
+        """(waveform float32 [samples], sample rate); `knobs` as :meth:`infer`."""
+        s = self.infer(text, language, speaker, **knobs)
+        return s.wav, s.sample_rate
 
     # -- voice conversion
     @torch.no_grad()
@@ -377,4 +390,4 @@ def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str
     return out
 
 
-__all__ = ["DEFAULTS", "SynthError", "Voice", "load_voice", "parse_batch", "wav_bytes"]
+__all__ = ["DEFAULTS", "SynthError", "Synthesis", "Voice", "load_voice", "parse_batch", "wav_bytes"]

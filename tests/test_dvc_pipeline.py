@@ -17,7 +17,7 @@ from tasks.shards import read_jsonl
 from tests.helpers import aishell_bv2_list
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["demo", "ingest", "text", "bert", "spec", "train", "stats"]  # Prefect flows; plus one source@N per dataset
+STAGES = ["demo", "ingest", "text", "bert", "spec", "train", "stats", "evaluate"]  # Prefect flows; plus one source@N per dataset
 TINY_SENTENCES = {
     "en": ["Hello there, it is 7 o'clock!", "Is this the train to Leeds?", "I paid $5 for two apples.",
            "The 3rd door on the left.", "Good morning, Dr. Smith.", "Where are you going?"],
@@ -32,6 +32,14 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
+
+
+def dvc_json(args: list[str], cwd: Path, env: dict) -> dict:
+    """`dvc <args> --json`, parsed (stdout only: DVC logs go to stderr)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env)
+    proc = subprocess.run(["dvc", *args, "--json"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
 
 
 def computed(output: str, stage: str) -> int:
@@ -117,6 +125,14 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefe
     assert stats["utterances"] == 22 and (project / "reports/durations.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((project / "train/manifest.json").read_text())
     assert manifest["checkpoint"]["step"] == 1 and manifest["checkpoint"]["uri"].startswith("file://storage/runs/")
+    # the pipeline ends with the evaluation of that checkpoint and the promotion gate
+    metrics = json.loads((project / "eval/metrics.json").read_text())
+    assert metrics["model"]["checkpoint"] == manifest["checkpoint"]["uri"] and metrics["mcd_db"] > 0
+    assert metrics["utterances"] == len(json.loads((project / "eval/plots/per_utterance.json").read_text()))
+    assert "| **overall** |" in (project / "eval/report.md").read_text()
+    assert len(list((project / "eval/plots/images").glob("*.png"))) == 4  # eval.samples
+    pointer = json.loads((project / "storage/models/demo/production.json").read_text())
+    assert pointer["checkpoint"] == manifest["checkpoint"]  # the first candidate becomes production
     # every stage ran as a Prefect flow, reported to the server named by PREFECT_API_URL
     req = urllib.request.Request(f"{prefect_server}/flows/filter", data=b"{}", method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -128,6 +144,24 @@ def test_a_second_dvc_repro_runs_nothing(project, first_repro, env):
     out = run(["dvc", "repro"], project, env)
     assert "Running stage" not in out
     assert "up to date" in run(["dvc", "status"], project, env)
+
+
+def test_dvc_metrics_and_plots_compare_evaluations(project, first_repro, env):
+    git = ["git", "-c", "user.name=vitsflow-test", "-c", "user.email=test@vitsflow.invalid"]
+    run(git + ["add", "-A"], project)
+    run(git + ["commit", "-q", "-m", "first evaluation"], project)
+    shown = dvc_json(["metrics", "show"], project, env)
+    first = json.loads((project / "eval/metrics.json").read_text())
+    assert shown[""]["data"]["eval/metrics.json"]["data"]["mcd_db"] == first["mcd_db"]
+    edit_params(project, lambda p: p["eval"].update(noise_scale=0.0, noise_scale_w=0.0))
+    out = run(["dvc", "repro"], project, env)
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
+    diff = dvc_json(["metrics", "diff"], project, env)
+    mcd = diff["eval/metrics.json"]["mcd_db"]
+    assert mcd["old"] != mcd["new"] and mcd["diff"] == pytest.approx(mcd["new"] - mcd["old"])
+    plots = dvc_json(["plots", "show"], project, env)["data"]
+    assert {"mcd_per_utterance", "f0_rmse_per_utterance"} <= set(plots)
+    assert any(key.startswith("eval/plots/images/") for key in plots)
 
 
 def test_two_clean_clones_give_identical_out_hashes(tmp_path, corpus, first_repro, env):

@@ -56,11 +56,12 @@ def test_metrics_json_has_finite_headline_metrics_and_groups(setup):
 
 def test_per_utterance_rows_samples_and_report(setup):
     out = setup["work"] / "eval"
-    rows = json.loads((out / "per_utterance.json").read_text(encoding="utf-8"))
+    rows = json.loads((out / "plots" / "per_utterance.json").read_text(encoding="utf-8"))
     assert len(rows) == setup["result"]["metrics"]["utterances"]
     assert {"id", "language", "speaker", "mcd_db", "f0_rmse_cents", "length_ratio", "mel_l1"} <= set(rows[0])
-    wavs, pngs = sorted((out / "samples").glob("*.wav")), sorted((out / "samples").glob("*.png"))
-    assert len(wavs) == 4 and len(pngs) == 2  # 2 samples: reference + synthesis each, one mel PNG each
+    wavs, pngs = sorted((out / "samples").glob("*.wav")), sorted((out / "plots" / "images").glob("*.png"))
+    assert len(wavs) == 4 and len(pngs) == 2  # 2 samples: reference + synthesis each, one PNG each
+    assert [p.name for p in pngs] == sorted(Path(s["plot"]).name for s in setup["result"]["samples"])
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert all(w.read_bytes()[:4] == b"RIFF" for w in wavs)
     report = (out / "report.md").read_text(encoding="utf-8")

@@ -78,6 +78,16 @@ def test_synthesis_in_every_language_of_the_corpus(exported, language):
     assert n_tokens * exported.hop_length <= len(wav) < 20 * sr  # every token lasts at least one frame
 
 
+def test_infer_returns_a_monotonic_alignment_covering_every_frame_and_token(bundle):
+    s = bundle.infer(TEXTS["en"], "en", "en_m1", seed=2)
+    a, n_tokens = s.alignment, int(bundle.text_inputs(TEXTS["en"], "en")["x_lengths"])
+    assert a.shape == (len(s.wav) // bundle.hop_length, n_tokens) and len(s.wav) % bundle.hop_length == 0
+    assert (a.sum(axis=1) == 1).all()  # each frame reads exactly one token
+    assert (np.diff(a.argmax(axis=1)) >= 0).all() and (a.sum(axis=0) >= 1).all()  # in order, none skipped
+    wav, _ = bundle.synthesize(TEXTS["en"], "en", "en_m1", seed=2)
+    np.testing.assert_array_equal(wav, s.wav)
+
+
 def test_an_export_and_its_checkpoint_sound_the_same(exported, bundle):
     assert bundle.kind == "checkpoint" and exported.kind == "export"
     assert bundle.speakers == exported.speakers and bundle.symbols == exported.symbols
