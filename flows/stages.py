@@ -104,9 +104,23 @@ def text_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest",
     return _log_summary("text", summary, started, computed)
 
 
+def task_runner_for(params: Params):
+    """params.runtime: a thread pool of `workers`, or a Dask cluster (the one at `dask_address`, or a
+    local one of `workers` single-threaded processes). Outputs do not depend on the choice."""
+    rt = params.runtime
+    if rt.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if rt.dask_address:
+            return DaskTaskRunner(address=rt.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": rt.workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=rt.workers)
+
+
 def with_workers(f, params_path: str):
-    """The flow with a thread pool sized by params.runtime.workers."""
-    return f.with_options(task_runner=ThreadPoolTaskRunner(max_workers=load_params(params_path).runtime.workers))
+    """The flow with the task runner params.runtime chooses (task_runner_for)."""
+    return f.with_options(task_runner=task_runner_for(load_params(params_path)))
 
 
 @flow(name="bert")

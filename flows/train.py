@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from prefect import flow, get_run_logger
 
@@ -31,14 +32,38 @@ def _launch_torchrun(params_path: Path, nproc: int, root: Path) -> None:
         raise RuntimeError(f"torchrun exited with status {proc.returncode} (its output is above)")
 
 
+def _check_out_data_version(workspace: Path, params_yaml: str, dvc_lock: str) -> Path:
+    """On a training machine: write the submitter's params.yaml and dvc.lock into `workspace` (a
+    checkout of this project) and pull the data stages' outs of that version from the DVC remote."""
+    from tasks.remote import configure_dvc_remote
+    from tasks.storage import atomic_write_bytes
+    from tasks.workspace import DATA_STAGES, dvc
+
+    log = get_run_logger()
+    atomic_write_bytes(workspace / "params.yaml", params_yaml.encode("utf-8"))
+    atomic_write_bytes(workspace / "dvc.lock", dvc_lock.encode("utf-8"))
+    params = load_params(workspace / "params.yaml")
+    log.info("DVC remote: %s", configure_dvc_remote(params, workspace))
+    dvc(workspace, "pull", *DATA_STAGES, log=log)
+    return workspace / "params.yaml"
+
+
 @flow(name="train")
-def train_flow(params_path: str = "params.yaml", out: str = "train/manifest.json") -> dict:
+def train_flow(params_path: str = "params.yaml", out: str = "train/manifest.json", params_yaml: Optional[str] = None,
+               dvc_lock: Optional[str] = None) -> dict:
+    """`params_yaml` and `dvc_lock` (texts): the work-pool case (flows/retrain.py); the flow runs in
+    the checkout at $VITSFLOW_WORKSPACE (else the working folder), adopts them and pulls the data."""
     from tasks.checkpoints import CheckpointStore
     from tasks.storage import atomic_write_bytes, storage_from_config
     from tasks.train import run_id_for, train
 
     started = time.perf_counter()
     log = get_run_logger()
+    if params_yaml is not None or dvc_lock is not None:
+        if params_yaml is None or dvc_lock is None:
+            raise ValueError("params_yaml and dvc_lock go together: the params and the data version they trained on")
+        workspace = Path(os.environ.get("VITSFLOW_WORKSPACE") or os.getcwd()).resolve()
+        params_path = str(_check_out_data_version(workspace, params_yaml, dvc_lock))
     path = Path(params_path).resolve()
     params = load_params(path)
     root = find_repo_root(path)

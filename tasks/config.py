@@ -160,6 +160,10 @@ class RuntimeConfig(Strict):
     # How, not what: no stage lists these as DVC params, so changing them re-runs nothing.
     workers: int = Field(2, ge=1, le=256)
     in_flight_chunks: int = Field(4, ge=1, le=1024)  # bounds memory: chunks submitted but not yet written
+    # thread: a thread pool of `workers` in the stage's process; dask: a Dask cluster (prefect-dask),
+    # `dask_address` or else a local one of `workers` single-threaded processes.
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: Optional[str] = None
     # Per-utterance results keyed by content (tasks/cache.py); outside DVC's outs, safe to delete.
     cache_dir: str = ".cache/vitsflow"
 
@@ -351,8 +355,48 @@ class StorageConfig(Strict):
 
 
 class ScheduleConfig(Strict):
+    """When the `retrain` deployment runs (flows/deploy.py): a cron line in a IANA timezone."""
     cron: str = "0 3 * * 0"
     timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        fields = v.split()
+        if not (re.fullmatch(r"@(yearly|annually|monthly|weekly|daily|hourly)", v.strip()) or
+                (len(fields) == 5 and all(re.fullmatch(r"[0-9A-Za-z*/,?#LW-]+", f) for f in fields))):
+            raise ValueError("expected a 5-field cron line like '0 3 * * 0' (minute hour day month weekday)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA timezone like 'UTC' or 'Europe/Berlin'") from None
+        return v
+
+
+class RetrainConfig(Strict):
+    """What one run of the `retrain` deployment does (flows/retrain.py)."""
+    # local: the `train` stage in this workspace (torchrun when train.nproc > 1); work_pool: the
+    # `train` deployment on `work_pool`, a GPU machine that pulls the data version from the DVC remote.
+    training: Literal["local", "work_pool"] = "local"
+    work_pool: str = "gpu"
+    train_deployment: str = "gpu"  # the `train` flow's deployment name: train/<train_deployment>
+    gpu_slots: int = Field(1, ge=1, le=1024)  # the global concurrency limit `gpu`: trainings at once
+    push: bool = True  # `dvc push` after preprocessing and after evaluation
+    train_timeout_s: Optional[int] = Field(None, ge=1)  # give up waiting for a work-pool training; null: wait
+
+    @field_validator("work_pool", "train_deployment")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.fullmatch(v):
+            raise ValueError("expected a name of letters, digits, '.', '_' or '-'")
+        return v
 
 
 class PromotionConfig(Strict):
@@ -396,6 +440,7 @@ class Params(Strict):
     features: FeaturesConfig = FeaturesConfig()
     storage: StorageConfig = StorageConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    retrain: RetrainConfig = RetrainConfig()
     train: TrainConfig = TrainConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()

@@ -102,3 +102,38 @@ def test_a_language_beyond_the_base_three_must_name_its_bert_slot():
     data = repo_params()
     del data["languages"]["de"]["bert"]["slot"]
     assert "languages.de.bert.slot: required" in error_of(data)
+
+
+@pytest.mark.parametrize("cron", ["0 3 * *", "every sunday", "0 3 * * 0 extra", "0 3 * * ;"])
+def test_a_malformed_cron_line_is_an_error_naming_schedule_cron(cron):
+    data = repo_params()
+    data["schedule"]["cron"] = cron
+    assert "schedule.cron" in error_of(data) and "5-field cron" in error_of(data)
+
+
+def test_cron_lines_and_nicknames_in_a_named_timezone_are_accepted():
+    for cron in ["*/15 2-5 * * 1-5", "0 3 1 * *", "@daily"]:
+        data = repo_params()
+        data["schedule"] = {"cron": cron, "timezone": "Europe/Berlin"}
+        assert parse_params(data).schedule.cron == cron
+
+
+def test_an_unknown_timezone_is_an_error():
+    data = repo_params()
+    data["schedule"]["timezone"] = "Mars/Olympus"
+    assert "schedule.timezone" in error_of(data) and "IANA timezone" in error_of(data)
+
+
+def test_retrain_training_is_local_or_work_pool_and_names_are_checked():
+    data = repo_params()
+    data["retrain"]["training"] = "slurm"
+    assert "retrain.training" in error_of(data)
+    data = repo_params()
+    data["retrain"]["work_pool"] = "gpu pool; rm -rf"
+    assert "retrain.work_pool" in error_of(data)
+
+
+def test_the_task_runner_is_thread_or_dask():
+    data = repo_params()
+    data["runtime"]["task_runner"] = "ray"
+    assert "runtime.task_runner" in error_of(data)
