@@ -43,6 +43,9 @@ def pick_up_new_data(params: Params, root: Path) -> dict[str, dict]:
 
     changes = dataset_changes(params, root)
     for name, c in changes.items():
+        if c["missing"]:
+            get_run_logger().info("%s: not there yet (a stage makes it, or `dvc repro` will say why)", name)
+            continue
         get_run_logger().info("%s: %d files, %d added, %d removed, %d changed%s", name, c["files"], len(c["added"]),
                               len(c["removed"]), len(c["changed"]), "" if c["recorded"] else " (first run)")
     return changes

@@ -95,16 +95,26 @@ def stages_run(output: str) -> list[str]:
 def dataset_changes(params: Params, root: Path) -> dict[str, dict]:
     """Per dataset: its files now (local folder, or an s3:// prefix listed through boto3) against
     the fingerprint DVC last recorded in data/sources/<name>.json. Returns {name: {"files", "added",
-    "removed", "changed", "recorded"}}; `recorded` is False before the first `dvc repro`."""
-    from tasks.datasets import fingerprint_dataset
+    "removed", "changed", "recorded", "missing"}}; `recorded` is False before the first `dvc repro`;
+    `missing`: a local folder that is not there (yet: the demo corpus is made by a stage)."""
+    from tasks.datasets import DatasetError, fingerprint_dataset
 
     out = {}
     for ds in params.datasets:
-        now = {f["path"]: f["sha256"] for f in fingerprint_dataset(ds, root)["files"]}
+        try:
+            now = {f["path"]: f["sha256"] for f in fingerprint_dataset(ds, root)["files"]}
+        except DatasetError:
+            if ds.path.startswith("s3://"):
+                raise
+            now = None  # a local folder a stage makes (the demo corpus), or not there yet: dvc repro says
         recorded_path = resolve_local(root, f"data/sources/{ds.name}.json")
         before = ({f["path"]: f["sha256"] for f in json.loads(recorded_path.read_text(encoding="utf-8"))["files"]}
                   if recorded_path.is_file() else {})
-        out[ds.name] = {"files": len(now), "recorded": recorded_path.is_file(),
+        if now is None:
+            out[ds.name] = {"files": 0, "recorded": recorded_path.is_file(), "missing": True,
+                            "added": [], "removed": [], "changed": []}
+            continue
+        out[ds.name] = {"files": len(now), "recorded": recorded_path.is_file(), "missing": False,
                         "added": sorted(set(now) - set(before)), "removed": sorted(set(before) - set(now)),
                         "changed": sorted(k for k in set(now) & set(before) if now[k] != before[k])}
     return out

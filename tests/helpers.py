@@ -1,7 +1,10 @@
 """Builders shared by tests: small params files and datasets made from the shared real speech."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +54,52 @@ def aishell_bv2_list(shared_speech: Path, dest: Path, n: int) -> None:
         shutil.copy(src / "wavs" / f"{utt}.wav", dest / "wavs")
         out.append(f"wavs/{utt}.wav|{speaker}|ZH|{text}")
     (dest / "filelist.list").write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+# A tiny demo corpus: the project's `demo` stage speaks these with espeak-ng (18 clips).
+TINY_SENTENCES = {
+    "en": ["Hello there, it is 7 o'clock!", "Is this the train to Leeds?", "I paid $5 for two apples.",
+           "The 3rd door on the left.", "Good morning, Dr. Smith.", "Where are you going?"],
+    "zh": ["今天是3月15日，天气很好。", "你吃饭了吗？", "这本书卖二十五元。", "我们一起去公园吧！"],
+    "ja": ["今日は2時に駅で会いましょう！", "お元気ですか？", "この本は千円です。", "雨が降っています。"],
+    "de": ["Ich habe 3 Äpfel gekauft.", "Wie geht es dir?", "Das Wetter ist heute schön.", "Guten Abend!"],
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> str:
+    """A command with the venv's executables first on PATH; asserts success; returns its output."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def edit_params(root: Path, edit) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    edit(params)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def pipeline_project(root: Path, extra_datasets: list[dict] = ()) -> Path:
+    """A clean clone of the project's pipeline (code, dvc.yaml, params.yaml) in a new git + DVC
+    repository, with the tiny demo corpus and one training step a run."""
+    for name in ["flows", "tasks", "model"]:
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copy(REPO / ".gitignore", root)
+    (root / "demo" / "sentences").mkdir(parents=True)
+    for lang, lines in TINY_SENTENCES.items():
+        (root / "demo" / "sentences" / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copy(REPO / "params.yaml", root)
+
+    def edit(p):
+        p["datasets"] += list(extra_datasets)
+        p["split"].update(min_train_per_speaker=1, val_per_speaker=1)
+        # the DAG, not the model, is under test here: one training step a run
+        p["train"].update(max_steps=1, num_workers=0, val_max_utterances=2, audio_samples=0)
+    edit_params(root, edit)
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    return root

@@ -14,26 +14,10 @@ import pytest
 import yaml
 
 from tasks.shards import read_jsonl
-from tests.helpers import aishell_bv2_list
+from tests.helpers import aishell_bv2_list, edit_params, pipeline_project, run
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["demo", "ingest", "text", "bert", "spec", "train", "stats", "evaluate"]  # Prefect flows; plus one source@N per dataset
-TINY_SENTENCES = {
-    "en": ["Hello there, it is 7 o'clock!", "Is this the train to Leeds?", "I paid $5 for two apples.",
-           "The 3rd door on the left.", "Good morning, Dr. Smith.", "Where are you going?"],
-    "zh": ["今天是3月15日，天气很好。", "你吃饭了吗？", "这本书卖二十五元。", "我们一起去公园吧！"],
-    "ja": ["今日は2時に駅で会いましょう！", "お元気ですか？", "この本は千円です。", "雨が降っています。"],
-    "de": ["Ich habe 3 Äpfel gekauft.", "Wie geht es dir?", "Das Wetter ist heute schön.", "Guten Abend!"],
-}
-
-
-def run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
 def dvc_json(args: list[str], cwd: Path, env: dict) -> dict:
     """`dvc <args> --json`, parsed (stdout only: DVC logs go to stderr)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env)
@@ -49,33 +33,9 @@ def computed(output: str, stage: str) -> int:
     return int(match.group(1))
 
 
-def edit_params(root: Path, edit) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    edit(params)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-
-
 def make_project(root: Path, corpus: Path) -> Path:
-    """A clean clone of the project's pipeline: a tiny demo corpus plus real AISHELL-3 clips."""
-    for name in ["flows", "tasks", "model"]:
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root)
-    shutil.copy(REPO / ".gitignore", root)
-    (root / "demo" / "sentences").mkdir(parents=True)
-    for lang, lines in TINY_SENTENCES.items():
-        (root / "demo" / "sentences" / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    shutil.copy(REPO / "params.yaml", root)
-
-    def edit(p):
-        p["datasets"].append({"name": "aishell", "language": "zh", "path": str(corpus), "format": "bv2_list"})
-        p["split"].update(min_train_per_speaker=1, val_per_speaker=1)
-        # the DAG, not the model, is under test here: one training step a run
-        p["train"].update(max_steps=1, num_workers=0, val_max_utterances=2, audio_samples=0)
-    edit_params(root, edit)
-    run(["git", "init", "-q"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
-    return root
+    """A clean clone of the project's pipeline: the tiny demo corpus plus real AISHELL-3 clips."""
+    return pipeline_project(root, [{"name": "aishell", "language": "zh", "path": str(corpus), "format": "bv2_list"}])
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["validate"], ["demo"], ["ingest"], ["text"], ["g2p"]])
+@pytest.mark.parametrize("command", [[], ["validate"], ["demo"], ["ingest"], ["text"], ["g2p"],
+                                     ["server"], ["deploy"], ["serve"], ["retrain"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -46,3 +47,28 @@ def test_the_console_script_is_installed():
     exe = Path(sys.executable).with_name("vitsflow")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ingest" in out.stdout
+
+
+def test_vitsflow_server_serves_the_prefect_api_on_the_given_port(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("vitsflow")), "server", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, healthy = time.time() + 120, False
+        while time.time() < deadline and not healthy and proc.poll() is None:
+            try:
+                healthy = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read() == b"true"
+            except OSError:
+                time.sleep(0.5)
+        assert healthy, "the server did not answer on its health endpoint"
+        assert (tmp_path / "prefect.db").is_file()  # SQLite by default, in PREFECT_HOME
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,8 +52,8 @@ def test_dataset_changes_lists_added_removed_and_changed_files_against_the_recor
     record = tmp_path / "data/sources/lj.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps(fingerprint_dataset(params.datasets[0], tmp_path)))
-    assert dataset_changes(params, tmp_path)["lj"] == {"files": 4, "recorded": True, "added": [], "removed": [],
-                                                       "changed": []}
+    assert dataset_changes(params, tmp_path)["lj"] == {"files": 4, "recorded": True, "missing": False, "added": [],
+                                                       "removed": [], "changed": []}
     wavs = sorted((tmp_path / "lj/wavs").glob("*.wav"))
     (tmp_path / "lj/wavs/new.wav").write_bytes(wavs[0].read_bytes())
     wavs[1].unlink()
@@ -62,6 +63,8 @@ def test_dataset_changes_lists_added_removed_and_changed_files_against_the_recor
     assert now["added"] == ["wavs/new.wav"] and now["removed"] == [f"wavs/{wavs[1].name}"]
     assert now["changed"] == ["metadata.csv"]
     assert source_stage(params, "lj") == "source@0"
+    shutil.rmtree(tmp_path / "lj")  # a folder a stage makes, not there yet
+    assert dataset_changes(params, tmp_path)["lj"]["missing"] is True
 
 
 def test_dvc_failures_raise_with_the_command_and_its_output(tmp_path):
