@@ -11,7 +11,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tasks.cache import Entry, ResultCache, cache_key
 from tasks.config import LanguageConfig, Params
@@ -19,7 +19,7 @@ from tasks.datasets import Reject
 from tasks.frontends import backend_info, g2p, normalize, normalizer_version
 from tasks.hf import fingerprint, tokenizer_for
 from tasks.frontends.symbols import BASE_LANGUAGE_IDS, BASE_SYMBOLS, SymbolTable
-from tasks.ingest import read_index, reason_kind
+from tasks.ingest import reason_kind
 from tasks.shards import ShardWriter, write_jsonl
 from tasks.storage import atomic_write_bytes
 

@@ -119,7 +119,7 @@ def build(root: Path) -> Path:
 
 def tiny_params(root: Path, work: Path, model: dict | None = None, **train: Any):
     """The corpus's params with storage and TensorBoard logs under `work` and `train` overrides."""
-    from tasks.config import load_params, parse_params
+    from tasks.config import parse_params
 
     data = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     data["train"].update(train, log_dir=str(work / "logs"))

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import load_params, parse_params
+from tasks.config import load_params
 from tasks.frontends.symbols import BASE_SYMBOLS, SymbolTable
 from tasks.hf import tokenizer_for
 from tasks.text import check_alignment, symbol_table, text_one
