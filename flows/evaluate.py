@@ -20,7 +20,8 @@ def metrics_table(metrics: dict) -> list[dict]:
     from tasks.evaluate import HEADLINE
 
     groups = {"overall": metrics["overall"], **metrics["language"], **metrics["language/speaker"]}
-    return [{"group": name, "n": g["count"], **{k: g.get(k) for k in HEADLINE}} for name, g in groups.items()]
+    keys = HEADLINE + list(metrics.get("judges", {}))  # plus the model-based metrics, when configured
+    return [{"group": name, "n": g["count"], **{k: g.get(k) for k in keys}} for name, g in groups.items()]
 
 
 @flow(name="evaluate")

@@ -132,7 +132,7 @@ def summary_markdown(changes: dict, ran: list[str], training: dict, manifest: di
     lines += [f"**Checkpoint**: [{ckpt['uri']}]({ckpt['uri']}) (run `{manifest['run_id']}`, step {ckpt['step']})",
               "", "| metric | candidate | production before | change |", "|---|---|---|---|"]
     before = (production_before or {}).get("metrics") or {}
-    for k in HEADLINE:
+    for k in HEADLINE + list(metrics.get("judges", {})):
         c, p = metrics.get(k), before.get(k)
         lines.append(f"| {k} | {fmt(c)} | {fmt(p)} | {fmt(c - p) if c is not None and p is not None else '–'} |")
     verdict = "**promoted to production**" if promotion.get("promoted") else "**not promoted**"

@@ -416,6 +416,14 @@ class PromotionConfig(Strict):
         return v
 
 
+class EvalModelsConfig(Strict):
+    """Models behind the optional metrics (tasks/judges.py): a Hugging Face id, a local folder or
+    package:<module>/<subdir>; null: the metric is not computed (and the report says so)."""
+    asr: Optional[str] = None      # speech recognition (CTC or Whisper) -> cer, wer
+    mos: Optional[str] = None      # audio classification with one regression output -> mos
+    speaker: Optional[str] = None  # x-vector speaker verification -> speaker_similarity
+
+
 class EvalConfig(Strict):
     """Stage `evaluate` (tasks/evaluate.py): free-running synthesis of the val split vs. its recordings."""
     noise_scale: float = Field(0.6, ge=0)
@@ -425,6 +433,7 @@ class EvalConfig(Strict):
     seed: int = 1234  # the synthesis noise, so evaluations are comparable
     max_utterances: Optional[int] = Field(None, ge=1)  # cap on val utterances (the first ones); null: all
     samples: int = Field(4, ge=0)  # utterances whose audio (reference, synthesis) and mel PNG are written
+    models: EvalModelsConfig = EvalModelsConfig()
     promotion: PromotionConfig = PromotionConfig()
 
 
@@ -488,20 +497,21 @@ def resolve_local(root: Path, value: str) -> Path:
     return path if path.is_absolute() else (root / path)
 
 
-def resolve_model_path(root: Path, model: str) -> str:
-    """A BERT `model` value as what transformers' from_pretrained takes (a folder or a hub id)."""
+def resolve_model_path(root: Path, model: str, what: str = "BERT model") -> str:
+    """A model value from params (`package:<module>/<subdir>`, a folder, or a hub id) as what
+    transformers' from_pretrained takes (a folder or a hub id); `what` names it in errors."""
     if model.startswith("package:"):
         module, _, sub = model.removeprefix("package:").partition("/")
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"BERT model {model!r}: Python package {module!r} is not installed")
+            raise ConfigError(f"{what} {model!r}: Python package {module!r} is not installed")
         path = Path(list(spec.submodule_search_locations)[0]) / sub
     elif model.startswith(("/", ".", "~")) or (root / model).exists():
         path = resolve_local(root, model)
     else:
         return model
     if not path.is_dir():
-        raise ConfigError(f"BERT model {model!r}: folder {path} does not exist")
+        raise ConfigError(f"{what} {model!r}: folder {path} does not exist")
     return str(path)
 
 

@@ -76,7 +76,7 @@ class Corpus:
             t = text[r["id"]]
             rows.append({"id": r["id"], "speaker": r["speaker"], "language": r["language"], "split": r["split"],
                          "pcm": {k: r[k] for k in ("shard", "offset", "nbytes")}, "num_samples": r["num_samples"],
-                         "phones": t["phones"], "tones": t["tones"], "bert": bert[r["id"]],
+                         "norm_text": t.get("norm_text"), "phones": t["phones"], "tones": t["tones"], "bert": bert[r["id"]],
                          "spec": spec[r["id"]]})
         if any(missing.values()):
             logger.warning("corpus: %d of %d ingested utterances have no output from a later stage "

@@ -45,9 +45,9 @@ logger = logging.getLogger("vitsflow.evaluate")
 PathLike = Union[str, os.PathLike]
 # The headline metrics: flat numeric keys at the top of metrics.json (for `dvc metrics diff`).
 HEADLINE = ["mcd_db", "f0_rmse_cents", "vuv_error", "length_ratio", "mel_l1"]
-# Metrics that need a model this project does not configure: never computed, never faked.
-NOT_COMPUTED = {"cer": "ASR character error rate", "wer": "ASR word error rate", "mos": "predicted MOS",
-                "speaker_similarity": "speaker-embedding similarity"}
+# Metrics that need a model (eval.models, tasks/judges.py): computed when it is configured, else
+# absent, never faked. Computed ones join the headline keys.
+OPTIONAL = {"cer": "asr", "wer": "asr", "mos": "mos", "mos_reference": "mos", "speaker_similarity": "speaker"}
 NOT_COMPUTED_NOTE = "not computed: no model configured"
 
 
@@ -151,8 +151,16 @@ def markdown_report(metrics: dict) -> str:
     lines += [row(g, s) for g, s in metrics["language"].items()]
     lines += [row(g, s) for g, s in metrics["language/speaker"].items()]
     lines.append("\n")
-    for key, what in NOT_COMPUTED.items():
-        lines.append(f"- {what} (`{key}`): {NOT_COMPUTED_NOTE}\n")
+    from tasks.judges import METRICS
+
+    judged = metrics.get("judges", {})
+    for kind, keys in METRICS.items():
+        for key, what in keys.items():
+            if key in judged:
+                overall = metrics["overall"].get(key)
+                lines.append(f"- {what} (`{key}`): {_fmt(overall)} overall, by `{judged[key]}`\n")
+            else:
+                lines.append(f"- {what} (`{key}`): {NOT_COMPUTED_NOTE} (eval.models.{kind})\n")
     if metrics.get("failed"):
         lines.append(f"- {len(metrics['failed'])} utterances could not be synthesised: "
                      + "; ".join(f"`{f['id']}`: {f['error']}" for f in metrics["failed"]) + "\n")
@@ -173,6 +181,7 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
     from tasks.synth import SynthError, load_voice, wav_bytes
     from tasks.train import DATA_DIRS
     from tasks.train import evaluate as teacher_forced_mel_l1
+    from tasks.judges import Judges
 
     root = Path(root)
     cfg = params.eval
@@ -197,6 +206,7 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
                  length_scale=cfg.length_scale)
     from tasks.audio import resample
 
+    judges = Judges(cfg.models, root, device) if any(cfg.models.model_dump().values()) else None
     rows: list[dict] = []
     failed: list[dict] = []
     samples: list[dict] = []
@@ -222,6 +232,9 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
         m = utterance_metrics(ref_wav, syn, ref_sr)
         row = {"id": utt, "language": lang, "speaker": spk, **{k: _finite(v) for k, v in m.items()},
                "voiced_pairs": int(m["voiced_pairs"]), "mel_l1": _finite(mel_l1)}
+        if judges is not None:  # the transcript stays a string: aggregate() only averages numbers
+            row.update({k: v if isinstance(v, str) else _finite(v)
+                        for k, v in judges.score(ref_wav, syn, ref_sr, meta.get("norm_text") or texts[utt]).items()})
         rows.append(row)
         if len(samples) < cfg.samples:
             name = _safe_name(utt)
@@ -238,7 +251,9 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
 
     groups = aggregate(rows, by=("language", "speaker"))
     eval_set = hashlib.sha256("\n".join(r["id"] for r in rows).encode()).hexdigest()[:16]
-    metrics = {**{k: groups["overall"].get(k) for k in HEADLINE}, "utterances": len(rows),
+    judged = judges.described() if judges is not None else {}
+    metrics = {**{k: groups["overall"].get(k) for k in HEADLINE + list(judged)}, "utterances": len(rows),
+               "judges": judged,
                **groups, "failed": failed, "eval_set": eval_set,
                "settings": {**knobs, "seed": cfg.seed, "max_utterances": cfg.max_utterances},
                "model": {"run_id": manifest.get("run_id") or voice.info.get("run_id"),
@@ -249,7 +264,7 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = "train/ma
     atomic_write_bytes(plot_dir / "per_utterance.json", _json(rows))
     atomic_write_bytes(out / "report.md", markdown.encode("utf-8"))
     return {"metrics": metrics, "rows": rows, "markdown": markdown, "samples": samples, "out_dir": str(out),
-            "not_computed": {k: NOT_COMPUTED_NOTE for k in NOT_COMPUTED}}
+            "not_computed": {k: NOT_COMPUTED_NOTE for k in OPTIONAL if k not in judged}}
 
 
 # ----------------------------------------------------------------------------- promotion
@@ -326,5 +341,5 @@ def promote(params: Params, root: PathLike, manifest: dict, metrics: dict,
     return {"promoted": True, "reason": reason, "key": key, "pointer": pointer}
 
 
-__all__ = ["EvalError", "HEADLINE", "NOT_COMPUTED", "NOT_COMPUTED_NOTE", "evaluate", "markdown_report", "promote",
+__all__ = ["EvalError", "HEADLINE", "NOT_COMPUTED_NOTE", "OPTIONAL", "evaluate", "markdown_report", "promote",
            "production_key", "read_manifest", "read_production"]

@@ -33,7 +33,8 @@ def setup(train_corpus, tmp_path_factory):
     manifest_path.parent.mkdir(parents=True)
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     result = evaluate(params, train_corpus, manifest_path, work / "eval", params_path=models["params"])
-    return {"params": params, "root": train_corpus, "work": work, "manifest": manifest, "result": result}
+    return {"params": params, "root": train_corpus, "work": work, "manifest": manifest, "result": result,
+            "voice_params": models["params"]}
 
 
 def test_metrics_json_has_finite_headline_metrics_and_groups(setup):
@@ -67,7 +68,7 @@ def test_per_utterance_rows_samples_and_report(setup):
     report = (out / "report.md").read_text(encoding="utf-8")
     assert report == setup["result"]["markdown"]
     assert "| **overall** |" in report and "| de |" in report and "| en/en_" in report
-    assert report.count(NOT_COMPUTED_NOTE) == 4 and "ASR character error rate" in report
+    assert report.count(NOT_COMPUTED_NOTE) == 5 and "ASR character error rate" in report
 
 
 def test_promotion_gate(setup):
@@ -119,3 +120,24 @@ def test_eval_config_is_typed():
         parse_params({**base, "eval": {"promotion": {"min_mcd_improvment_db": 1}}})
     with pytest.raises(ConfigError, match=r"eval\.max_utterances"):
         parse_params({**base, "eval": {"max_utterances": 0}})
+
+
+def test_configured_eval_models_add_asr_mos_and_speaker_metrics_to_metrics_rows_and_report(setup):
+    from tests.audio_models import build_audio_models
+
+    work = setup["work"]
+    paths = build_audio_models(work / "audio_models")
+    data = setup["params"].model_dump(mode="json")
+    data["eval"] = {**data["eval"], "max_utterances": 3, "samples": 0, "models": paths}
+    result = evaluate(parse_params(data), setup["root"], work / "train" / "manifest.json", work / "eval_judged",
+                      params_path=setup["voice_params"])
+    metrics = json.loads((work / "eval_judged" / "metrics.json").read_text(encoding="utf-8"))
+    judged = {"cer", "wer", "mos", "mos_reference", "speaker_similarity"}
+    assert set(metrics["judges"]) == judged and metrics["judges"]["cer"] == paths["asr"]
+    for key in judged:  # headline keys (dvc metrics diff) and in every group
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+        assert all(key in g for g in metrics["language"].values())
+    rows = json.loads((work / "eval_judged" / "plots" / "per_utterance.json").read_text(encoding="utf-8"))
+    assert len(rows) == 3 and all(isinstance(r["transcript"], str) and r["cer"] >= 0 for r in rows)
+    assert NOT_COMPUTED_NOTE not in result["markdown"] and f"by `{paths['speaker']}`" in result["markdown"]
+    assert result["not_computed"] == {}
