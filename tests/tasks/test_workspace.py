@@ -76,3 +76,21 @@ def test_dvc_failures_raise_with_the_command_and_its_output(tmp_path):
 def test_stages_run_reads_the_stage_names_from_dvc_repro_output():
     out = "Running stage 'source@0':\n> vitsflow fingerprint\nStage 'text' didn't change, skipping\nRunning stage 'bert':\n"
     assert stages_run(out) == ["source@0", "bert"]
+
+
+def test_dataset_changes_lists_new_objects_under_an_s3_prefix(s3_endpoint, tmp_path, shared_speech):
+    import boto3
+
+    ljspeech_subset(shared_speech, tmp_path / "lj", 2)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="vf-incoming")
+    for path in sorted((tmp_path / "lj").rglob("*.*")):
+        s3.upload_file(str(path), "vf-incoming", f"lj/{path.relative_to(tmp_path / 'lj').as_posix()}")
+    params = load_params(write_params(tmp_path, [{"name": "lj", "language": "en", "path": "s3://vf-incoming/lj",
+                                                  "format": "ljspeech", "speaker": "lj"}]))
+    record = tmp_path / "data/sources/lj.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(fingerprint_dataset(params.datasets[0], tmp_path)))
+    s3.put_object(Bucket="vf-incoming", Key="lj/wavs/LJ-new.wav", Body=b"RIFF new clip")
+    now = dataset_changes(params, tmp_path)["lj"]
+    assert now["files"] == 4 and now["added"] == ["wavs/LJ-new.wav"] and not now["removed"] + now["changed"]
