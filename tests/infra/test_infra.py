@@ -12,7 +12,9 @@ INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 def test_compose_has_the_stack_and_no_literal_credentials():
     compose = yaml.safe_load((INFRA / "docker-compose.yml").read_text())
-    assert {"postgres", "prefect-server", "worker", "minio", "minio-bucket"} <= set(compose["services"])
+    assert {"postgres", "prefect-server", "worker", "minio", "minio-bucket", "retrain"} <= set(compose["services"])
+    assert compose["services"]["retrain"]["command"] == "vitsflow serve"  # the scheduled retrain runner
+    assert "--pool gpu" in compose["services"]["worker"]["command"]  # params.yaml retrain.work_pool
     assert "postgresql+asyncpg" in compose["services"]["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert "mc mb" in compose["services"]["minio-bucket"]["entrypoint"]
     for service in compose["services"].values():
@@ -25,6 +27,8 @@ def test_dockerfile_builds_on_cuda_with_the_pinned_lock():
     text = (INFRA / "Dockerfile").read_text()
     assert text.startswith("#") and "FROM nvidia/cuda:" in text
     assert "requirements.lock" in text and "espeak-ng" in text
+    # a DVC workspace of the project, where a `train` job adopts the submitted params.yaml and dvc.lock
+    assert "COPY dvc.yaml params.yaml" in text and "ENV VITSFLOW_WORKSPACE=/opt/vitsflow" in text
 
 
 def test_gpu_job_template_is_a_valid_prefect_work_pool_template():
