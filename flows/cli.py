@@ -287,6 +287,9 @@ def server(host: str = typer.Option("127.0.0.1", help="The address to listen on.
     """Start a Prefect server (API + UI) for the pipeline's flow runs, deployments and schedules."""
     import subprocess
 
+    if database_url and not database_url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        _fail(f"--database-url {database_url.split('://')[0]}://...: expected postgresql+asyncpg://USER@HOST/DB "
+              "(password from the environment or ~/.pgpass) or sqlite+aiosqlite:///PATH")
     env = dict(os.environ, PREFECT_UI_API_URL=f"http://{host}:{port}/api")
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url

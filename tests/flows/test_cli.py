@@ -72,3 +72,9 @@ def test_vitsflow_server_serves_the_prefect_api_on_the_given_port(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_vitsflow_server_refuses_a_database_url_prefect_cannot_use_without_echoing_it():
+    result = runner.invoke(app, ["server", "--database-url", "mysql://admin:hunter2@db/prefect"])
+    assert result.exit_code == 2 and "expected postgresql+asyncpg://" in result.output
+    assert "hunter2" not in result.output  # a URL may carry a password: never print it
