@@ -70,7 +70,9 @@ def retrain_deployment(params: Params, params_path: Path):
 
     sched = params.schedule
     return retrain_flow.to_deployment(
-        name="retrain", schedules=[Cron(sched.cron, timezone=sched.timezone)],
+        # one run at a time: a run due while another is running waits its turn (the workspace lock
+        # still guards against a `vitsflow retrain` started by hand)
+        name="retrain", schedules=[Cron(sched.cron, timezone=sched.timezone)], concurrency_limit=1,
         parameters={"params_path": str(params_path)}, tags=["vitsflow"],
         description=f"dvc repro → dvc push → train ({params.retrain.training}) → evaluate → promote; "
                     f"cron `{sched.cron}` ({sched.timezone}) from params.yaml `schedule:`")

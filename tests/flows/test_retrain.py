@@ -60,6 +60,7 @@ def test_deploy_registers_the_scheduled_retrain_the_train_deployment_on_its_pool
     assert retrain["name"] == "retrain" and retrain["parameters"] == {"params_path": str(project / "params.yaml")}
     [schedule] = retrain["schedules"]
     assert schedule["schedule"]["cron"] == CRON and schedule["schedule"]["timezone"] == TZ and schedule["active"]
+    assert retrain["global_concurrency_limit"]["limit"] == 1  # a run due while one runs waits its turn
     train = api(prefect_server, f"/deployments/{deployed['train']['id']}")
     assert train["name"] == TRAIN and train["work_pool_name"] == POOL
     assert api(prefect_server, f"/work_pools/{POOL}")["type"] == "process"
