@@ -124,15 +124,27 @@ def read_dataset(ds: DatasetConfig, root: Path) -> tuple[Storage, list[SourceUtt
 
 
 def fingerprint_dataset(ds: DatasetConfig, root: Path) -> dict:
-    """Every file of a dataset with its size and content hash (S3: its ETag), sorted.
+    """Every file of a dataset with its size and a content fingerprint, sorted: `sha256` of a local
+    file, the `etag` of an S3 object (from the listing: checking a bucket for new data downloads
+    nothing).
 
     The `source` stages write this per dataset, so that `ingest` re-runs when a corpus outside
-    DVC gains, loses or changes a file."""
+    DVC gains, loses or changes a file; `retrain` compares it with the recorded one."""
     import hashlib
 
+    from tasks.storage import S3Storage
+
     storage = dataset_storage(ds, root)
-    files = []
-    for key in storage.list():
-        data = storage.read_bytes(key)
-        files.append({"path": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    if isinstance(storage, S3Storage):
+        files = [{"path": k, "size": size, "etag": etag} for k, size, etag in sorted(storage.list_versions())]
+    else:
+        files = []
+        for key in storage.list():
+            data = storage.read_bytes(key)
+            files.append({"path": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     return {"dataset": ds.name, "format": ds.format, "files": files}
+
+
+def file_fingerprint(entry: dict) -> str:
+    """The content fingerprint of one `fingerprint_dataset` file entry (sha256 or S3 ETag)."""
+    return entry.get("sha256") or f"etag:{entry['etag']}"

@@ -282,11 +282,17 @@ class S3Storage:
         return len(keys)
 
     def list(self, prefix: str = "") -> Iterator[str]:
+        for key, _, _ in self.list_versions(prefix):
+            yield key
+
+    def list_versions(self, prefix: str = "") -> Iterator[tuple[str, int, str]]:
+        """(key, size, ETag) of every object under `prefix`, from the listing alone: what tells a
+        changed object apart without downloading it (an ETag changes with the content)."""
         full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         strip = len(f"{self.prefix}/") if self.prefix else 0
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             for obj in page.get("Contents", []):
-                yield obj["Key"][strip:]
+                yield obj["Key"][strip:], int(obj["Size"]), obj["ETag"].strip('"')
 
 
 def open_storage(uri: str, root: Path = Path("."), endpoint_url: Optional[str] = None,

@@ -97,19 +97,19 @@ def dataset_changes(params: Params, root: Path) -> dict[str, dict]:
     the fingerprint DVC last recorded in data/sources/<name>.json. Returns {name: {"files", "added",
     "removed", "changed", "recorded", "missing"}}; `recorded` is False before the first `dvc repro`;
     `missing`: a local folder that is not there (yet: the demo corpus is made by a stage)."""
-    from tasks.datasets import DatasetError, fingerprint_dataset
+    from tasks.datasets import DatasetError, file_fingerprint, fingerprint_dataset
 
     out = {}
     for ds in params.datasets:
         try:
-            now = {f["path"]: f["sha256"] for f in fingerprint_dataset(ds, root)["files"]}
+            now = {f["path"]: file_fingerprint(f) for f in fingerprint_dataset(ds, root)["files"]}
         except DatasetError:
             if ds.path.startswith("s3://"):
                 raise
             now = None  # a local folder a stage makes (the demo corpus), or not there yet: dvc repro says
         recorded_path = resolve_local(root, f"data/sources/{ds.name}.json")
-        before = ({f["path"]: f["sha256"] for f in json.loads(recorded_path.read_text(encoding="utf-8"))["files"]}
-                  if recorded_path.is_file() else {})
+        recorded = json.loads(recorded_path.read_text(encoding="utf-8"))["files"] if recorded_path.is_file() else []
+        before = {f["path"]: file_fingerprint(f) for f in recorded}
         if now is None:
             out[ds.name] = {"files": 0, "recorded": recorded_path.is_file(), "missing": True,
                             "added": [], "removed": [], "changed": []}

@@ -90,7 +90,11 @@ def test_dataset_changes_lists_new_objects_under_an_s3_prefix(s3_endpoint, tmp_p
                                                   "format": "ljspeech", "speaker": "lj"}]))
     record = tmp_path / "data/sources/lj.json"
     record.parent.mkdir(parents=True)
-    record.write_text(json.dumps(fingerprint_dataset(params.datasets[0], tmp_path)))
+    recorded = fingerprint_dataset(params.datasets[0], tmp_path)
+    assert all("etag" in f and "sha256" not in f for f in recorded["files"])  # from the listing: no download
+    record.write_text(json.dumps(recorded))
     s3.put_object(Bucket="vf-incoming", Key="lj/wavs/LJ-new.wav", Body=b"RIFF new clip")
+    s3.put_object(Bucket="vf-incoming", Key="lj/metadata.csv", Body=b"LJ-new|A new line.\n")
     now = dataset_changes(params, tmp_path)["lj"]
-    assert now["files"] == 4 and now["added"] == ["wavs/LJ-new.wav"] and not now["removed"] + now["changed"]
+    assert now["files"] == 4 and now["added"] == ["wavs/LJ-new.wav"] and now["changed"] == ["metadata.csv"]
+    assert not now["removed"]
