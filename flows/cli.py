@@ -304,24 +304,26 @@ def deploy(params: str = PARAMS,
            image: Optional[str] = typer.Option(None, help="The pipeline image (infra/Dockerfile) the `train` "
                                                "deployment runs in; default: this checkout's code.")) -> None:
     """Register the `gpu` concurrency limit, the `train` deployment on its work pool and the scheduled `retrain`."""
+    from flows.deploy import DeployError
     from flows.deploy import deploy as deploy_all
     from tasks.config import ConfigError
 
     try:
         typer.echo(json.dumps(deploy_all(params, image), indent=2))
-    except ConfigError as err:
+    except (ConfigError, DeployError) as err:
         _fail(str(err))
 
 
 @app.command()
 def serve(params: str = PARAMS) -> None:
     """Deploy, then run `retrain` here on its schedule and on "run now" from the UI (until Ctrl-C)."""
+    from flows.deploy import DeployError
     from flows.deploy import serve as serve_retrain
     from tasks.config import ConfigError
 
     try:
         serve_retrain(params)
-    except ConfigError as err:
+    except (ConfigError, DeployError) as err:
         _fail(str(err))
 
 

@@ -27,7 +27,11 @@ def _sync(coro):
     return run_coro_as_sync(coro)
 
 
-async def _ensure_limit_and_pool(slots: int, pool: str) -> dict[str, Any]:
+class DeployError(RuntimeError):
+    """The deployments cannot be registered as asked (the message says what to do)."""
+
+
+async def _ensure_limit_and_pool(slots: int, pool: str, image: Optional[str]) -> dict[str, Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
@@ -43,6 +47,10 @@ async def _ensure_limit_and_pool(slots: int, pool: str) -> dict[str, Any]:
                 name=pool, type="process", description="vitsflow training (created by `vitsflow deploy`)",
                 base_job_template=ProcessWorker.get_default_base_job_template()))
             created = True
+    variables = (work_pool.base_job_template or {}).get("variables", {}).get("properties", {})
+    if image and "image" not in variables:
+        raise DeployError(f"--image {image}: work pool {pool!r} ({work_pool.type}) runs no images; create the GPU "
+                          "pool from infra/k8s/gpu-work-pool.json first (infra/README.md), or deploy without --image")
     return {"limit": {"name": GPU_LIMIT, "slots": slots}, "work_pool": {"name": pool, "type": work_pool.type,
                                                                          "created": created}}
 
@@ -57,8 +65,9 @@ def _train_deployment(params: Params, root: Path, image: Optional[str]) -> str:
     common = dict(name=cfg.train_deployment, work_pool_name=cfg.work_pool, print_next_steps=False,
                   description="Bert-VITS2 training of the data version in dvc.lock (pulled from the DVC remote)",
                   tags=["vitsflow", "gpu"])
-    if image:
-        return str(train_flow.deploy(image=image, build=False, push=False, **common))
+    if image:  # the entrypoint is relative to the project folder, the image's working folder
+        with contextlib.chdir(Path(__file__).resolve().parents[1]):
+            return str(train_flow.deploy(image=image, build=False, push=False, **common))
     return str(train_flow.from_source(source=str(root), entrypoint="flows/train.py:train_flow").deploy(**common))
 
 
@@ -83,9 +92,9 @@ def deploy(params_path: str = "params.yaml", image: Optional[str] = None) -> dic
     path = Path(params_path).resolve()
     params = load_params(path)
     root = find_repo_root(path)
-    out = _sync(_ensure_limit_and_pool(params.retrain.gpu_slots, params.retrain.work_pool))
+    out = _sync(_ensure_limit_and_pool(params.retrain.gpu_slots, params.retrain.work_pool, image))
     out["train"] = {"name": f"train/{params.retrain.train_deployment}", "id": _train_deployment(params, root, image)}
-    with contextlib.chdir(root):  # the entrypoint is recorded relative to the project
+    with contextlib.chdir(root):  # the runner (`serve`) resolves the entrypoint from the workspace
         retrain_id = retrain_deployment(params, path).apply()
     out["retrain"] = {"name": "retrain/retrain", "id": str(retrain_id), "cron": params.schedule.cron,
                       "timezone": params.schedule.timezone}
@@ -104,4 +113,4 @@ def serve(params_path: str = "params.yaml") -> None:
     prefect_serve(retrain_deployment(load_params(path), path), print_starting_message=True)
 
 
-__all__ = ["GPU_LIMIT", "deploy", "retrain_deployment", "serve"]
+__all__ = ["DeployError", "GPU_LIMIT", "deploy", "retrain_deployment", "serve"]

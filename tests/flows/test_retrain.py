@@ -146,3 +146,26 @@ def test_a_retrain_in_a_busy_workspace_fails_at_once_naming_the_holder(tmp_path,
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "another run holds the workspace lock" in proc.stderr and "started by the test" in proc.stderr
     assert not (root / "data").exists()  # nothing ran
+
+
+def test_deploy_with_an_image_runs_train_in_it_on_a_kubernetes_pool_made_from_the_infra_template(
+        project, env, prefect_server):
+    template = json.loads((Path(__file__).resolve().parents[2] / "infra/k8s/gpu-work-pool.json").read_text())
+    api(prefect_server, "/work_pools/", {"name": "k8s-gpu", "type": "kubernetes", "base_job_template": template})
+    # the project's params with the Kubernetes pool (runs after the retrain run: it re-registers `retrain`)
+    params = project / "params.k8s.yaml"
+    params.write_text((project / "params.yaml").read_text().replace(f"work_pool: {POOL}", "work_pool: k8s-gpu")
+                      .replace(f"train_deployment: {TRAIN}", "train_deployment: k8s"))
+    out = run(["vitsflow", "deploy", "--params", str(params), "--image", "registry.example.com/vitsflow:1.0"],
+              project, env, timeout=300)
+    train = api(prefect_server, f"/deployments/{json.loads(out[out.index('{'):])['train']['id']}")
+    assert train["work_pool_name"] == "k8s-gpu" and train["job_variables"] == {"image": "registry.example.com/vitsflow:1.0"}
+    assert train["entrypoint"] == "flows/train.py:train_flow" and not train["pull_steps"]  # the image's own code
+    params.unlink()
+
+
+def test_deploy_with_an_image_on_a_process_pool_says_what_to_do(project, env):
+    proc = subprocess.run(["vitsflow", "deploy", "--image", "vitsflow:latest"], cwd=project, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:"
+                                                           f"{os.environ['PATH']}", **env))
+    assert proc.returncode == 2 and "runs no images" in proc.stderr and "infra/k8s/gpu-work-pool.json" in proc.stderr
