@@ -42,12 +42,14 @@ class IngestPlan:
 
 
 def library_versions() -> dict[str, str]:
-    import pyloudnorm
-    import soundfile
-    import soxr
+    # From package metadata: importing pyloudnorm (scipy.signal) takes over a second, which a
+    # re-run with nothing new to condition should not pay.
+    from importlib.metadata import version
 
-    return {"soxr": soxr.__version__, "libsndfile": soundfile.__libsndfile_version__,
-            "pyloudnorm": getattr(pyloudnorm, "__version__", "?"), "numpy": np.__version__}
+    import soundfile
+
+    return {"soxr": version("soxr"), "libsndfile": soundfile.__libsndfile_version__,
+            "pyloudnorm": version("pyloudnorm"), "numpy": np.__version__}
 
 
 def plan_ingest(params: Params, root: Path) -> IngestPlan:

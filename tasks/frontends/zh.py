@@ -7,22 +7,40 @@ because pretrained checkpoints were trained on them.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
-
-import cn2an
-import jieba
-import jieba.posseg as psg
-from pypinyin import Style, lazy_pinyin
 
 from tasks.frontends.symbols import PUNCTUATION
 
 VERSION = "zh-1"
 NUM_TONES = 6  # 0 for punctuation and padding, 1-4 lexical tones, 5 neutral tone
 
-jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary loading on first use
+
+
+# jieba's tagger, pypinyin and cn2an take about 0.7 s to import: they load on first use, so a stage
+# run with no new Mandarin text (its cache key needs only VERSION) does not pay for them.
+@functools.cache
+def _jieba():
+    import jieba
+    import jieba.posseg
+
+    jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary loading on first use
+    return jieba
+
+
+def _an2cn(number: str) -> str:
+    import cn2an
+
+    return cn2an.an2cn(number)
+
+
+def _pinyin(word: str, style: str) -> list[str]:
+    from pypinyin import Style, lazy_pinyin
+
+    return lazy_pinyin(word, neutral_tone_with_five=True, style=getattr(Style, style))
 
 _DATA = Path(__file__).parent / "data"
 Segment = tuple[str, str]  # (word, jieba part-of-speech tag)
@@ -69,12 +87,12 @@ def _read_number(number: str) -> str:
     integer, _, fraction = number.partition(".")
     if (len(integer) > 1 and integer.startswith("0")) or len(integer) > _MAX_CN2AN_DIGITS:
         return _read_digits(integer) + ("点" + _read_digits(fraction) if fraction else "")
-    return cn2an.an2cn(number)
+    return _an2cn(number)
 
 
 def _read_small(number: str) -> str:
     """A month, day, hour or minute: leading zeros are not spoken (03月 -> 三月)."""
-    return cn2an.an2cn(str(int(number)))
+    return _an2cn(str(int(number)))
 
 
 def _read_date(m: re.Match) -> str:
@@ -87,7 +105,7 @@ def _read_date(m: re.Match) -> str:
 def _read_clock_minutes(number: str) -> str:
     """Minutes and seconds keep a spoken zero below ten: 10:05 -> 十点零五分."""
     value = int(number)
-    return ("零" if 0 < value < 10 else "") + cn2an.an2cn(str(value))
+    return ("零" if 0 < value < 10 else "") + _an2cn(str(value))
 
 
 def _read_time(m: re.Match) -> str:
@@ -183,11 +201,11 @@ _YI_PAUSE_PUNCTUATION = "：，；。？！“”‘’':,;.?!"
 
 
 def _finals(word: str) -> list[str]:
-    return lazy_pinyin(word, neutral_tone_with_five=True, style=Style.FINALS_TONE3)
+    return _pinyin(word, "FINALS_TONE3")
 
 
 def _initials(word: str) -> list[str]:
-    return lazy_pinyin(word, neutral_tone_with_five=True, style=Style.INITIALS)
+    return _pinyin(word, "INITIALS")
 
 
 def _tone(final: str) -> str:
@@ -212,7 +230,7 @@ def _split_word(word: str) -> tuple[str, str]:
     Only the first part's length and each part's membership in the word lists are used, so
     when the sub-word sits mid-word the parts need not concatenate back to the word.
     """
-    shortest = sorted(jieba.cut_for_search(word), key=len)[0]
+    shortest = sorted(_jieba().cut_for_search(word), key=len)[0]
     if word.startswith(shortest):
         return shortest, word[len(shortest):]
     return word[: -len(shortest)], shortest
@@ -467,7 +485,7 @@ def g2p(norm_text: str, tokenizer=None) -> tuple[list[str], list[int], list[int]
     phones, tones, word2ph = ["_"], [0], [1]
     # Upstream segments each clause separately; that changes jieba's cuts, so keep it.
     for sentence in filter(None, _SENTENCE_END_RE.split(norm_text)):
-        segments = [(word, pos) for word, pos in psg.lcut(sentence)]  # jieba pairs -> tuples
+        segments = [(word, pos) for word, pos in _jieba().posseg.lcut(sentence)]  # jieba pairs -> tuples
         for word, pos in _merge_for_sandhi(segments):
             for char_phones, tone in _word_phones(word, pos):
                 phones += char_phones
