@@ -128,6 +128,21 @@ def train(params: str = PARAMS,
     typer.echo(json.dumps({k: summary[k] for k in ("run_id", "checkpoint", "metrics")}))
 
 
+@app.command("train-node")
+def train_node(params: Optional[str] = typer.Option(None, help="Train on this checkout's params (default: the flow "
+                                                     "run's data version, or params.yaml)."),
+               flow_run: Optional[str] = typer.Option(None, envvar="PREFECT__FLOW_RUN_ID",
+                                                      help="The `train` flow run whose job this node joins.")) -> None:
+    """Join a multi-node `train` job as a worker node: torchrun with TORCHRUN_ARGS (its rendezvous)."""
+    from flows.train import train_node as join
+    from tasks.config import ConfigError
+
+    try:
+        join(params, None if params else flow_run)
+    except (ConfigError, ValueError, RuntimeError) as err:
+        _fail(str(err))
+
+
 @app.command()
 def evaluate(params: str = PARAMS,
              manifest: str = typer.Option("train/manifest.json", help="The train stage's run manifest."),

@@ -1,5 +1,6 @@
 """infra/: the files parse, carry what they promise, and the GPU job template is one Prefect accepts."""
 import json
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -48,3 +49,33 @@ def test_a_template_using_an_undeclared_variable_is_refused():
     template["job_configuration"]["extra"] = "{{ not_declared }}"
     with pytest.raises(ValueError, match="not_declared"):
         WorkPoolCreate(name="gpu", type="kubernetes", base_job_template=template)
+
+
+def test_pods_after_the_first_of_a_training_job_join_it_as_train_nodes(tmp_path):
+    mock_bin = tmp_path / "mock_bin"  # a mock `vitsflow` that says how it was called
+    mock_bin.mkdir()
+    (mock_bin / "vitsflow").write_text("#!/bin/sh\necho \"vitsflow $*\"\n")
+    (mock_bin / "vitsflow").chmod(0o755)
+    entry = str(INFRA / "entrypoint.sh")
+
+    def run(**env):
+        return subprocess.run(["sh", entry, "echo", "flow run"], env={"PATH": f"{mock_bin}:/usr/bin:/bin", **env},
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert run() == "flow run"  # not in a Job: the command as given
+    assert run(JOB_COMPLETION_INDEX="0") == "flow run"  # pod 0 runs the Prefect flow run
+    assert run(JOB_COMPLETION_INDEX="2") == "vitsflow train-node"
+    assert 'ENTRYPOINT ["vitsflow-entrypoint"]' in (INFRA / "Dockerfile").read_text()
+
+
+def test_the_rendezvous_service_selects_the_training_pods():
+    service = yaml.safe_load((INFRA / "k8s" / "rdzv-service.yaml").read_text())
+    template = json.loads((INFRA / "k8s" / "gpu-work-pool.json").read_text())
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]
+    props = template["variables"]["properties"]
+    assert service["spec"]["clusterIP"] == "None" and service["metadata"]["name"] == props["rdzv_service"]["default"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert pod["spec"]["subdomain"] == "{{ rdzv_service }}"
+    assert service["metadata"]["namespace"] == props["namespace"]["default"]
+    port = service["spec"]["ports"][0]["port"]
+    assert f"-0.{service['metadata']['name']}:{port}" in props["env"]["default"]["TORCHRUN_ARGS"]
