@@ -58,7 +58,8 @@ def spectrograms(pcm: np.ndarray, p):
 
     from model.mel_processing import linear_spectrogram, spec_to_mel
 
-    y = torch.from_numpy(pcm).float().mul_(1 / 32768.0).unsqueeze(0)
+    # int16 -> float32 in numpy: exact, and it copies the (read-only) shard buffer torch would warn about
+    y = torch.from_numpy(pcm.astype(np.float32)).mul_(1 / 32768.0).unsqueeze(0)
     linear = linear_spectrogram(y, p)
     return linear[0], spec_to_mel(linear, p)[0]
 
