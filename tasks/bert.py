@@ -141,7 +141,7 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rows, rejects, dims = [], [], {}
-    with ShardWriter(tmp, "bert", ".bin", params.features.bert.shard_mb * 2**20) as shards:
+    with ShardWriter(tmp, "bert", ".bin", params.features.bert.shard_mb * 2**20, reuse_from=out_dir) as shards:
         for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
             row, meta = item.row, entry.meta
             if "reject" in meta:
@@ -150,7 +150,7 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
             slot = slot_of(params, row["language"])
             dims.setdefault(slot, meta["dim"])
             rows.append({"id": row["id"], "language": row["language"], "slot": slot, "dim": meta["dim"],
-                         "n_phones": meta["n_phones"], **shards.append(entry.data)})
+                         "n_phones": meta["n_phones"], **shards.append(entry.data, row["id"])})
     write_jsonl(tmp / "index.jsonl", rows)
     write_jsonl(tmp / "rejects.jsonl", (r.to_json() for r in rejects))
     meta = {"dtype": "float16", "layout": "[dim, n_phones] row-major", "fill": FILL, "slots": list(SLOTS),

@@ -126,7 +126,7 @@ def assemble(plan: IngestPlan, cache: ResultCache, out_dir: Path, params: Params
     shutil.rmtree(tmp, ignore_errors=True)
     rows, rejects, first_of = [], list(plan.rejects), {}
     sr = params.audio.sample_rate
-    with ShardWriter(tmp, "audio", ".pcm", params.ingest.shard_mb * 2**20) as shards:
+    with ShardWriter(tmp, "audio", ".pcm", params.ingest.shard_mb * 2**20, reuse_from=out_dir) as shards:
         for item, (_, entry) in zip(plan.items, cache.iter_entries(i.key for i in plan.items)):
             utt, meta = item.utt, entry.meta
             if "reject" in meta:
@@ -138,7 +138,7 @@ def assemble(plan: IngestPlan, cache: ResultCache, out_dir: Path, params: Params
                 rows.append({"id": utt.utt_id, "dataset": utt.dataset, "speaker": utt.speaker,
                              "language": utt.language, "text": utt.text, "source": utt.source,
                              "num_samples": meta["num_samples"], "duration": round(meta["num_samples"] / sr, 4),
-                             "sample_rate": sr, "sha256": meta["sha256"], **shards.append(entry.data)})
+                             "sample_rate": sr, "sha256": meta["sha256"], **shards.append(entry.data, utt.utt_id)})
     s = params.split
     assign_split(rows, s.seed, s.val_per_speaker, s.min_train_per_speaker)
     write_jsonl(tmp / "index.jsonl", rows)

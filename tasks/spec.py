@@ -104,9 +104,11 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
         rows = [{"id": i.row["id"], "frames": i.row["num_samples"] // p["hop_length"]} for i in items]
         n_shards = 0
     else:
-        with ShardWriter(tmp, "spec", ".bin", params.features.spec.shard_mb * 2**20) as shards:
+        with ShardWriter(tmp, "spec", ".bin", params.features.spec.shard_mb * 2**20,
+                         reuse_from=out_dir) as shards:
             for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
-                rows.append({"id": item.row["id"], "frames": entry.meta["frames"], **shards.append(entry.data)})
+                loc = shards.append(entry.data, item.row["id"])
+                rows.append({"id": item.row["id"], "frames": entry.meta["frames"], **loc})
         n_shards = len(shards.names)
     write_jsonl(tmp / "index.jsonl", rows)
     meta = {"stft": p, "cached": cache is not None, "dtype": "float16", "n_freq": n_freq,

@@ -1,0 +1,68 @@
+"""Sharded outs: content-defined shard boundaries, and unchanged shards reused from the previous outs."""
+import json
+import os
+
+import numpy as np
+
+from tasks.shards import MANIFEST, ShardWriter, read_record
+
+TARGET = 64 * 1024
+
+
+def records(n: int, seed: int = 0, prefix: str = "utt") -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(seed)
+    return [(f"{prefix}{i:05d}", rng.bytes(int(rng.integers(1_000, 8_000)))) for i in range(n)]
+
+
+def write(out, recs, reuse_from=None) -> tuple[ShardWriter, list[dict]]:
+    with ShardWriter(out, "s", ".bin", TARGET, reuse_from=reuse_from) as w:
+        locs = [w.append(data, key) for key, data in recs]
+    return w, locs
+
+
+def test_records_read_back_and_shards_stay_between_half_and_twice_the_target(tmp_path):
+    recs = records(400)
+    w, locs = write(tmp_path / "a", recs)
+    assert [read_record(tmp_path / "a", loc) for loc in locs] == [data for _, data in recs]
+    sizes = [entry["bytes"] for entry in json.loads((tmp_path / "a" / MANIFEST).read_text()).values()]
+    assert len(sizes) > 10 and all(TARGET // 2 <= s <= 2 * TARGET for s in sizes[:-1])
+    assert 0.6 * TARGET < np.mean(sizes) < 1.6 * TARGET
+
+
+def test_inserting_records_early_changes_only_the_shards_they_land_in(tmp_path):
+    recs = records(400)
+    inserted = recs[:30] + records(4, seed=9, prefix="new") + recs[30:]
+    before, _ = write(tmp_path / "a", recs)
+    after, _ = write(tmp_path / "b", inserted)
+    same = set(e["sha256"] for e in before.manifest.values()) & set(e["sha256"] for e in after.manifest.values())
+    assert len(same) >= len(before.manifest) - 2  # the shard with the insertion, and at most one more
+
+
+def test_unchanged_shards_are_hard_linked_from_the_previous_outs_and_changed_ones_written(tmp_path):
+    recs = records(400)
+    first, _ = write(tmp_path / "out", recs)
+    again, _ = write(tmp_path / "again", recs, reuse_from=tmp_path / "out")
+    assert again.reused == len(first.names)
+    for name in first.names:
+        assert os.path.samefile(tmp_path / "out" / name, tmp_path / "again" / name)
+
+    changed = list(recs)
+    changed[300] = (changed[300][0], b"x" * len(changed[300][1]))
+    third, locs = write(tmp_path / "third", changed, reuse_from=tmp_path / "out")
+    hit = locs[300]["shard"]
+    assert third.reused == len(first.names) - 1 and not os.path.samefile(tmp_path / "out" / hit, tmp_path / "third" / hit)
+    assert read_record(tmp_path / "third", locs[300]) == changed[300][1]
+    # the layout does not depend on what was reused: a fresh build gives the same bytes
+    fresh, _ = write(tmp_path / "fresh", changed)
+    assert fresh.manifest == third.manifest
+    assert (tmp_path / "fresh" / MANIFEST).read_bytes() == (tmp_path / "third" / MANIFEST).read_bytes()
+
+
+def test_a_tampered_previous_shard_is_not_reused(tmp_path):
+    recs = records(200)
+    first, _ = write(tmp_path / "out", recs)
+    victim = tmp_path / "out" / first.names[0]
+    victim.write_bytes(victim.read_bytes()[:-1])  # not the size its manifest records
+    again, locs = write(tmp_path / "again", recs, reuse_from=tmp_path / "out")
+    assert again.reused == len(first.names) - 1
+    assert read_record(tmp_path / "again", locs[0]) == recs[0][1]
