@@ -78,6 +78,18 @@ def add_utterances(dataset: Path, n: int) -> None:
     (dataset / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+SHARDED = ["data/ingest", "data/text", "data/bert", "data/spec"]
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return [folder / name for name in json.loads((folder / "shards.json").read_text())]
+
+
+def shard_inodes(project: Path) -> dict[str, dict[str, int]]:
+    """Each sharded out's shard files and their inodes (a kept shard keeps its inode)."""
+    return {out: {p.name: p.stat().st_ino for p in shard_files(project / out)} for out in SHARDED}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=9)
@@ -101,7 +113,9 @@ def main() -> None:
             n = json.loads((project / "data/ingest/summary.json").read_text())["utterances"]
             new = max(1, round(n / 100))
             add_utterances(Path(params["datasets"][0]["path"]), new)
+            before = shard_inodes(project)
             t_inc, log = repro(project, api)
+            after = shard_inodes(project)
         finally:
             server.terminate()
         stage_s = {m[0]: float(m[1]) for m in re.findall(r"(\w+): \d+ utterances \(\d+ computed.*?, ([\d.]+) s", log)}
@@ -112,23 +126,25 @@ def main() -> None:
         print(f"  computed per stage: {computed}; in-flow seconds: {stage_s}")
         print(f"  outside the flows (process start, imports, flow-run bookkeeping, DVC hashing): "
               f"{t_inc - sum(stage_s.values()):.1f} s")
+        kept = {out: f"{len(before[out].items() & after[out].items())}/{len(after[out])}" for out in after}
+        print(f"  shard files kept as they were (unchanged, not rewritten): {kept}")
 
         lock = yaml.safe_load((project / "dvc.lock").read_text())
         outs = [o for st in lock["stages"].values() for o in st.get("outs", [])]
         files = sum(o.get("nfiles", 1) for o in outs)
         print(f"P4 files DVC tracks for {n + new} utterances: {files}")
         est = 0
-        for out in ["data/ingest", "data/text", "data/bert", "data/spec"]:
+        for out in SHARDED:
             folder = project / out
-            shard_bytes = sum(p.stat().st_size for p in folder.iterdir() if re.search(r"-\d{5}\.", p.name))
-            others = sum(1 for p in folder.iterdir() if not re.search(r"-\d{5}\.", p.name))
+            paths = shard_files(folder)
+            shard_bytes = sum(p.stat().st_size for p in paths)
+            others = sum(1 for p in folder.iterdir()) - len(paths)
             sec = {"data/ingest": "ingest", "data/text": "text"}.get(out)
             shard_mb = params[sec]["shard_mb"] if sec else params["features"][out.split("/")[1]]["shard_mb"]
             shards = math.ceil(shard_bytes / (n + new) * 10_000 / (shard_mb * 2**20))
             est += shards + others
             print(f"  {out}: {shard_bytes / (n + new) / 1024:.1f} KiB/utt -> {shards} shards + {others} files at 10k")
-        rest = files - sum(o.get("nfiles", 1) for o in outs if o["path"] in
-                           ("data/ingest", "data/text", "data/bert", "data/spec"))
+        rest = files - sum(o.get("nfiles", 1) for o in outs if o["path"] in SHARDED)
         print(f"  estimate for 10,000 utterances: {est + rest} files (sources and reports: {rest})")
 
 

@@ -141,7 +141,8 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rows, rejects, dims = [], [], {}
-    with ShardWriter(tmp, "bert", ".bin", params.features.bert.shard_mb * 2**20, reuse_from=out_dir) as shards:
+    with ShardWriter(tmp, "bert", ".bin", params.features.bert.shard_mb * 2**20, reuse_from=out_dir,
+                     content_names=True) as shards:
         for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
             row, meta = item.row, entry.meta
             if "reject" in meta:

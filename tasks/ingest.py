@@ -1,6 +1,6 @@
 """Stage `ingest`: every dataset's audio conditioned into int16 PCM shards, an index and a split.
 
-Outs (one folder): `audio-NNNNN.pcm` shards, `index.jsonl` (one row per utterance: id, dataset,
+Outs (one folder): `audio-*.pcm` shards (tasks/shards.py), `index.jsonl` (one row per utterance: id, dataset,
 speaker, language, text, duration, sha256, shard location, split), `rejects.jsonl` (source, reason)
 and `summary.json`. Results are cached by content (tasks/cache.py): a re-run conditions only new or changed files.
 """
@@ -126,7 +126,8 @@ def assemble(plan: IngestPlan, cache: ResultCache, out_dir: Path, params: Params
     shutil.rmtree(tmp, ignore_errors=True)
     rows, rejects, first_of = [], list(plan.rejects), {}
     sr = params.audio.sample_rate
-    with ShardWriter(tmp, "audio", ".pcm", params.ingest.shard_mb * 2**20, reuse_from=out_dir) as shards:
+    with ShardWriter(tmp, "audio", ".pcm", params.ingest.shard_mb * 2**20, reuse_from=out_dir,
+                     content_names=True) as shards:
         for item, (_, entry) in zip(plan.items, cache.iter_entries(i.key for i in plan.items)):
             utt, meta = item.utt, entry.meta
             if "reject" in meta:

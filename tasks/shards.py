@@ -31,11 +31,17 @@ def _cuts_after(cut_key: str, nbytes: int, half: int) -> bool:
 
 
 class ShardWriter:
-    """Append byte records to `<prefix>-00000<ext>`, `<prefix>-00001<ext>`, ... of about `target_bytes`
-    each (between half and twice that), reusing unchanged shards of `reuse_from` (the previous outs)."""
+    """Append byte records to shards of about `target_bytes` each (between half and twice that),
+    reusing unchanged shards of `reuse_from` (the previous outs).
 
-    def __init__(self, out_dir: Path, prefix: str, ext: str, target_bytes: int, reuse_from: Optional[Path] = None):
-        self.out_dir, self.prefix, self.ext = Path(out_dir), prefix, ext
+    Shards are named `<prefix>-00000<ext>`, `<prefix>-00001<ext>`, ... in order, or with
+    `content_names` after their first record (`<prefix>-<hash of its cut key><ext>`): DVC remembers
+    hashes by path, so a shard keeps its name, and DVC's memory of it, when utterances are added
+    before it. Use content names where readers find records through the index, never by file order."""
+
+    def __init__(self, out_dir: Path, prefix: str, ext: str, target_bytes: int, reuse_from: Optional[Path] = None,
+                 content_names: bool = False):
+        self.out_dir, self.prefix, self.ext, self.content_names = Path(out_dir), prefix, ext, content_names
         self.half, self.max_bytes = max(1, target_bytes // 2), 2 * target_bytes
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.names: list[str] = []
@@ -47,9 +53,12 @@ class ShardWriter:
         self._size = 0
         self._hash = None
 
-    def _open_next(self) -> None:
+    def _open_next(self, cut_key: str) -> None:
         self._close_current()
-        name = f"{self.prefix}-{len(self.names):05d}{self.ext}"
+        if self.content_names:
+            name = f"{self.prefix}-{hashlib.blake2b(cut_key.encode('utf-8'), digest_size=6).hexdigest()}{self.ext}"
+        else:
+            name = f"{self.prefix}-{len(self.names):05d}{self.ext}"
         self.names.append(name)
         self._file = open(self.out_dir / f".{name}.tmp", "wb")
         self._size = 0
@@ -84,9 +93,9 @@ class ShardWriter:
             return False
 
     def append(self, payload: bytes, cut_key: str) -> dict[str, Any]:
-        """Add one record (`cut_key`: the utterance id, which decides where shards end)."""
+        """Add one record (`cut_key`: the utterance id, which decides where shards end and their names)."""
         if self._file is None or self._size + len(payload) > self.max_bytes:
-            self._open_next()
+            self._open_next(cut_key)
         offset = self._size
         self._file.write(payload)
         self._hash.update(payload)

@@ -5,7 +5,7 @@ only each utterance's frame count and the data loader computes the spectrograms 
 the same `model.mel_processing` functions. Each utterance is transformed on its own (no batch
 padding), so its spectrogram is a function of its audio alone.
 
-Outs: `spec-NNNNN.bin` shards (linear [frames, n_fft/2+1] then mel [frames, n_mels], fp16),
+Outs: `spec-*.bin` shards (linear [frames, n_fft/2+1] then mel [frames, n_mels], fp16),
 `index.jsonl` (id, frames, shard location), `meta.json` (the STFT params), `summary.json`.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
         n_shards = 0
     else:
         with ShardWriter(tmp, "spec", ".bin", params.features.spec.shard_mb * 2**20,
-                         reuse_from=out_dir) as shards:
+                         reuse_from=out_dir, content_names=True) as shards:
             for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
                 loc = shards.append(entry.data, item.row["id"])
                 rows.append({"id": item.row["id"], "frames": entry.meta["frames"], **loc})

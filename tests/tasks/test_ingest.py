@@ -110,7 +110,8 @@ def test_ingest_resamples_to_the_target_rate_and_stores_pcm_in_shards(corpus, tm
 def test_ingest_outs_are_byte_identical_across_runs_and_the_split_is_seeded(corpus, tmp_path):
     run_ingest(corpus, tmp_path / "a")
     run_ingest(corpus, tmp_path / "b")
-    for name in ["index.jsonl", "rejects.jsonl", "summary.json", "audio-00000.pcm"]:
+    shards = list(json.loads((tmp_path / "a" / "shards.json").read_text()))
+    for name in ["index.jsonl", "rejects.jsonl", "summary.json", "shards.json", *shards]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     rows = list(read_jsonl(tmp_path / "a" / "index.jsonl"))
     val = [r for r in rows if r["split"] == "val"]

@@ -14,8 +14,8 @@ def records(n: int, seed: int = 0, prefix: str = "utt") -> list[tuple[str, bytes
     return [(f"{prefix}{i:05d}", rng.bytes(int(rng.integers(1_000, 8_000)))) for i in range(n)]
 
 
-def write(out, recs, reuse_from=None) -> tuple[ShardWriter, list[dict]]:
-    with ShardWriter(out, "s", ".bin", TARGET, reuse_from=reuse_from) as w:
+def write(out, recs, reuse_from=None, content_names=False) -> tuple[ShardWriter, list[dict]]:
+    with ShardWriter(out, "s", ".bin", TARGET, reuse_from=reuse_from, content_names=content_names) as w:
         locs = [w.append(data, key) for key, data in recs]
     return w, locs
 
@@ -66,3 +66,15 @@ def test_a_tampered_previous_shard_is_not_reused(tmp_path):
     again, locs = write(tmp_path / "again", recs, reuse_from=tmp_path / "out")
     assert again.reused == len(first.names) - 1
     assert read_record(tmp_path / "again", locs[0]) == recs[0][1]
+
+
+def test_with_content_names_shards_after_an_insertion_keep_their_names_and_files(tmp_path):
+    recs = records(400)
+    first, _ = write(tmp_path / "out", recs, content_names=True)
+    inserted = recs[:30] + records(4, seed=9, prefix="new") + recs[30:]
+    second, locs = write(tmp_path / "next", inserted, reuse_from=tmp_path / "out", content_names=True)
+    assert second.reused >= len(first.names) - 2
+    kept = [n for n in second.names if (tmp_path / "out" / n).exists()
+            and os.path.samefile(tmp_path / "out" / n, tmp_path / "next" / n)]
+    assert len(kept) == second.reused
+    assert [read_record(tmp_path / "next", loc) for loc in locs] == [data for _, data in inserted]
