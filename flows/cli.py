@@ -123,7 +123,8 @@ def train(params: str = PARAMS,
 
     try:
         summary = train_flow(params_path=params, out=out)
-    except (ConfigError, FileNotFoundError, CheckpointError, subprocess.CalledProcessError) as err:
+    except (ConfigError, FileNotFoundError, CheckpointError, subprocess.CalledProcessError,
+            ValueError) as err:  # ValueError: e.g. TORCHRUN_ARGS with no rendezvous endpoint
         _fail(str(err))
     typer.echo(json.dumps({k: summary[k] for k in ("run_id", "checkpoint", "metrics")}))
 

@@ -19,7 +19,6 @@ VERSION = "zh-1"
 NUM_TONES = 6  # 0 for punctuation and padding, 1-4 lexical tones, 5 neutral tone
 
 
-
 # jieba's tagger, pypinyin and cn2an take about 0.7 s to import: they load on first use, so a stage
 # run with no new Mandarin text (its cache key needs only VERSION) does not pay for them.
 @functools.cache
@@ -41,6 +40,7 @@ def _pinyin(word: str, style: str) -> list[str]:
     from pypinyin import Style, lazy_pinyin
 
     return lazy_pinyin(word, neutral_tone_with_five=True, style=getattr(Style, style))
+
 
 _DATA = Path(__file__).parent / "data"
 Segment = tuple[str, str]  # (word, jieba part-of-speech tag)
