@@ -5,9 +5,10 @@ baseline that does what upstream's bert_gen.py does: one sentence at a time thro
 AutoModelForMaskedLM (upstream loads the masked-LM head too), hidden_states[-3], a Python loop
 repeating each token's vector per phone, one torch.save per utterance. Same model, same threads.
 
-P2 (spec): times real time of our spectrograms (the model's torch STFT, per utterance, on the
-stage's 2 worker threads) against a per-file librosa loop (linear magnitude STFT plus mel, the
-same framing), on the same audio.
+P2 (spec): times real time of the spec stage's work (read the ingest shards, the model's torch
+STFT and mel per utterance in `runtime.workers` processes, commit to the stage cache) against a
+per-file librosa loop doing upstream's per-file job: load each wav, linear magnitude STFT plus mel
+(the same framing), save each utterance's features to its own file. Same audio, same machine.
 
     .venv/bin/python benchmarks/bench_features.py [--copies 4]
 """
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -87,30 +89,36 @@ def our_bert(text_rows, params) -> float:
     return time.perf_counter() - start
 
 
-def librosa_spec(pcms, p) -> float:
+def librosa_files(wavs: list[Path], out_dir: Path, p) -> float:
+    """The per-file loop: load each wav, STFT + mel with librosa, save one .npy per feature per file."""
     import librosa
 
     librosa.stft(np.zeros(4096, dtype=np.float32), n_fft=p.n_fft)  # numba warm-up, not timed
     mel_basis = librosa.filters.mel(sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax)
     start = time.perf_counter()
-    for pcm in pcms:
-        y = np.pad(pcm.astype(np.float32) / 32768.0, ((p.n_fft - p.hop_length) // 2,) * 2, mode="reflect")
+    for wav in wavs:
+        y, _ = librosa.load(wav, sr=None)
+        y = np.pad(y, ((p.n_fft - p.hop_length) // 2,) * 2, mode="reflect")
         mag = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length,
                                   center=False))
-        np.log(np.clip(mel_basis @ mag, 1e-5, None))
+        np.save(out_dir / f"{wav.stem}.spec.npy", mag)
+        np.save(out_dir / f"{wav.stem}.mel.npy", np.log(np.clip(mel_basis @ mag, 1e-5, None)))
     return time.perf_counter() - start
 
 
-def our_spec(rows, ingest_dir: Path, p, workers: int, chunk: int) -> float:
-    """The spec stage's compute as its flow runs it: chunk tasks on `workers` threads."""
-    from tasks.spec import SpecItem, share_cores, spec_chunk
+def our_spec(rows, ingest_dir: Path, cache_path: Path, settings, params) -> float:
+    """The spec stage's path as its flow runs it: `in_flight_chunks` task threads hand chunks to
+    `workers` forked processes, which read the ingest shards, compute and commit to the cache."""
+    import torch  # noqa: F401  (imported before timing, as librosa is)
+    from tasks.spec import SpecItem, SpecProcesses
 
-    share_cores(workers)
     items = [SpecItem(r, r["id"]) for r in rows]
-    spec_chunk(items[:2], ingest_dir, p)  # warm-up
+    chunk = params.features.spec.chunk_size
     start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda s: spec_chunk(items[s:s + chunk], ingest_dir, p), range(0, len(items), chunk)))
+    with SpecProcesses(params.runtime.workers, cache_path) as workers, \
+            ThreadPoolExecutor(params.runtime.in_flight_chunks) as tasks:
+        list(tasks.map(lambda s: workers.store_chunk(items[s:s + chunk], ingest_dir, settings),
+                       range(0, len(items), chunk)))
     return time.perf_counter() - start
 
 
@@ -135,12 +143,17 @@ def main() -> None:
 
         p = stft_params(params)
         seconds = sum(r["num_samples"] for r in rows) / p.sample_rate
-        t_lib = librosa_spec([read_pcm(work / "ingest", r) for r in rows], p)
-        t_ours = our_spec(rows, work / "ingest", stft_settings(params), params.runtime.workers,
-                          params.features.spec.chunk_size)
-        print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio)")
-        print(f"  librosa per-file loop:      {seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
-        print(f"  vitsflow torch STFT ({params.runtime.workers} thr): {seconds / t_ours:8.1f}x real time ({t_ours:.2f} s)")
+        (work / "wavs").mkdir()
+        (work / "npy").mkdir()
+        wavs = [work / "wavs" / f"{k}.wav" for k in range(len(rows))]
+        for wav, row in zip(wavs, rows):
+            sf.write(wav, read_pcm(work / "ingest", row), p.sample_rate, subtype="PCM_16")
+        t_lib = librosa_files(wavs, work / "npy", p)
+        t_ours = our_spec(rows, work / "ingest", work / "spec.sqlite", stft_settings(params), params)
+        print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio, {os.cpu_count()} cores)")
+        print(f"  librosa per-file loop (load, STFT + mel, save):         {seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
+        print(f"  vitsflow stage ({params.runtime.workers} processes: read shards, STFT + mel, cache): "
+              f"{seconds / t_ours:8.1f}x real time ({t_ours:.2f} s)")
         print(f"  ratio: {t_lib / t_ours:.2f}x")
 
 

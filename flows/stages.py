@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -48,10 +49,14 @@ def bert_chunk_task(chunk, params, root, device):
 
 
 @task(name="spec-chunk", **RETRIES)
-def spec_chunk_task(chunk, ingest_dir, stft, workers):
+def spec_chunk_task(chunk, ingest_dir, stft, processes):
+    """With `processes` the chunk is computed and committed to the cache by a worker process, and
+    nothing is left for the flow to commit."""
     from tasks import spec
 
-    spec.share_cores(workers)
+    if processes is not None:
+        processes.store_chunk(chunk, ingest_dir, stft)
+        return []
     return spec.spec_chunk(chunk, ingest_dir, stft)
 
 
@@ -153,9 +158,12 @@ def spec_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest",
     cache, computed = None, 0
     if params.features.spec.cache:
         cache = stage_cache(params, root, "spec")
-        computed = fill_cache(spec_chunk_task, items, cache, params.features.spec.chunk_size,
-                              params.runtime.in_flight_chunks, "spec", ingest_dir=ingest_path,
-                              stft=spec.stft_settings(params), workers=params.runtime.workers)
+        rt = params.runtime  # Dask runs tasks in processes already; a thread runner gets spec worker processes
+        with (spec.SpecProcesses(rt.workers, cache.path) if rt.task_runner == "thread" and rt.workers > 1
+              else nullcontext()) as processes:
+            computed = fill_cache(spec_chunk_task, items, cache, params.features.spec.chunk_size,
+                                  rt.in_flight_chunks, "spec", ingest_dir=ingest_path,
+                                  stft=spec.stft_settings(params), processes=processes)
     summary = spec.assemble(items, cache, resolve_local(root, out), params)
     return _log_summary("spec", summary, started, computed)
 

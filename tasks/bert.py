@@ -21,6 +21,7 @@ import json
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -143,15 +144,16 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
     rows, rejects, dims = [], [], {}
     with ShardWriter(tmp, "bert", ".bin", params.features.bert.shard_mb * 2**20, reuse_from=out_dir,
                      content_names=True) as shards:
-        for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
-            row, meta = item.row, entry.meta
+        for item, (key, meta, nbytes) in zip(items, cache.iter_sizes(i.key for i in items)):
+            row = item.row
             if "reject" in meta:
                 rejects.append(Reject(row["id"], meta["reject"], row["id"], "bert"))
                 continue
             slot = slot_of(params, row["language"])
             dims.setdefault(slot, meta["dim"])
+            loc = shards.append_cached(nbytes, row["id"], key, partial(cache.payload, key))
             rows.append({"id": row["id"], "language": row["language"], "slot": slot, "dim": meta["dim"],
-                         "n_phones": meta["n_phones"], **shards.append(entry.data, row["id"])})
+                         "n_phones": meta["n_phones"], **loc})
     write_jsonl(tmp / "index.jsonl", rows)
     write_jsonl(tmp / "rejects.jsonl", (r.to_json() for r in rejects))
     meta = {"dtype": "float16", "layout": "[dim, n_phones] row-major", "fill": FILL, "slots": list(SLOTS),

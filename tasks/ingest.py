@@ -11,6 +11,7 @@ import json
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,8 @@ def assemble(plan: IngestPlan, cache: ResultCache, out_dir: Path, params: Params
     sr = params.audio.sample_rate
     with ShardWriter(tmp, "audio", ".pcm", params.ingest.shard_mb * 2**20, reuse_from=out_dir,
                      content_names=True) as shards:
-        for item, (_, entry) in zip(plan.items, cache.iter_entries(i.key for i in plan.items)):
-            utt, meta = item.utt, entry.meta
+        for item, (key, meta, nbytes) in zip(plan.items, cache.iter_sizes(i.key for i in plan.items)):
+            utt = item.utt
             if "reject" in meta:
                 rejects.append(Reject(utt.source, meta["reject"], utt.utt_id))
             elif meta["sha256"] in first_of:
@@ -139,7 +140,8 @@ def assemble(plan: IngestPlan, cache: ResultCache, out_dir: Path, params: Params
                 rows.append({"id": utt.utt_id, "dataset": utt.dataset, "speaker": utt.speaker,
                              "language": utt.language, "text": utt.text, "source": utt.source,
                              "num_samples": meta["num_samples"], "duration": round(meta["num_samples"] / sr, 4),
-                             "sample_rate": sr, "sha256": meta["sha256"], **shards.append(entry.data, utt.utt_id)})
+                             "sample_rate": sr, "sha256": meta["sha256"],
+                             **shards.append_cached(nbytes, utt.utt_id, key, partial(cache.payload, key))})
     s = params.split
     assign_split(rows, s.seed, s.val_per_speaker, s.min_train_per_speaker)
     write_jsonl(tmp / "index.jsonl", rows)

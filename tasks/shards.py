@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -37,7 +37,12 @@ class ShardWriter:
     Shards are named `<prefix>-00000<ext>`, `<prefix>-00001<ext>`, ... in order, or with
     `content_names` after their first record (`<prefix>-<hash of its cut key><ext>`): DVC remembers
     hashes by path, so a shard keeps its name, and DVC's memory of it, when utterances are added
-    before it. Use content names where readers find records through the index, never by file order."""
+    before it. Use content names where readers find records through the index, never by file order.
+
+    A shard's records are held (as payloads, or as functions that fetch them) until it is complete.
+    Records appended with `append_cached` name their content (a content-addressed cache key): a
+    shard whose list of (key, size) matches the previous one's `recipe` is linked without fetching
+    a single payload, so re-assembling a large corpus reads only the shards that changed."""
 
     def __init__(self, out_dir: Path, prefix: str, ext: str, target_bytes: int, reuse_from: Optional[Path] = None,
                  content_names: bool = False):
@@ -49,38 +54,67 @@ class ShardWriter:
         self.reused = 0
         self.reuse_from = Path(reuse_from) if reuse_from else None
         self._previous = _read_manifest(self.reuse_from) if self.reuse_from else {}
-        self._file = None
+        self._records: list[tuple[int, Callable[[], bytes], Optional[str]]] = []  # the open shard's
         self._size = 0
-        self._hash = None
 
-    def _open_next(self, cut_key: str) -> None:
-        self._close_current()
+    def append(self, payload: bytes, cut_key: str) -> dict[str, Any]:
+        """Add one record (`cut_key`: the utterance id, which decides where shards end and their names)."""
+        return self._add(len(payload), cut_key, lambda: payload, None)
+
+    def append_cached(self, nbytes: int, cut_key: str, content_key: str, fetch: Callable[[], bytes]) -> dict[str, Any]:
+        """Add a record by reference: `fetch()` returns its `nbytes` bytes, which `content_key` determines."""
+        return self._add(nbytes, cut_key, fetch, content_key)
+
+    def _add(self, nbytes: int, cut_key: str, fetch: Callable[[], bytes], content_key: Optional[str]) -> dict[str, Any]:
+        if not self._records or self._size + nbytes > self.max_bytes:
+            self._finish_shard()
+            self.names.append(self._name(cut_key))
+        offset = self._size
+        self._records.append((nbytes, fetch, content_key))
+        self._size += nbytes
+        loc = {"shard": self.names[-1], "offset": offset, "nbytes": nbytes}
+        if self._size >= self.half and _cuts_after(cut_key, nbytes, self.half):
+            self._finish_shard()
+        return loc
+
+    def _name(self, cut_key: str) -> str:
         if self.content_names:
-            name = f"{self.prefix}-{hashlib.blake2b(cut_key.encode('utf-8'), digest_size=6).hexdigest()}{self.ext}"
-        else:
-            name = f"{self.prefix}-{len(self.names):05d}{self.ext}"
-        self.names.append(name)
-        self._file = open(self.out_dir / f".{name}.tmp", "wb")
-        self._size = 0
-        self._hash = hashlib.sha256()
+            return f"{self.prefix}-{hashlib.blake2b(cut_key.encode('utf-8'), digest_size=6).hexdigest()}{self.ext}"
+        return f"{self.prefix}-{len(self.names):05d}{self.ext}"
 
-    def _close_current(self) -> None:
-        if self._file is None:
+    def _finish_shard(self) -> None:
+        if not self._records:
             return
         name = self.names[-1]
-        tmp, final = self.out_dir / f".{name}.tmp", self.out_dir / name
-        entry = {"bytes": self._size, "sha256": self._hash.hexdigest()}
-        self.manifest[name] = entry
-        if self._previous.get(name) == entry and self._link_previous(name):
-            self._file.close()
-            tmp.unlink()
+        previous = self._previous.get(name, {})
+        recipe = None
+        if all(key is not None for _, _, key in self._records):
+            recipe = hashlib.sha256("".join(f"{key}:{n}\n" for n, _, key in self._records).encode()).hexdigest()
+        if recipe and previous.get("recipe") == recipe and previous.get("bytes") == self._size and self._link_previous(name):
+            self.manifest[name] = previous
             self.reused += 1
         else:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(tmp, final)
-        self._file = None
+            self.manifest[name] = self._write(name, recipe, previous)
+        self._records, self._size = [], 0
+
+    def _write(self, name: str, recipe: Optional[str], previous: dict[str, Any]) -> dict[str, Any]:
+        tmp, digest = self.out_dir / f".{name}.tmp", hashlib.sha256()
+        with open(tmp, "wb") as f:
+            for nbytes, fetch, _ in self._records:
+                payload = fetch()
+                if len(payload) != nbytes:
+                    raise ValueError(f"{self.out_dir / name}: a record is {len(payload)} bytes, {nbytes} were announced")
+                f.write(payload)
+                digest.update(payload)
+            entry = {"bytes": self._size, "sha256": digest.hexdigest(), **({"recipe": recipe} if recipe else {})}
+            if previous.get("sha256") == entry["sha256"] and self._link_previous(name):
+                tmp.unlink()  # the same bytes as before: keep the old file (and DVC's memory of it)
+                self.reused += 1
+                return entry
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.out_dir / name)
+        return entry
 
     def _link_previous(self, name: str) -> bool:
         old = self.reuse_from / name
@@ -92,20 +126,8 @@ class ShardWriter:
         except OSError:  # gone, or a filesystem without hard links: write it instead
             return False
 
-    def append(self, payload: bytes, cut_key: str) -> dict[str, Any]:
-        """Add one record (`cut_key`: the utterance id, which decides where shards end and their names)."""
-        if self._file is None or self._size + len(payload) > self.max_bytes:
-            self._open_next(cut_key)
-        offset = self._size
-        self._file.write(payload)
-        self._hash.update(payload)
-        self._size += len(payload)
-        if self._size >= self.half and _cuts_after(cut_key, len(payload), self.half):
-            self._close_current()
-        return {"shard": self.names[-1], "offset": offset, "nbytes": len(payload)}
-
     def close(self) -> list[str]:
-        self._close_current()
+        self._finish_shard()
         from tasks.storage import atomic_write_bytes
 
         atomic_write_bytes(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
@@ -117,8 +139,6 @@ class ShardWriter:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
-        elif self._file is not None:
-            self._file.close()
 
 
 def _read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -128,18 +148,48 @@ def _read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def read_record(shard_dir: Path, loc: dict[str, Any]) -> bytes:
-    with open(Path(shard_dir) / loc["shard"], "rb") as f:
-        f.seek(loc["offset"])
-        data = f.read(loc["nbytes"])
-    if len(data) != loc["nbytes"]:
-        raise ValueError(f"{Path(shard_dir) / loc['shard']}: truncated record at offset {loc['offset']}")
-    return data
+class RecordReader:
+    """Reads records by location, keeping each shard it touched open: a chunk's records mostly share
+    a shard, and opening it per record cost the spec stage a tenth of its time."""
+
+    def __init__(self, shard_dir: Path):
+        self.shard_dir = Path(shard_dir)
+        self._fds: dict[str, int] = {}
+
+    def read(self, loc: dict[str, Any]) -> bytearray:
+        """One record's bytes, in a writable buffer: numpy views of it go to torch without a copy."""
+        fd = self._fds.get(loc["shard"])
+        if fd is None:
+            fd = self._fds[loc["shard"]] = os.open(self.shard_dir / loc["shard"], os.O_RDONLY)
+        data = bytearray(loc["nbytes"])
+        if os.preadv(fd, [data], loc["offset"]) != loc["nbytes"]:
+            raise ValueError(f"{self.shard_dir / loc['shard']}: truncated record at offset {loc['offset']}")
+        return data
+
+    def pcm(self, loc: dict[str, Any]) -> np.ndarray:
+        """The int16 samples of one ingested utterance, without reading the rest of its shard."""
+        return np.frombuffer(self.read(loc), dtype="<i2")
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "RecordReader":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+def read_record(shard_dir: Path, loc: dict[str, Any]) -> bytearray:
+    with RecordReader(shard_dir) as reader:
+        return reader.read(loc)
 
 
 def read_pcm(shard_dir: Path, loc: dict[str, Any]) -> np.ndarray:
-    """The int16 samples of one ingested utterance, without reading the rest of its shard."""
-    return np.frombuffer(read_record(shard_dir, loc), dtype="<i2")
+    with RecordReader(shard_dir) as reader:
+        return reader.pcm(loc)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:

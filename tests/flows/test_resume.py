@@ -71,3 +71,16 @@ def test_a_killed_bert_stage_resumes_and_matches_an_uninterrupted_run(project):
     reused = len(ResultCache(db)) - int(out.split("utterances (")[1].split(" computed")[0])
     assert reused >= done  # the finished part was not recomputed
     assert digests(root / "data/bert") == digests(root / "data/bert_reference")
+
+
+def test_spec_from_two_worker_processes_matches_the_one_thread_stage(project):
+    import yaml
+
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runtime"].update(workers=2, in_flight_chunks=4, cache_dir=".cache/spec-processes")
+    (root / "processes.yaml").write_text(yaml.safe_dump(params))
+    finish(vitsflow(["spec", "--params", "params.yaml", "--out", "data/spec_thread"], root, env))
+    finish(vitsflow(["spec", "--params", "processes.yaml", "--out", "data/spec_processes"], root, env))
+    assert digests(root / "data/spec_processes") == digests(root / "data/spec_thread")
+    assert list((root / ".cache/spec-processes/spec.blobs").rglob("*"))  # the workers committed the payloads

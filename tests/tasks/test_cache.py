@@ -1,11 +1,14 @@
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 
-from tasks.cache import Entry, ResultCache, cache_key
+import pytest
+
+from tasks.cache import FILE_BYTES, CacheError, Entry, ResultCache, cache_key
 
 
 def test_a_key_depends_on_every_part_and_not_on_their_order():
@@ -42,3 +45,47 @@ def test_a_writer_killed_mid_batch_leaves_every_committed_batch_intact(tmp_path)
     assert n >= 500 and n % 50 == 0  # whole batches only
     batches = n // 50
     assert not cache.missing(f"{b}-{i}" for b in range(batches) for i in range(50))
+
+
+def test_large_payloads_live_in_files_and_small_ones_in_the_database(tmp_path):
+    cache = ResultCache(tmp_path / "c.sqlite")
+    big, small = os.urandom(FILE_BYTES), b"x" * (FILE_BYTES - 1)
+    cache.put_many([("big", Entry({"n": 1}, big)), ("small", Entry({}, small))])
+    files = [p for p in (tmp_path / "c.blobs").rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].read_bytes() == big and not list(tmp_path.rglob("*.tmp"))
+    again = ResultCache(tmp_path / "c.sqlite")  # a new process sees the same entries
+    assert again.get("big") == Entry({"n": 1}, big) and again.get("small") == Entry({}, small)
+
+
+def test_a_truncated_payload_file_is_a_clear_error_naming_the_file(tmp_path):
+    cache = ResultCache(tmp_path / "c.sqlite")
+    cache.put_many([("big", Entry({}, bytes(FILE_BYTES)))])
+    [path] = [p for p in (tmp_path / "c.blobs").rglob("*") if p.is_file()]
+    path.write_bytes(bytes(10))
+    with pytest.raises(CacheError, match=f"{path}.*truncated.*delete"):
+        cache.get("big")
+
+
+def test_a_cache_from_before_payload_files_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "c.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE results (key TEXT PRIMARY KEY, meta TEXT NOT NULL, data BLOB NOT NULL)")
+        conn.execute("INSERT INTO results VALUES ('old', '{}', ?)", (bytes(FILE_BYTES),))
+    cache = ResultCache(path)
+    cache.put_many([("new", Entry({}, b"y" * FILE_BYTES))])
+    assert cache.get("old").data == bytes(FILE_BYTES) and cache.get("new").data == b"y" * FILE_BYTES
+
+
+def test_processes_opening_a_new_cache_at_once_all_get_it(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for round in range(40):  # the race (a new file switched to WAL by two at once) is rare: try often
+            path = str(tmp_path / f"c{round}.sqlite")
+            pool.map(_put_one, [(path, i) for i in range(16)])
+            assert len(ResultCache(path)) == 16
+
+
+def _put_one(args):
+    path, i = args
+    ResultCache(path).put_many([(f"k{i}", Entry({}, bytes(i)))])

@@ -1,8 +1,11 @@
 """Sharded outs: content-defined shard boundaries, and unchanged shards reused from the previous outs."""
+import hashlib
 import json
 import os
+from functools import partial
 
 import numpy as np
+import pytest
 
 from tasks.shards import MANIFEST, ShardWriter, read_record
 
@@ -78,3 +81,36 @@ def test_with_content_names_shards_after_an_insertion_keep_their_names_and_files
             and os.path.samefile(tmp_path / "out" / n, tmp_path / "next" / n)]
     assert len(kept) == second.reused
     assert [read_record(tmp_path / "next", loc) for loc in locs] == [data for _, data in inserted]
+
+
+def write_cached(out, recs, reuse_from=None) -> tuple[ShardWriter, list[dict], list[str]]:
+    """Records by reference, keyed by their content; returns the keys whose payload was fetched."""
+    fetched = []
+
+    def fetch(key, data):
+        fetched.append(key)
+        return data
+
+    with ShardWriter(out, "s", ".bin", TARGET, reuse_from=reuse_from, content_names=True) as w:
+        locs = [w.append_cached(len(data), key, hashlib.sha256(data).hexdigest(), partial(fetch, key, data))
+                for key, data in recs]
+    return w, locs, fetched
+
+
+def test_cached_records_of_an_unchanged_shard_are_never_fetched(tmp_path):
+    recs = records(400)
+    first, _, fetched = write_cached(tmp_path / "out", recs)
+    assert len(fetched) == 400
+    inserted = recs[:30] + records(4, seed=9, prefix="new") + recs[30:]
+    second, locs, fetched = write_cached(tmp_path / "next", inserted, reuse_from=tmp_path / "out")
+    assert second.reused >= len(first.names) - 2
+    assert len(fetched) < 404 * 3 / len(first.names)  # only the records of the shards that changed
+    assert [read_record(tmp_path / "next", loc) for loc in locs] == [data for _, data in inserted]
+    fresh, _, _ = write_cached(tmp_path / "fresh", inserted)
+    assert (tmp_path / "fresh" / MANIFEST).read_bytes() == (tmp_path / "next" / MANIFEST).read_bytes()
+
+
+def test_a_cached_record_of_another_size_than_announced_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="3 bytes, 4 were announced"):
+        with ShardWriter(tmp_path / "out", "s", ".bin", TARGET) as w:
+            w.append_cached(4, "utt", "key", lambda: b"abc")

@@ -1,3 +1,10 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +12,7 @@ import torch
 from model.mel_processing import STFTParams, mel_spectrogram
 from tasks.cache import ResultCache
 from tasks.config import load_params
-from tasks.spec import assemble, plan_spec, read_spectrograms, spec_chunk, spectrograms, stft_params, stft_settings
+from tasks.spec import SpecProcesses, assemble, plan_spec, read_spectrograms, spec_chunk, spectrograms, stft_params, stft_settings
 from tests.tasks.test_ingest import run_ingest, corpus  # noqa: F401  (fixture)
 from tasks.ingest import read_index
 
@@ -73,3 +80,49 @@ def test_spec_keys_change_with_stft_params_only(ingested):
     other = params.model_copy(update={"split": params.split.model_copy(update={"seed": 99})})
     assert set(keys).isdisjoint(i.key for i in plan_spec(rows, hop))
     assert keys == [i.key for i in plan_spec(rows, other)]
+
+
+
+def test_worker_processes_commit_what_the_in_thread_path_computes(ingested, tmp_path):
+    params, ingest_dir = ingested
+    items = plan_spec(read_index(ingest_dir), params)
+    with SpecProcesses(2, tmp_path / "spec.sqlite") as workers:
+        for start in range(0, len(items), 3):
+            workers.store_chunk(items[start:start + 3], ingest_dir, stft_settings(params))
+    cache = ResultCache(tmp_path / "spec.sqlite")
+    assert dict(cache.iter_entries(i.key for i in items)) == dict(spec_chunk(items, ingest_dir, stft_settings(params)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_spec_worker_processes_die_with_a_killed_stage(ingested, corpus, tmp_path):  # noqa: F811
+    _, ingest_dir = ingested
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from tasks.config import load_params
+        from tasks.ingest import read_index
+        from tasks.spec import SpecProcesses, plan_spec, stft_settings
+        params = load_params({str(corpus)!r})
+        items = plan_spec(read_index(Path({str(ingest_dir)!r})), params)
+        with SpecProcesses(2, Path({str(tmp_path / "spec.sqlite")!r})) as workers:
+            workers.store_chunk(items[:2], Path({str(ingest_dir)!r}), stft_settings(params))
+            print(" ".join(str(p) for p in workers._pool._processes), flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert pids and all(_alive(p) for p in pids)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)]
