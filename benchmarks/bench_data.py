@@ -41,8 +41,12 @@ def build_demo(work: Path) -> Path:
     return work / "demo"
 
 
-def dithered_copies(demo: Path, work: Path, copies: int) -> list[dict]:
-    """`copies` jsonl datasets per demo dataset, all audio re-written as dithered wav."""
+def dithered_copies(demo: Path, work: Path, copies: int, merged: bool = False, unique_text: bool = False) -> list[dict]:
+    """`copies` dithered copies of each demo dataset's audio (re-written as wav), as `copies` jsonl
+    datasets per demo dataset, or with `merged` as one dataset per demo dataset holding them all.
+    With `unique_text` copy k's transcripts end in the number k + 1 (every frontend reads digits),
+    so, as in a real corpus, no two utterances share a transcript and text and BERT features are
+    computed for every one, not once per demo sentence."""
     from tasks.config import load_params
     from tasks.datasets import read_dataset
 
@@ -51,18 +55,22 @@ def dithered_copies(demo: Path, work: Path, copies: int) -> list[dict]:
     for ds in params.datasets:
         local = ds.model_copy(update={"path": str(demo / Path(ds.path).name)})
         storage, utts, _ = read_dataset(local, REPO)
+        lines = []
         for k in range(copies):
-            dest = work / f"x{copies}" / f"{ds.name}_{k}"
+            name = ds.name if merged else f"{ds.name}_{k}"
+            dest = work / f"x{copies}{'m' if merged else ''}" / name
             (dest / "audio").mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng(k)
-            lines = []
+            lines = lines if merged else []
             for u in utts:
                 x, sr = sf.read(storage.describe(u.audio))
-                name = f"audio/{Path(u.audio).stem}.wav"
-                sf.write(dest / name, x + rng.normal(0, 1e-4, x.shape), sr)
-                lines.append(json.dumps({"audio": name, "text": u.text, "speaker": u.speaker}, ensure_ascii=False))
+                audio = f"audio/{Path(u.audio).stem}{f'_{k}' if merged else ''}.wav"
+                sf.write(dest / audio, x + rng.normal(0, 1e-4, x.shape), sr)
+                text = f"{u.text} {k + 1}" if unique_text else u.text
+                lines.append(json.dumps({"audio": audio, "text": text, "speaker": u.speaker}, ensure_ascii=False))
             (dest / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-            datasets.append({"name": f"{ds.name}_{k}", "language": ds.language, "path": str(dest), "format": "jsonl"})
+            if not merged or k == copies - 1:
+                datasets.append({"name": name, "language": ds.language, "path": str(dest), "format": "jsonl"})
     return datasets
 
 

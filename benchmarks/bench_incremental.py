@@ -1,7 +1,9 @@
 """P3 and P4: an incremental `dvc repro` after adding 1% new utterances, and DVC file counts.
 
 Builds a project from this repo's pipeline with N dithered copies of the demo corpus (9 copies:
-1,080 utterances), starts a local Prefect server (as a user watching the UI would have), runs the
+1,080 utterances; the copies of each of the demo's 5 datasets form one dataset, as a real corpus is
+a few large datasets, or with --dataset-per-copy 5 x N small ones; each copy's transcripts carry
+its number, so every utterance's text is its own, as in a real corpus), starts a local Prefect server (as a user watching the UI would have), runs the
 preprocessing half (`dvc repro bert stats`), adds 1% new utterances (new audio, new words) to one
 dataset and runs it again.
 P4 counts the files DVC tracks and extrapolates them to 10,000 utterances from the measured bytes
@@ -93,6 +95,8 @@ def shard_inodes(project: Path) -> dict[str, dict[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=9)
+    ap.add_argument("--dataset-per-copy", action="store_true",
+                    help="each copy its own dataset (5 x copies datasets) instead of 5 datasets holding all copies")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -103,7 +107,8 @@ def main() -> None:
         for name in ["dvc.yaml", ".gitignore"]:
             shutil.copy(REPO / name, project)
         params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-        params["datasets"] = dithered_copies(build_demo(work), work, args.copies)
+        params["datasets"] = dithered_copies(build_demo(work), work, args.copies, merged=not args.dataset_per_copy,
+                                             unique_text=True)
         (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
         for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
             subprocess.run(cmd, cwd=project, check=True, env=dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}"))
@@ -120,7 +125,7 @@ def main() -> None:
             server.terminate()
         stage_s = {m[0]: float(m[1]) for m in re.findall(r"(\w+): \d+ utterances \(\d+ computed.*?, ([\d.]+) s", log)}
         computed = dict(re.findall(r"(\w+): \d+ utterances \((\d+) computed", log))
-        print(f"P3 ({n} utterances, then +{new} new, Prefect server, CPU)")
+        print(f"P3 ({n} utterances in {len(params['datasets'])} datasets, then +{new} new, Prefect server, CPU)")
         print(f"  full dvc repro:        {t_full:7.1f} s")
         print(f"  incremental dvc repro: {t_inc:7.1f} s = {100 * t_inc / t_full:.1f}% of the full run")
         print(f"  computed per stage: {computed}; in-flow seconds: {stage_s}")

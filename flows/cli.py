@@ -24,13 +24,20 @@ def _fail(message: str) -> None:
 
 
 def _run(flow_name: str, **kwargs) -> dict:
+    from prefect.settings import temporary_settings
+
     from flows import stages
     from tasks.config import ConfigError
     from tasks.datasets import DatasetError
 
+    # A stage's flow run sends no heartbeats unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY asks for them:
+    # stages are short and `dvc repro` reports their failures, and joining Prefect's heartbeat thread
+    # (it sleeps in 1 s steps) cost each stage up to a second at exit, a third of a cached re-run.
+    heartbeats = {} if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ else {"flows.heartbeat_frequency": None}
     try:
         flow = stages.with_workers(getattr(stages, flow_name), kwargs["params_path"])
-        return flow(**kwargs)
+        with temporary_settings(updates=heartbeats):
+            return flow(**kwargs)
     except (ConfigError, DatasetError, FileNotFoundError) as err:
         _fail(str(err))
 

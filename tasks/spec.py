@@ -66,14 +66,17 @@ def spectrograms(pcm: np.ndarray, p):
 
 
 class SpecProcesses:
-    """`n` forked worker processes that compute chunks and commit them to the stage's cache.
+    """`n` worker processes that compute chunks and commit them to the stage's cache.
 
     Processes, because threads do not scale here: an utterance is a dozen small torch ops, each
     allocating and freeing a few hundred KB, and two threads contend for the allocator and the GIL
     (1.4x on 2 cores, against 2.0x for two processes). Each worker writes its results to the cache
     itself, so the ~200 KB per utterance reach the disk once instead of crossing a pipe first.
-    Forked, like torch's DataLoader workers, so they start in milliseconds: torch is imported here
-    first and the children share it."""
+
+    Workers fork from a forkserver, a clean process that has imported torch once (about a second,
+    paid once per stage run, as the stage would to compute in-process), never from the stage: it
+    holds SQLite connections, and SQLite state copied by fork() confuses its file locks (it showed
+    as "file is not a database" in a worker)."""
 
     def __init__(self, n: int, cache_path: Path):
         self.n, self.cache_path = n, str(cache_path)
@@ -92,11 +95,12 @@ class SpecProcesses:
         with self._lock:
             if self._pool is None:
                 import multiprocessing
+                import os
                 from concurrent.futures import ProcessPoolExecutor
 
-                import torch  # noqa: F401  (before the fork: the children inherit it)
-
-                self._pool = ProcessPoolExecutor(self.n, multiprocessing.get_context("fork"), _worker_init)
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(["torch", "model.mel_processing", __name__])
+                self._pool = ProcessPoolExecutor(self.n, context, _worker_init, (os.getpid(),))
             pool = self._pool
         try:
             pool.submit(_store_chunk, self.cache_path, items, ingest_dir, settings).result()
@@ -107,20 +111,36 @@ class SpecProcesses:
             raise
 
 
-def _worker_init() -> None:
-    import ctypes
-    import sys
+def _worker_init(stage_pid: int) -> None:
+    threading.Thread(target=_exit_with, args=(stage_pid,), daemon=True).start()
 
-    if sys.platform == "linux":  # die with the stage: a SIGKILLed flow must not leave workers behind
-        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+def _exit_with(pid: int) -> None:
+    """Exit when the stage process does: a SIGKILLed stage must leave no workers. (Neither the pool's
+    queues nor the forkserver tell them: each worker holds both ends of those pipes itself.)"""
+    import os
+    import select
+    import time
+
+    try:
+        select.select([os.pidfd_open(pid)], [], [])  # readable once the process has exited
+    except (AttributeError, OSError):  # no pidfd (not Linux, or an old kernel): poll
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+    os._exit(1)
 
 
 _worker_cache: dict[str, ResultCache] = {}
 
 
 def _store_chunk(cache_path: str, items: list[SpecItem], ingest_dir: Path, settings: dict[str, Any]) -> None:
-    cache = _worker_cache.setdefault(cache_path, ResultCache(Path(cache_path)))
-    cache.put_many(spec_chunk(items, ingest_dir, settings))
+    if cache_path not in _worker_cache:
+        _worker_cache[cache_path] = ResultCache(Path(cache_path))
+    _worker_cache[cache_path].put_many(spec_chunk(items, ingest_dir, settings))
 
 
 def spec_chunk(items: list[SpecItem], ingest_dir: Path, settings: dict[str, Any]) -> list[tuple[str, Entry]]:

@@ -101,7 +101,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_spec_worker_processes_die_with_a_killed_stage(ingested, corpus, tmp_path):  # noqa: F811
     _, ingest_dir = ingested
     script = textwrap.dedent(f"""
