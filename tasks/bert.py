@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from tasks.cache import Entry, ResultCache, cache_key
-from tasks.config import Params
+from tasks.config import Params, resolve_local
 from tasks.datasets import Reject
 from tasks.hf import encoder_for, fingerprint, tokenizer_for
 from tasks.shards import ShardWriter, read_jsonl, write_jsonl
@@ -62,8 +62,14 @@ def read_text_rows(text_dir: Path) -> Iterable[dict[str, Any]]:
         yield from read_jsonl(shard)
 
 
+def file_hashes(params: Params, root: Path) -> Path:
+    """Where model files' hashes are remembered: beside the stage caches (hf.fingerprint)."""
+    return resolve_local(root, params.runtime.cache_dir) / "file-hashes.sqlite"
+
+
 def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device: str) -> list[BertItem]:
-    deps = {code: {"model": fingerprint(root, lang.bert), "layer": lang.bert.layer}
+    memo = file_hashes(params, root)
+    deps = {code: {"model": fingerprint(root, lang.bert, memo=memo), "layer": lang.bert.layer}
             for code, lang in params.languages.items()}
     from importlib.metadata import version
 
@@ -160,7 +166,7 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
             "dims": {slot: dims.get(slot) for slot in SLOTS},
             "languages": {code: {"slot": slot_of(params, code), "model": lang.bert.model,
                                  "revision": lang.bert.revision, "layer": lang.bert.layer,
-                                 "fingerprint": fingerprint(root, lang.bert)}
+                                 "fingerprint": fingerprint(root, lang.bert, memo=file_hashes(params, root))}
                           for code, lang in params.languages.items()}}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     summary = {"utterances": len(rows), "rejects": len(rejects),

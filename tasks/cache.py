@@ -164,3 +164,36 @@ class ResultCache:
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+
+class FileHashes:
+    """sha256 of files, remembered by (path, size, mtime, inode) as DVC's state database does, so a
+    multi-GB model folder is read once rather than by every stage run that fingerprints it."""
+
+    def __init__(self, path: Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
+                           "sha256 TEXT NOT NULL)")
+        self._lock = threading.Lock()
+
+    def sha256(self, path: Path) -> str:
+        path = Path(path).resolve()
+        st = path.stat()
+        stat = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        with self._lock:
+            row = self._conn.execute("SELECT stat, sha256 FROM files WHERE path = ?", (str(path),)).fetchone()
+        if row and row[0] == stat:
+            return row[1]
+        digest = file_sha256(path)
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (str(path), stat, digest))
+        return digest
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -9,7 +9,9 @@ import hashlib
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
+from tasks.cache import FileHashes, file_sha256
 from tasks.config import BertConfig, resolve_model_path
 
 _lock = threading.Lock()
@@ -20,24 +22,23 @@ TOKENIZER_FILE_HINTS = ("token", "vocab", "spm", "merges", "special", "sentencep
 
 
 @lru_cache(maxsize=32)
-def _hash_folder(folder: str, tokenizer_only: bool) -> str:
+def _hash_folder(folder: str, tokenizer_only: bool, memo: Optional[str]) -> str:
+    hashes = FileHashes(Path(memo)) if memo else None
     h = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if tokenizer_only and not any(hint in rel.lower() for hint in TOKENIZER_FILE_HINTS):
             continue
-        h.update(rel.encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
+        h.update(f"{rel}\0{hashes.sha256(path) if hashes else file_sha256(path)}\n".encode())
     return h.hexdigest()
 
 
-def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False) -> str:
-    """sha256 of the model's files (local folders), or `id@revision` (hub ids)."""
+def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False, memo: Optional[Path] = None) -> str:
+    """sha256 of the model's files (local folders), or `id@revision` (hub ids). With `memo` (a
+    FileHashes database) each file's hash is remembered by its stat, not recomputed every run."""
     where = resolve_model_path(root, bert.model)
     if Path(where).is_dir():
-        return _hash_folder(where, tokenizer_only)
+        return _hash_folder(where, tokenizer_only, str(memo) if memo else None)
     return f"{bert.model}@{bert.revision or 'main'}"
 
 

@@ -89,3 +89,34 @@ def test_processes_opening_a_new_cache_at_once_all_get_it(tmp_path):
 def _put_one(args):
     path, i = args
     ResultCache(path).put_many([(f"k{i}", Entry({}, bytes(i)))])
+
+
+def test_file_hashes_are_remembered_until_the_file_changes(tmp_path):
+    from tasks.cache import FileHashes, file_sha256
+
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"a" * 1000)
+    hashes = FileHashes(tmp_path / "memo.sqlite")
+    assert hashes.sha256(f) == file_sha256(f)
+    with sqlite3.connect(tmp_path / "memo.sqlite") as conn:  # a stale memo would be believed...
+        conn.execute("UPDATE files SET sha256 = 'remembered'")
+    assert FileHashes(tmp_path / "memo.sqlite").sha256(f) == "remembered"
+    f.write_bytes(b"b" * 1001)  # ...until the file's size, mtime or inode changes
+    assert FileHashes(tmp_path / "memo.sqlite").sha256(f) == file_sha256(f)
+
+
+def test_a_model_fingerprint_is_the_same_with_and_without_the_memo(tmp_path):
+    from tasks.config import BertConfig
+    from tasks.hf import fingerprint
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "vocab.txt").write_text("a\nb\n")
+    bert = BertConfig(model=str(model))
+    plain = fingerprint(tmp_path, bert)
+    assert fingerprint(tmp_path, bert, memo=tmp_path / "memo.sqlite") == plain
+    (model / "config.json").write_text('{"changed": 1}')
+    from tasks.hf import _hash_folder
+    _hash_folder.cache_clear()
+    assert fingerprint(tmp_path, bert, memo=tmp_path / "memo.sqlite") != plain
