@@ -64,6 +64,7 @@ def demo(params: str = PARAMS) -> None:
 def fingerprint(dataset: str = typer.Option(..., help="A dataset name from params.yaml."),
                 out: str = typer.Option(..., help="The JSON file to write."), params: str = PARAMS) -> None:
     """Stage `source@N`: list a dataset's files with their hashes, so ingest sees corpus changes."""
+    from tasks.cache import FileHashes
     from tasks.config import ConfigError, find_repo_root, load_params, resolve_local
     from tasks.datasets import DatasetError, fingerprint_dataset
     from tasks.storage import atomic_write_bytes
@@ -74,7 +75,7 @@ def fingerprint(dataset: str = typer.Option(..., help="A dataset name from param
         ds = next((d for d in p.datasets if d.name == dataset), None)
         if ds is None:
             _fail(f"dataset {dataset!r} is not in {params} (datasets: {[d.name for d in p.datasets]})")
-        info = fingerprint_dataset(ds, root)
+        info = fingerprint_dataset(ds, root, FileHashes.in_dir(resolve_local(root, p.runtime.cache_dir)))
     except (ConfigError, DatasetError) as err:
         _fail(str(err))
     atomic_write_bytes(resolve_local(root, out), json.dumps(info, indent=1, ensure_ascii=False).encode("utf-8"))

@@ -62,13 +62,8 @@ def read_text_rows(text_dir: Path) -> Iterable[dict[str, Any]]:
         yield from read_jsonl(shard)
 
 
-def file_hashes(params: Params, root: Path) -> Path:
-    """Where model files' hashes are remembered: beside the stage caches (hf.fingerprint)."""
-    return resolve_local(root, params.runtime.cache_dir) / "file-hashes.sqlite"
-
-
 def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device: str) -> list[BertItem]:
-    memo = file_hashes(params, root)
+    memo = resolve_local(root, params.runtime.cache_dir)  # model files' hashes are remembered there
     deps = {code: {"model": fingerprint(root, lang.bert, memo=memo), "layer": lang.bert.layer}
             for code, lang in params.languages.items()}
     from importlib.metadata import version
@@ -166,7 +161,8 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
             "dims": {slot: dims.get(slot) for slot in SLOTS},
             "languages": {code: {"slot": slot_of(params, code), "model": lang.bert.model,
                                  "revision": lang.bert.revision, "layer": lang.bert.layer,
-                                 "fingerprint": fingerprint(root, lang.bert, memo=file_hashes(params, root))}
+                                 "fingerprint": fingerprint(root, lang.bert,
+                                                             memo=resolve_local(root, params.runtime.cache_dir))}
                           for code, lang in params.languages.items()}}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     summary = {"utterances": len(rows), "rejects": len(rejects),

@@ -167,27 +167,26 @@ class ResultCache:
 
 
 class FileHashes:
-    """sha256 of files, remembered by (path, size, mtime, inode) as DVC's state database does, so a
-    multi-GB model folder is read once rather than by every stage run that fingerprints it."""
+    """sha256 of files, remembered by (path, size, mtime, inode) as DVC's state database does, so
+    unchanged source audio and model folders are read once, not by every stage run that needs
+    their hashes. A ResultCache keyed by path."""
 
     def __init__(self, path: Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
-                           "sha256 TEXT NOT NULL)")
-        self._lock = threading.Lock()
+        self._db = ResultCache(path)
+
+    @classmethod
+    def in_dir(cls, cache_dir: Path) -> "FileHashes":
+        return cls(Path(cache_dir) / "file-hashes.sqlite")
 
     def sha256(self, path: Path) -> str:
         path = Path(path).resolve()
         st = path.stat()
         stat = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-        with self._lock:
-            row = self._conn.execute("SELECT stat, sha256 FROM files WHERE path = ?", (str(path),)).fetchone()
-        if row and row[0] == stat:
-            return row[1]
+        known = self._db.get(str(path))
+        if known is not None and known.meta["stat"] == stat:
+            return known.meta["sha256"]
         digest = file_sha256(path)
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (str(path), stat, digest))
+        self._db.put_many([(str(path), Entry({"stat": stat, "sha256": digest}, b""))])
         return digest
 
 

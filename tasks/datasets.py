@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Optional
 
 from tasks.config import DatasetConfig, resolve_local
 from tasks.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from tasks.cache import FileHashes
 
 
 class DatasetError(ValueError):
@@ -123,25 +127,21 @@ def read_dataset(ds: DatasetConfig, root: Path) -> tuple[Storage, list[SourceUtt
     return storage, utterances, rejects
 
 
-def fingerprint_dataset(ds: DatasetConfig, root: Path) -> dict:
+def fingerprint_dataset(ds: DatasetConfig, root: Path, memo: Optional["FileHashes"] = None) -> dict:
     """Every file of a dataset with its size and a content fingerprint, sorted: `sha256` of a local
     file, the `etag` of an S3 object (from the listing: checking a bucket for new data downloads
     nothing).
 
     The `source` stages write this per dataset, so that `ingest` re-runs when a corpus outside
-    DVC gains, loses or changes a file; `retrain` compares it with the recorded one."""
-    import hashlib
-
+    DVC gains, loses or changes a file; `retrain` compares it with the recorded one. `memo`
+    (cache.FileHashes) spares re-reading local files whose stat is unchanged."""
     from tasks.storage import S3Storage
 
     storage = dataset_storage(ds, root)
     if isinstance(storage, S3Storage):
         files = [{"path": k, "size": size, "etag": etag} for k, size, etag in sorted(storage.list_versions())]
     else:
-        files = []
-        for key in storage.list():
-            data = storage.read_bytes(key)
-            files.append({"path": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        files = [{"path": key, "size": storage.size(key), "sha256": storage.sha256(key, memo)} for key in storage.list()]
     return {"dataset": ds.name, "format": ds.format, "files": files}
 
 

@@ -23,7 +23,7 @@ TOKENIZER_FILE_HINTS = ("token", "vocab", "spm", "merges", "special", "sentencep
 
 @lru_cache(maxsize=32)
 def _hash_folder(folder: str, tokenizer_only: bool, memo: Optional[str]) -> str:
-    hashes = FileHashes(Path(memo)) if memo else None
+    hashes = FileHashes.in_dir(Path(memo)) if memo else None
     h = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
@@ -35,7 +35,7 @@ def _hash_folder(folder: str, tokenizer_only: bool, memo: Optional[str]) -> str:
 
 def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False, memo: Optional[Path] = None) -> str:
     """sha256 of the model's files (local folders), or `id@revision` (hub ids). With `memo` (a
-    FileHashes database) each file's hash is remembered by its stat, not recomputed every run."""
+    cache folder: FileHashes) each file's hash is remembered by its stat, not recomputed every run."""
     where = resolve_model_path(root, bert.model)
     if Path(where).is_dir():
         return _hash_folder(where, tokenizer_only, str(memo) if memo else None)

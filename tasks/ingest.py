@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from tasks.audio import AudioError, AudioSettings, condition
-from tasks.cache import Entry, ResultCache, cache_key
-from tasks.config import Params
+from tasks.cache import Entry, FileHashes, ResultCache, cache_key
+from tasks.config import Params, resolve_local
 from tasks.datasets import Reject, SourceUtterance, read_dataset
 from tasks.shards import ShardWriter, read_jsonl, write_jsonl
 from tasks.storage import Storage, atomic_write_bytes
@@ -61,13 +61,14 @@ def plan_ingest(params: Params, root: Path) -> IngestPlan:
     storages, items, rejects = {}, [], []
     settings = asdict(audio_settings(params))
     libs = library_versions()
+    memo = FileHashes.in_dir(resolve_local(root, params.runtime.cache_dir))  # unchanged files are not re-read
     for ds in params.datasets:
         storage, utts, bad = read_dataset(ds, root)
         storages[ds.name] = storage
         rejects += bad
         for utt in utts:
             try:
-                digest = hashlib.sha256(storage.read_bytes(utt.audio)).hexdigest()
+                digest = storage.sha256(utt.audio, memo)
             except FileNotFoundError:
                 rejects.append(Reject(utt.source, "missing audio file", utt.utt_id))
                 continue

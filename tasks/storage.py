@@ -11,17 +11,21 @@ Credentials come from the environment or an AWS profile, never from params, and 
 from __future__ import annotations
 
 import logging
+import hashlib
 import os
 import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+if TYPE_CHECKING:
+    from tasks.cache import FileHashes
+
 T = TypeVar("T")
 
 
@@ -41,6 +45,8 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...  # absent keys are fine
     def delete_prefix(self, prefix: str) -> int: ...  # every key under folder `prefix`; returns the count
     def describe(self, key: str) -> str: ...
+    # sha256 of the object's bytes; `memo` (cache.FileHashes) remembers local files' hashes by stat
+    def sha256(self, key: str, memo: Optional["FileHashes"] = None) -> str: ...
 
 
 def _folder_prefix(uri: str, prefix: str) -> str:
@@ -83,6 +89,11 @@ class LocalStorage:
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def sha256(self, key: str, memo: Optional["FileHashes"] = None) -> str:
+        from tasks.cache import file_sha256
+
+        return memo.sha256(self._path(key)) if memo is not None else file_sha256(self._path(key))
 
     def write_bytes(self, key: str, data: bytes, *, part_size: Optional[int] = None) -> None:
         path = self._path(key)
@@ -205,6 +216,9 @@ class S3Storage:
 
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def sha256(self, key: str, memo: Optional["FileHashes"] = None) -> str:
+        return hashlib.sha256(self.read_bytes(key)).hexdigest()  # no stat to key a memo by: read it
 
     def read_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError

@@ -97,12 +97,14 @@ def dataset_changes(params: Params, root: Path) -> dict[str, dict]:
     the fingerprint DVC last recorded in data/sources/<name>.json. Returns {name: {"files", "added",
     "removed", "changed", "recorded", "missing"}}; `recorded` is False before the first `dvc repro`;
     `missing`: a local folder that is not there (yet: the demo corpus is made by a stage)."""
+    from tasks.cache import FileHashes
     from tasks.datasets import DatasetError, file_fingerprint, fingerprint_dataset
 
     out = {}
+    memo = FileHashes.in_dir(resolve_local(root, params.runtime.cache_dir))
     for ds in params.datasets:
         try:
-            now = {f["path"]: file_fingerprint(f) for f in fingerprint_dataset(ds, root)["files"]}
+            now = {f["path"]: file_fingerprint(f) for f in fingerprint_dataset(ds, root, memo)["files"]}
         except DatasetError:
             if ds.path.startswith("s3://"):
                 raise

@@ -96,13 +96,14 @@ def test_file_hashes_are_remembered_until_the_file_changes(tmp_path):
 
     f = tmp_path / "weights.bin"
     f.write_bytes(b"a" * 1000)
-    hashes = FileHashes(tmp_path / "memo.sqlite")
+    hashes = FileHashes.in_dir(tmp_path)
     assert hashes.sha256(f) == file_sha256(f)
-    with sqlite3.connect(tmp_path / "memo.sqlite") as conn:  # a stale memo would be believed...
-        conn.execute("UPDATE files SET sha256 = 'remembered'")
-    assert FileHashes(tmp_path / "memo.sqlite").sha256(f) == "remembered"
+    db = ResultCache(tmp_path / "file-hashes.sqlite")
+    [(key, entry)] = db.iter_entries([str(f.resolve())])
+    db.put_many([(key, Entry({**entry.meta, "sha256": "remembered"}, b""))])  # a stale memo is believed...
+    assert FileHashes.in_dir(tmp_path).sha256(f) == "remembered"
     f.write_bytes(b"b" * 1001)  # ...until the file's size, mtime or inode changes
-    assert FileHashes(tmp_path / "memo.sqlite").sha256(f) == file_sha256(f)
+    assert FileHashes.in_dir(tmp_path).sha256(f) == file_sha256(f)
 
 
 def test_a_model_fingerprint_is_the_same_with_and_without_the_memo(tmp_path):
@@ -115,8 +116,8 @@ def test_a_model_fingerprint_is_the_same_with_and_without_the_memo(tmp_path):
     (model / "vocab.txt").write_text("a\nb\n")
     bert = BertConfig(model=str(model))
     plain = fingerprint(tmp_path, bert)
-    assert fingerprint(tmp_path, bert, memo=tmp_path / "memo.sqlite") == plain
+    assert fingerprint(tmp_path, bert, memo=tmp_path / "cache") == plain
     (model / "config.json").write_text('{"changed": 1}')
     from tasks.hf import _hash_folder
     _hash_folder.cache_clear()
-    assert fingerprint(tmp_path, bert, memo=tmp_path / "memo.sqlite") != plain
+    assert fingerprint(tmp_path, bert, memo=tmp_path / "cache") != plain

@@ -163,3 +163,23 @@ def test_a_language_field_that_disagrees_with_the_dataset_is_a_reject(tmp_path):
     assert plan.items == [] and len(plan.rejects) == 2  # x/b's audio is missing too
     assert "missing audio file" == plan.rejects[1].reason
     assert "language field 'JP' does not match" in plan.rejects[0].reason
+
+
+def test_source_hashes_are_remembered_by_stat_and_a_changed_file_is_hashed_again(tmp_path, shared_speech):
+    import os
+
+    from tasks.cache import FileHashes, file_sha256
+
+    ljspeech_subset(shared_speech, tmp_path / "en", 3)
+    params_path = write_params(tmp_path, [{"name": "lj", "language": "en", "path": "en", "format": "ljspeech",
+                                           "speaker": "lj"}])
+    params = load_params(params_path)
+    first = {i.utt.utt_id: i.key for i in plan_ingest(params, tmp_path).items}
+    memo = FileHashes.in_dir(tmp_path / params.runtime.cache_dir)
+    wav = sorted((tmp_path / "en" / "wavs").iterdir())[0]
+    assert memo.sha256(wav) == file_sha256(wav)  # the plan recorded it
+    x, sr = sf.read(wav)
+    sf.write(wav, x * 0.5, sr)
+    os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10**9))  # even within one mtime tick
+    second = {i.utt.utt_id: i.key for i in plan_ingest(params, tmp_path).items}
+    assert [u for u in first if first[u] != second[u]] == [f"lj/wavs/{wav.stem}"]
