@@ -7,8 +7,8 @@ transaction: a SIGKILL loses at most the batch in flight, never corrupts what wa
 The cache lives outside DVC's outs (it is a speed-up, not an artifact): deleting it costs time only.
 
 Payloads of 64 KiB and more (PCM, spectrograms) live in files beside the database, in
-`<name>.blobs/`: SQLite writes a large blob twice (WAL, then checkpoint) and a file is written once,
-which made the spec stage's commits 3x cheaper. A payload file is complete (temp file, then rename)
+`<name>.blobs/`: SQLite writes a large blob twice (WAL, then checkpoint) and a file is written once
+(108 MB of spectrograms in 16-utterance commits: 0.35 s into SQLite, 0.04 s as files). A payload file is complete (temp file, then rename)
 before the row naming it commits, so a row always has its file; a file without a row (a SIGKILL
 between the two) is rewritten by the next run.
 """

@@ -10,8 +10,8 @@ Credentials come from the environment or an AWS profile, never from params, and 
 """
 from __future__ import annotations
 
-import logging
 import hashlib
+import logging
 import os
 import random
 import shutil
@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, TypeVar
 
-logger = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
 if TYPE_CHECKING:
     from tasks.cache import FileHashes
 
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
 T = TypeVar("T")
 
 
