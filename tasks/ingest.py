@@ -54,7 +54,7 @@ def library_versions() -> dict[str, str]:
 
 
 def plan_ingest(params: Params, root: Path) -> IngestPlan:
-    """Read every dataset list and fingerprint every source file.
+    """Read every dataset list and identify every source file's content (Storage.content_id).
 
     Raises before any audio work if a dataset path or list is unusable; a file that cannot be read
     is a reject here."""
@@ -68,13 +68,14 @@ def plan_ingest(params: Params, root: Path) -> IngestPlan:
         rejects += bad
         for utt in utts:
             try:
-                digest = storage.sha256(utt.audio, memo)
+                digest = storage.content_id(utt.audio, memo)  # sha256, or an S3 ETag: nothing downloaded
             except FileNotFoundError:
                 rejects.append(Reject(utt.source, "missing audio file", utt.utt_id))
                 continue
             except OSError as err:
                 rejects.append(Reject(utt.source, f"cannot read audio file: {err.strerror or err}", utt.utt_id))
                 continue
+            # (`source_sha256` keeps its name so that local corpora keep their cache keys.)
             key = cache_key(stage=VERSION, source_sha256=digest, name=Path(utt.audio).suffix.lower(),
                             audio=settings, libs=libs)
             items.append(IngestItem(utt, key))

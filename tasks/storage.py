@@ -10,7 +10,6 @@ Credentials come from the environment or an AWS profile, never from params, and 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -45,8 +44,9 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...  # absent keys are fine
     def delete_prefix(self, prefix: str) -> int: ...  # every key under folder `prefix`; returns the count
     def describe(self, key: str) -> str: ...
-    # sha256 of the object's bytes; `memo` (cache.FileHashes) remembers local files' hashes by stat
-    def sha256(self, key: str, memo: Optional["FileHashes"] = None) -> str: ...
+    # What identifies the object's content, without reading it where that can be avoided: a local
+    # file's sha256 (`memo`, a cache.FileHashes, remembers it by stat), an S3 object's `etag:<ETag>`.
+    def content_id(self, key: str, memo: Optional["FileHashes"] = None) -> str: ...
 
 
 def _folder_prefix(uri: str, prefix: str) -> str:
@@ -90,7 +90,7 @@ class LocalStorage:
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
-    def sha256(self, key: str, memo: Optional["FileHashes"] = None) -> str:
+    def content_id(self, key: str, memo: Optional["FileHashes"] = None) -> str:
         from tasks.cache import file_sha256
 
         return memo.sha256(self._path(key)) if memo is not None else file_sha256(self._path(key))
@@ -182,6 +182,7 @@ class S3Storage:
         self.multipart_threshold, self.part_size, self.max_concurrency = multipart_threshold, part_size, max_concurrency
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.sleep: Callable[[float], None] = time.sleep  # tests replace it
+        self._etags: Optional[dict[str, str]] = None  # content_id's listing
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
                                    config=Config(retries={"max_attempts": max_attempts, "mode": retry_mode}))
@@ -217,8 +218,23 @@ class S3Storage:
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
-    def sha256(self, key: str, memo: Optional["FileHashes"] = None) -> str:
-        return hashlib.sha256(self.read_bytes(key)).hexdigest()  # no stat to key a memo by: read it
+    def content_id(self, key: str, memo: Optional["FileHashes"] = None) -> str:
+        """`etag:<ETag>` from one listing of the whole prefix (remembered by this object), or a HEAD
+        for a key the listing did not have: planning a bucket's corpus downloads nothing."""
+        if self._etags is None:
+            self._etags = {k: etag for k, _, etag in self.list_versions()}
+        if key not in self._etags:
+            from botocore.exceptions import ClientError
+
+            try:
+                head = self._retrying(f"head {self.describe(key)}",
+                                      lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(key)))
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    raise FileNotFoundError(self.describe(key)) from err
+                raise
+            self._etags[key] = head["ETag"].strip('"')
+        return f"etag:{self._etags[key]}"
 
     def read_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError

@@ -38,6 +38,33 @@ def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, shared_
     assert data[:4] == b"RIFF"
 
 
+def test_planning_an_s3_corpus_downloads_no_audio_and_sees_a_changed_object(s3_endpoint, tmp_path, shared_speech,
+                                                                           monkeypatch):
+    from tasks.storage import S3Storage
+
+    ids = ljspeech_subset(shared_speech, tmp_path / "lj", 3)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="vf-etag")
+    for path in (tmp_path / "lj").rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "vf-etag", f"lj/{path.relative_to(tmp_path / 'lj').as_posix()}")
+    params = load_params(write_params(tmp_path, [{"name": "lj", "language": "en", "path": "s3://vf-etag/lj",
+                                                  "format": "ljspeech", "speaker": "lj"}]))
+    list_file = S3Storage.read_bytes
+
+    def no_audio(self, key):
+        assert not key.endswith(".wav"), f"planning downloaded {key}"
+        return list_file(self, key)
+
+    monkeypatch.setattr(S3Storage, "read_bytes", no_audio)
+    first = {i.utt.utt_id: i.key for i in plan_ingest(params, tmp_path).items}
+    assert plan_ingest(params, tmp_path).items[0].key == first[f"lj/wavs/{ids[0]}"]  # stable
+    s3.put_object(Bucket="vf-etag", Key=f"lj/wavs/{ids[1]}.wav",
+                  Body=(tmp_path / "lj" / "wavs" / f"{ids[0]}.wav").read_bytes())
+    second = {i.utt.utt_id: i.key for i in plan_ingest(params, tmp_path).items}
+    assert [u for u in first if first[u] != second[u]] == [f"lj/wavs/{ids[1]}"]
+
+
 @pytest.fixture(params=["file", "s3"])
 def any_storage(request, tmp_path):
     if request.param == "file":
