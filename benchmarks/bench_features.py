@@ -95,6 +95,7 @@ def librosa_files(wavs: list[Path], out_dir: Path, p) -> float:
 
     librosa.stft(np.zeros(4096, dtype=np.float32), n_fft=p.n_fft)  # numba warm-up, not timed
     mel_basis = librosa.filters.mel(sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax)
+    os.sync()  # both sides start with the earlier runs' writes on disk, not pending
     start = time.perf_counter()
     for wav in wavs:
         y, _ = librosa.load(wav, sr=None)
@@ -113,6 +114,7 @@ def our_spec(rows, ingest_dir: Path, workers, settings, params) -> float:
 
     items = [SpecItem(r, r["id"]) for r in rows]
     chunk = params.features.spec.chunk_size
+    os.sync()  # both sides start with the earlier runs' writes on disk, not pending
     start = time.perf_counter()
     with ThreadPoolExecutor(params.runtime.in_flight_chunks) as tasks:
         list(tasks.map(lambda s: workers.store_chunk(items[s:s + chunk], ingest_dir, settings),

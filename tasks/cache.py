@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from tasks.storage import file_sha256
+
 # file_size: NULL when the payload is `data`, else the size of its payload file (and `data` is empty)
 SCHEMA = ("CREATE TABLE IF NOT EXISTS results "
           "(key TEXT PRIMARY KEY, meta TEXT NOT NULL, data BLOB NOT NULL, file_size INTEGER)")
@@ -188,11 +190,3 @@ class FileHashes:
         digest = file_sha256(path)
         self._db.put_many([(str(path), Entry({"stat": stat, "sha256": digest}, b""))])
         return digest
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -19,7 +19,6 @@ config always describes files that are complete (and its hashes catch a half-rep
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from model.models import SynthesizerTrn
 from model.upstream import load_state_dict_strict, to_upstream_state_dict
 from tasks.bert import FILL, SLOTS
 from tasks.frontends.symbols import SymbolTable
-from tasks.storage import atomic_write_bytes
+from tasks.storage import atomic_write_bytes, file_sha256
 
 PathLike = Union[str, os.PathLike]
 
@@ -71,14 +70,6 @@ def _json_default(obj: Any) -> Any:
 def _jsonable(value: Any) -> Any:
     """`value` as plain JSON data (tuples become lists, pydantic models dicts)."""
     return json.loads(json.dumps(value, default=_json_default))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unwrap(generator: nn.Module) -> SynthesizerTrn:
@@ -217,7 +208,7 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
         "lineage": _jsonable(lineage),
         "weights": {"naming": "upstream", "dtype": "float32", "dropped_prefixes": list(TRAINING_ONLY_PREFIXES)},
         "files": {fmt: {"path": FILES[fmt], "bytes": (out_dir / FILES[fmt]).stat().st_size,
-                        "sha256": _sha256(out_dir / FILES[fmt])} for fmt in formats},
+                        "sha256": file_sha256(out_dir / FILES[fmt])} for fmt in formats},
     }
     if module is not None:
         runtime = {"inputs": module.input_names, "outputs": module.output_names,
@@ -272,7 +263,7 @@ def load_inference(out_dir: PathLike, map_location: Union[str, torch.device] = "
     if entry is None:
         raise ExportError(f"{out_dir}: the bundle has no safetensors weights (formats {sorted(config['files'])})")
     path = out_dir / entry["path"]
-    if _sha256(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         raise ExportError(f"{path}: sha256 differs from config.json's: the bundle is inconsistent")
     net = SynthesizerTrn(**config["model"]["generator"])
     del net.enc_q

@@ -11,8 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from tasks.cache import FileHashes, file_sha256
+from tasks.cache import FileHashes
 from tasks.config import BertConfig, resolve_model_path
+from tasks.storage import file_sha256
 
 _lock = threading.Lock()
 _local = threading.local()

@@ -10,6 +10,7 @@ Credentials come from the environment or an AWS profile, never from params, and 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -57,6 +58,14 @@ def _folder_prefix(uri: str, prefix: str) -> str:
     return prefix + "/"
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +100,6 @@ class LocalStorage:
         return self._path(key).read_bytes()
 
     def content_id(self, key: str, memo: Optional["FileHashes"] = None) -> str:
-        from tasks.cache import file_sha256
-
         return memo.sha256(self._path(key)) if memo is not None else file_sha256(self._path(key))
 
     def write_bytes(self, key: str, data: bytes, *, part_size: Optional[int] = None) -> None:

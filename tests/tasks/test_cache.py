@@ -92,7 +92,8 @@ def _put_one(args):
 
 
 def test_file_hashes_are_remembered_until_the_file_changes(tmp_path):
-    from tasks.cache import FileHashes, file_sha256
+    from tasks.cache import FileHashes
+    from tasks.storage import file_sha256
 
     f = tmp_path / "weights.bin"
     f.write_bytes(b"a" * 1000)

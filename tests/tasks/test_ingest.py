@@ -168,7 +168,8 @@ def test_a_language_field_that_disagrees_with_the_dataset_is_a_reject(tmp_path):
 def test_source_hashes_are_remembered_by_stat_and_a_changed_file_is_hashed_again(tmp_path, shared_speech):
     import os
 
-    from tasks.cache import FileHashes, file_sha256
+    from tasks.cache import FileHashes
+    from tasks.storage import file_sha256
 
     ljspeech_subset(shared_speech, tmp_path / "en", 3)
     params_path = write_params(tmp_path, [{"name": "lj", "language": "en", "path": "en", "format": "ljspeech",

@@ -23,13 +23,19 @@ def test_s3_storage_round_trips_against_a_real_endpoint(s3_endpoint):
     assert list(store.list()) == ["x/y.json"] and store.exists("x/y.json") and not store.exists("nope")
 
 
-def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, shared_speech):
+def ljspeech_in_bucket(shared_speech, tmp_path, bucket: str):
+    """Three LJSpeech clips as an ljspeech dataset under s3://<bucket>/lj; returns (ids, s3 client)."""
     ids = ljspeech_subset(shared_speech, tmp_path / "lj", 3)
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="vf-corpus")
+    s3.create_bucket(Bucket=bucket)
     for path in (tmp_path / "lj").rglob("*"):
         if path.is_file():
-            s3.upload_file(str(path), "vf-corpus", f"lj/{path.relative_to(tmp_path / 'lj').as_posix()}")
+            s3.upload_file(str(path), bucket, f"lj/{path.relative_to(tmp_path / 'lj').as_posix()}")
+    return ids, s3
+
+
+def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, shared_speech):
+    ids, _ = ljspeech_in_bucket(shared_speech, tmp_path, "vf-corpus")
     params = write_params(tmp_path, [{"name": "lj", "language": "en", "path": "s3://vf-corpus/lj",
                                       "format": "ljspeech", "speaker": "lj"}])
     plan = plan_ingest(load_params(params), tmp_path)
@@ -42,12 +48,7 @@ def test_planning_an_s3_corpus_downloads_no_audio_and_sees_a_changed_object(s3_e
                                                                            monkeypatch):
     from tasks.storage import S3Storage
 
-    ids = ljspeech_subset(shared_speech, tmp_path / "lj", 3)
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="vf-etag")
-    for path in (tmp_path / "lj").rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), "vf-etag", f"lj/{path.relative_to(tmp_path / 'lj').as_posix()}")
+    ids, s3 = ljspeech_in_bucket(shared_speech, tmp_path, "vf-etag")
     params = load_params(write_params(tmp_path, [{"name": "lj", "language": "en", "path": "s3://vf-etag/lj",
                                                   "format": "ljspeech", "speaker": "lj"}]))
     list_file = S3Storage.read_bytes
