@@ -32,7 +32,7 @@ def _run(flow_name: str, **kwargs) -> dict:
 
     # A stage's flow run sends no heartbeats unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY asks for them:
     # stages are short and `dvc repro` reports their failures, and joining Prefect's heartbeat thread
-    # (it sleeps in 1 s steps) cost each stage up to a second at exit, a third of a cached re-run.
+    # (it sleeps in 1 s steps) cost each stage up to a second at exit: a third of a stage with no work.
     heartbeats = {} if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ else {"flows.heartbeat_frequency": None}
     try:
         flow = stages.with_workers(getattr(stages, flow_name), kwargs["params_path"])
