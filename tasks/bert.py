@@ -143,6 +143,7 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rows, rejects, dims = [], [], {}
+    memo = resolve_local(root, params.runtime.cache_dir)  # model files' hashes, as plan_bert remembered them
     with ShardWriter(tmp, "bert", ".bin", params.features.bert.shard_mb * 2**20, reuse_from=out_dir,
                      content_names=True) as shards:
         for item, (key, meta, nbytes) in zip(items, cache.iter_sizes(i.key for i in items)):
@@ -161,8 +162,7 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
             "dims": {slot: dims.get(slot) for slot in SLOTS},
             "languages": {code: {"slot": slot_of(params, code), "model": lang.bert.model,
                                  "revision": lang.bert.revision, "layer": lang.bert.layer,
-                                 "fingerprint": fingerprint(root, lang.bert,
-                                                             memo=resolve_local(root, params.runtime.cache_dir))}
+                                 "fingerprint": fingerprint(root, lang.bert, memo=memo)}
                           for code, lang in params.languages.items()}}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     summary = {"utterances": len(rows), "rejects": len(rejects),

@@ -6,10 +6,10 @@ temporary name and renamed when full, so a killed stage never leaves a half shar
 Shard boundaries are content-defined (as in rsync or restic): a shard ends after a record whose id
 hashes below a threshold proportional to the record's size, once the shard holds half its target.
 A boundary so depends only on the records around it, and adding utterances to one dataset changes
-the shards they land in, not every shard after them. A shard whose bytes come out the same as in
-the previous outs (`shards.json`: size and sha256 of each) is hard-linked from there instead of
-written: its file keeps its inode and mtime, so DVC (with `persist: true` outs) neither re-hashes
-nor re-caches it. The layout is a function of the records alone, never of what was there before.
+the shards they land in, not every shard after them. A shard that comes out the same as in the
+previous outs (`shards.json`: size, sha256 and, for cached records, the recipe of cache keys it was
+built from) is hard-linked from there instead of written: its file keeps its inode and mtime, so
+DVC (with `persist: true` outs) neither re-hashes nor re-caches it. The layout is a function of the records alone, never of what was there before.
 """
 from __future__ import annotations
 
