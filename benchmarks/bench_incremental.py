@@ -57,14 +57,56 @@ def start_prefect(home: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("Prefect server did not start")
 
 
+def timed_commands(work: Path) -> Path:
+    """A `vitsflow` ahead of the real one on PATH that logs each stage command's wall time (process
+    start and imports included), so the re-run splits into DVC's own time and each command's."""
+    shim = work / "timing-bin"
+    shim.mkdir()
+    log = work / "commands.log"
+    (shim / "vitsflow").write_text(
+        "#!/bin/sh\n"
+        "start=$(date +%s.%N)\n"
+        f'"{BIN / "vitsflow"}" "$@"; rc=$?\n'
+        f'echo "$1 $start $(date +%s.%N)" >> "{log}"\n'
+        "exit $rc\n")
+    (shim / "vitsflow").chmod(0o755)
+    return shim
+
+
+def command_seconds(work: Path) -> dict[str, float]:
+    """Wall seconds per stage command since the last call (and clears the log)."""
+    log = work / "commands.log"
+    out: dict[str, float] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        name, start, end = line.split()
+        out[name] = round(out.get(name, 0.0) + float(end) - float(start), 2)
+    log.unlink(missing_ok=True)
+    return out
+
+
 def repro(project: Path, api: str) -> tuple[float, str]:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PREFECT_API_URL=api)
+    shim = project.parent / "timing-bin"
+    env = dict(os.environ, PATH=f"{shim}:{BIN}:{os.environ['PATH']}", PREFECT_API_URL=api)
     start = time.perf_counter()
     # The preprocessing half (every stage up to bert and stats); training is not part of P3.
     proc = subprocess.run(["dvc", "repro", "bert", "stats"], cwd=project, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
     return time.perf_counter() - start, proc.stdout + proc.stderr
+
+
+def start_daemon(project: Path, api: str) -> subprocess.Popen:
+    """`vitsflow daemon` in the project, in the environment `dvc repro` gives its stages."""
+    env = dict(os.environ, PREFECT_API_URL=api)
+    proc = subprocess.Popen([str(BIN / "vitsflow"), "daemon"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(240):
+        if subprocess.run([str(BIN / "vitsflow"), "daemon", "--status"], cwd=project, env=env,
+                          capture_output=True).returncode == 0:
+            return proc
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("vitsflow daemon did not start")
 
 
 def add_utterances(dataset: Path, n: int) -> None:
@@ -95,6 +137,8 @@ def shard_inodes(project: Path) -> dict[str, dict[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=9)
+    ap.add_argument("--daemon", action="store_true",
+                    help="run the stages in a warm `vitsflow daemon` started before the full run (flows/daemon.py)")
     ap.add_argument("--dataset-per-copy", action="store_true",
                     help="each copy its own dataset (5 x copies datasets) instead of 5 datasets holding all copies")
     args = ap.parse_args()
@@ -112,25 +156,36 @@ def main() -> None:
         (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
         for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
             subprocess.run(cmd, cwd=project, check=True, env=dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}"))
+        timed_commands(work)
         server, api = start_prefect(work / "prefect")
+        daemon = start_daemon(project, api) if args.daemon else None
         try:
             t_full, _ = repro(project, api)
+            full_cmds = command_seconds(work)
             n = json.loads((project / "data/ingest/summary.json").read_text())["utterances"]
             new = max(1, round(n / 100))
             add_utterances(Path(params["datasets"][0]["path"]), new)
             before = shard_inodes(project)
             t_inc, log = repro(project, api)
+            inc_cmds = command_seconds(work)
             after = shard_inodes(project)
         finally:
+            if daemon is not None:
+                daemon.terminate()
+                daemon.wait(60)
             server.terminate()
         stage_s = {m[0]: float(m[1]) for m in re.findall(r"(\w+): \d+ utterances \(\d+ computed.*?, ([\d.]+) s", log)}
         computed = dict(re.findall(r"(\w+): \d+ utterances \((\d+) computed", log))
-        print(f"P3 ({n} utterances in {len(params['datasets'])} datasets, then +{new} new, Prefect server, CPU)")
+        print(f"P3 ({n} utterances in {len(params['datasets'])} datasets, then +{new} new, Prefect server, CPU, "
+              f"{'stages in a warm daemon' if args.daemon else 'each stage its own process'})")
         print(f"  full dvc repro:        {t_full:7.1f} s")
         print(f"  incremental dvc repro: {t_inc:7.1f} s = {100 * t_inc / t_full:.1f}% of the full run")
         print(f"  computed per stage: {computed}; in-flow seconds: {stage_s}")
         print(f"  outside the flows (process start, imports, flow-run bookkeeping, DVC hashing): "
               f"{t_inc - sum(stage_s.values()):.1f} s")
+        print(f"  wall seconds per command, full run: {full_cmds}")
+        print(f"  wall seconds per command, re-run:   {inc_cmds}; DVC's own time: "
+              f"{t_inc - sum(inc_cmds.values()):.1f} s")
         kept = {out: f"{len(before[out].items() & after[out].items())}/{len(after[out])}" for out in after}
         print(f"  shard files kept as they were (unchanged, not rewritten): {kept}")
 
