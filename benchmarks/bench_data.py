@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,20 +42,46 @@ def build_demo(work: Path) -> Path:
     return work / "demo"
 
 
-def dithered_copies(demo: Path, work: Path, copies: int, merged: bool = False, unique_text: bool = False) -> list[dict]:
-    """`copies` dithered copies of each demo dataset's audio (re-written as wav), as `copies` jsonl
-    datasets per demo dataset, or with `merged` as one dataset per demo dataset holding them all.
+def demo_sources(demo: Path) -> list[dict]:
+    """The demo corpus's datasets (params.yaml's, pointed at a corpus built by build_demo)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    return [{**ds, "path": str(demo / Path(ds["path"]).name)} for ds in params["datasets"]]
+
+
+def shared_sources(work: Path, shared_speech: Path = REPO.parent / "shared" / "data" / "speech") -> list[dict]:
+    """Real recordings (../shared/data/speech: LJSpeech, Common Voice ja, AISHELL-3; 70 clips of
+    1.5-10 s with their transcripts) as datasets, the AISHELL part as an upstream bv2_list."""
+    if not shared_speech.is_dir():
+        raise SystemExit(f"{shared_speech}: shared speech data not found")
+    aishell = work / "aishell"
+    (aishell / "wavs").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in (shared_speech / "zh_aishell3" / "metadata_with_speaker.csv").read_text(encoding="utf-8").splitlines():
+        utt, speaker, text = row.split("|", 2)
+        shutil.copy(shared_speech / "zh_aishell3" / "wavs" / f"{utt}.wav", aishell / "wavs")
+        lines.append(f"wavs/{utt}.wav|{speaker}|ZH|{text}")
+    (aishell / "filelist.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [{"name": "lj", "language": "en", "path": str(shared_speech / "en_ljspeech"), "format": "ljspeech",
+             "speaker": "lj"},
+            {"name": "cv", "language": "ja", "path": str(shared_speech / "ja_commonvoice"), "format": "ljspeech",
+             "speaker": "cv"},
+            {"name": "aishell", "language": "zh", "path": str(aishell), "format": "bv2_list"}]
+
+
+def dithered_copies(sources: list[dict], work: Path, copies: int, merged: bool = False,
+                    unique_text: bool = False) -> list[dict]:
+    """`copies` dithered copies of each source dataset's audio (re-written as wav), as `copies` jsonl
+    datasets per source dataset, or with `merged` as one dataset per source dataset holding them all.
     With `unique_text` copy k's transcripts end in the number k + 1 (every frontend reads digits),
     so, as in a real corpus, no two utterances share a transcript and text and BERT features are
-    computed for every one, not once per demo sentence."""
-    from tasks.config import load_params
+    computed for every one, not once per source sentence."""
+    from tasks.config import DatasetConfig
     from tasks.datasets import read_dataset
 
-    params = load_params(REPO / "params.yaml")
     datasets = []
-    for ds in params.datasets:
-        local = ds.model_copy(update={"path": str(demo / Path(ds.path).name)})
-        storage, utts, _ = read_dataset(local, REPO)
+    for source in sources:
+        ds = DatasetConfig(**source)
+        storage, utts, _ = read_dataset(ds, REPO)
         lines = []
         for k in range(copies):
             name = ds.name if merged else f"{ds.name}_{k}"
@@ -76,7 +103,7 @@ def dithered_copies(demo: Path, work: Path, copies: int, merged: bool = False, u
 
 def run_size(work: Path, copies: int, demo: Path) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["datasets"] = dithered_copies(demo, work, copies)
+    params["datasets"] = dithered_copies(demo_sources(demo), work, copies)
     params_path = work / f"params_x{copies}.yaml"
     params_path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     proc = subprocess.run([sys.executable, "-c", CHILD, str(params_path), str(work / f"out_x{copies}")],

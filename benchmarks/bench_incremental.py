@@ -33,7 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.bench_data import build_demo, dithered_copies  # noqa: E402
+from benchmarks.bench_data import build_demo, demo_sources, dithered_copies, shared_sources  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -137,6 +137,9 @@ def shard_inodes(project: Path) -> dict[str, dict[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=9)
+    ap.add_argument("--corpus", choices=["demo", "shared"], default="demo",
+                    help="copies of the demo corpus (120 espeak-ng clips, 2.5 s on average) or of the real "
+                    "recordings in ../shared/data/speech (70 clips, LJSpeech, Common Voice ja, AISHELL-3)")
     ap.add_argument("--daemon", action="store_true",
                     help="run the stages in a warm `vitsflow daemon` started before the full run (flows/daemon.py)")
     ap.add_argument("--dataset-per-copy", action="store_true",
@@ -151,7 +154,8 @@ def main() -> None:
         for name in ["dvc.yaml", ".gitignore"]:
             shutil.copy(REPO / name, project)
         params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-        params["datasets"] = dithered_copies(build_demo(work), work, args.copies, merged=not args.dataset_per_copy,
+        sources = demo_sources(build_demo(work)) if args.corpus == "demo" else shared_sources(work)
+        params["datasets"] = dithered_copies(sources, work, args.copies, merged=not args.dataset_per_copy,
                                              unique_text=True)
         (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
         for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
