@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from tasks.cache import Entry, ResultCache, cache_key
+from tasks.cache import Entry, ResultCache, cache_key_with
 from tasks.config import Params, resolve_local
 from tasks.datasets import Reject
 from tasks.hf import encoder_for, fingerprint, tokenizer_for
@@ -71,10 +71,10 @@ def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device
     libs = {"torch": version("torch"), "transformers": version("transformers"),
             "device": device, "batch": params.features.bert.batch_size,
             "bucket": params.features.bert.length_bucket}
+    keyers = {code: cache_key_with(stage=VERSION, libs=libs, **d) for code, d in deps.items()}
     items = []
     for row in rows:
-        key = cache_key(stage=VERSION, text=row["norm_text"], word2ph=row["word2ph"], libs=libs,
-                        **deps[row["language"]])
+        key = keyers[row["language"]](text=row["norm_text"], word2ph=row["word2ph"])
         items.append(BertItem({k: row[k] for k in ("id", "language", "norm_text", "word2ph")}, key,
                               len(row["word2ph"])))
     return items

@@ -15,6 +15,7 @@ between the two) is rewritten by the next run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -22,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from tasks.storage import file_sha256
 
@@ -36,10 +37,26 @@ class CacheError(RuntimeError):
     pass
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def cache_key(**parts: Any) -> str:
     """The sha256 of `parts` as canonical JSON: the same dependencies give the same key anywhere."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(parts).encode("utf-8")).hexdigest()
+
+
+def cache_key_with(**fixed: Any) -> Callable[..., str]:
+    """`cache_key` with some parts fixed, serialised once: `cache_key_with(**a)(**b) == cache_key(**a, **b)`.
+    A stage's plan keys every utterance of the corpus on every run, and most parts (versions, params)
+    are the same for all of them."""
+    done = {k: _canonical(v) for k, v in fixed.items()}
+
+    def key(**parts: Any) -> str:
+        blobs = done | {k: _canonical(v) for k, v in parts.items()}
+        blob = "{" + ",".join(f"{_canonical(k)}:{blobs[k]}" for k in sorted(blobs)) + "}"
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return key
 
 
 @dataclass(frozen=True)
@@ -100,13 +117,21 @@ class ResultCache:
 
     def iter_sizes(self, keys: Iterable[str]) -> Iterator[tuple[str, dict[str, Any], int]]:
         """(key, meta, payload size) of each key, without reading a payload."""
-        conn = self._conn()
-        for key in keys:
-            row = conn.execute("SELECT meta, COALESCE(file_size, length(data)) FROM results WHERE key = ?",
-                               (key,)).fetchone()
-            if row is None:
-                raise KeyError(f"{self.path}: cache entry {key} vanished while assembling the outs")
-            yield key, json.loads(row[0]), row[1]
+        for key, (meta, size) in self._rows(keys, "COALESCE(file_size, length(data))"):
+            yield key, json.loads(meta), size
+
+    def _rows(self, keys: Iterable[str], columns: str) -> Iterator[tuple[str, tuple]]:
+        """(key, (meta, *columns)) in the order of `keys`, fetched 500 at a time (one query per key
+        was most of assembling a large corpus's outs)."""
+        conn, it = self._conn(), iter(keys)
+        while batch := list(itertools.islice(it, 500)):
+            found = {r[0]: r[1:] for r in conn.execute(
+                f"SELECT key, meta, {columns} FROM results WHERE key IN ({','.join('?' * len(set(batch)))})",
+                list(dict.fromkeys(batch)))}
+            for key in batch:
+                if key not in found:
+                    raise KeyError(f"{self.path}: cache entry {key} vanished while assembling the outs")
+                yield key, found[key]
 
     def payload(self, key: str) -> bytes:
         entry = self.get(key)
@@ -158,11 +183,8 @@ class ResultCache:
         return data
 
     def iter_entries(self, keys: Iterable[str]) -> Iterator[tuple[str, Entry]]:
-        for key in keys:
-            entry = self.get(key)
-            if entry is None:
-                raise KeyError(f"{self.path}: cache entry {key} vanished while assembling the outs")
-            yield key, entry
+        for key, (meta, data, file_size) in self._rows(keys, "data, file_size"):
+            yield key, Entry(json.loads(meta), bytes(data) if file_size is None else self._read_file(key, file_size))
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tasks.audio import AudioError, AudioSettings, condition
-from tasks.cache import Entry, FileHashes, ResultCache, cache_key
+from tasks.cache import Entry, FileHashes, ResultCache, cache_key_with
 from tasks.config import Params, resolve_local
 from tasks.datasets import Reject, SourceUtterance, read_dataset
 from tasks.shards import ShardWriter, read_jsonl, write_jsonl
@@ -59,8 +59,7 @@ def plan_ingest(params: Params, root: Path) -> IngestPlan:
     Raises before any audio work if a dataset path or list is unusable; a file that cannot be read
     is a reject here."""
     storages, items, rejects = {}, [], []
-    settings = asdict(audio_settings(params))
-    libs = library_versions()
+    key = cache_key_with(stage=VERSION, audio=asdict(audio_settings(params)), libs=library_versions())
     memo = FileHashes.in_dir(resolve_local(root, params.runtime.cache_dir))  # unchanged files are not re-read
     for ds in params.datasets:
         storage, utts, bad = read_dataset(ds, root)
@@ -76,9 +75,7 @@ def plan_ingest(params: Params, root: Path) -> IngestPlan:
                 rejects.append(Reject(utt.source, f"cannot read audio file: {err.strerror or err}", utt.utt_id))
                 continue
             # (`source_sha256` keeps its name so that local corpora keep their cache keys.)
-            key = cache_key(stage=VERSION, source_sha256=digest, name=Path(utt.audio).suffix.lower(),
-                            audio=settings, libs=libs)
-            items.append(IngestItem(utt, key))
+            items.append(IngestItem(utt, key(source_sha256=digest, name=Path(utt.audio).suffix.lower())))
     return IngestPlan(storages, items, rejects)
 
 

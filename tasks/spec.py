@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.cache import Entry, ResultCache, cache_key
+from tasks.cache import Entry, ResultCache, cache_key_with
 from tasks.config import Params
 from tasks.shards import RecordReader, ShardWriter, read_record, write_jsonl
 from tasks.storage import atomic_write_bytes
@@ -51,8 +51,8 @@ class SpecItem:
 def plan_spec(rows: list[dict[str, Any]], params: Params) -> list[SpecItem]:
     from importlib.metadata import version
 
-    deps = {"stft": stft_settings(params), "torch": version("torch")}
-    return [SpecItem(row, cache_key(stage=VERSION, audio=row["sha256"], **deps)) for row in rows]
+    key = cache_key_with(stage=VERSION, stft=stft_settings(params), torch=version("torch"))
+    return [SpecItem(row, key(audio=row["sha256"])) for row in rows]
 
 
 def spectrograms(pcm: np.ndarray, p):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.cache import Entry, ResultCache, cache_key
+from tasks.cache import Entry, ResultCache, cache_key_with
 from tasks.config import LanguageConfig, Params
 from tasks.datasets import Reject
 from tasks.frontends import backend_info, g2p, normalize, normalizer_version
@@ -52,8 +52,8 @@ def plan_text(rows: list[dict[str, Any]], params: Params, root: Path) -> list[Te
         deps[code] = {"normalizer": lang.normalizer, "g2p": lang.g2p, "g2p_options": lang.g2p_options,
                       "versions": [backend_info(lang.g2p)[1], normalizer_version(lang.normalizer)],
                       "tokenizer": fingerprint(root, lang.bert, tokenizer_only=True)}
-    return [TextItem(row, cache_key(stage=VERSION, text=row["text"], libs=libs, **deps[row["language"]]))
-            for row in rows]
+    keyers = {code: cache_key_with(stage=VERSION, libs=libs, **d) for code, d in deps.items()}
+    return [TextItem(row, keyers[row["language"]](text=row["text"])) for row in rows]
 
 
 def check_alignment(language: str, phones: list[str], tones: list[int], word2ph: list[int],

@@ -5,10 +5,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from tasks.cache import FILE_BYTES, CacheError, Entry, ResultCache, cache_key
+from tasks.cache import FILE_BYTES, CacheError, Entry, ResultCache, cache_key, cache_key_with
 
 
 def test_a_key_depends_on_every_part_and_not_on_their_order():
@@ -122,3 +123,11 @@ def test_a_model_fingerprint_is_the_same_with_and_without_the_memo(tmp_path):
     from tasks.hf import _hash_folder
     _hash_folder.cache_clear()
     assert fingerprint(tmp_path, bert, memo=tmp_path / "cache") != plain
+
+
+def test_keys_with_fixed_parts_are_the_keys_of_all_parts():
+    fixed = {"stage": "x-1", "libs": {"b": "2.0", "a": "ü"}, "stft": {"n_fft": 1024, "fmax": None}, "p": Path("a/b")}
+    keyer = cache_key_with(**fixed)
+    for parts in [{"text": "こんにちは", "word2ph": [1, 2, 3]}, {"audio": "ab" * 32}, {}, {"a": {"z": 1, "y": [0.5]}}]:
+        assert keyer(**parts) == cache_key(**fixed, **parts)
+    assert keyer(text="a") != keyer(text="b")
