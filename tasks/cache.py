@@ -38,6 +38,8 @@ class CacheError(RuntimeError):
 
 
 def _canonical(value: Any) -> str:
+    if isinstance(value, str):  # what dumps writes for a str, without building an encoder per call
+        return json.encoder.encode_basestring(value)
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -197,6 +199,7 @@ class FileHashes:
 
     def __init__(self, path: Path):
         self._db = ResultCache(path)
+        self._folders: dict[str, dict[str, str]] = {}  # folder -> {path: meta JSON} of what is remembered
 
     @classmethod
     def in_dir(cls, cache_dir: Path) -> "FileHashes":
@@ -206,9 +209,24 @@ class FileHashes:
         path = os.path.abspath(path)  # not resolve(): a realpath per file was most of a 10k-file plan
         st = os.stat(path)
         stat = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-        known = self._db.get(path)
-        if known is not None and known.meta["stat"] == stat:
-            return known.meta["sha256"]
+        known = self._known(path)
+        if known is not None:
+            meta = json.loads(known)
+            if meta["stat"] == stat:
+                return meta["sha256"]
         digest = file_sha256(Path(path))
-        self._db.put_many([(path, Entry({"stat": stat, "sha256": digest}, b""))])
+        entry = Entry({"stat": stat, "sha256": digest}, b"")
+        self._db.put_many([(path, entry)])
+        self._known(path)  # the folder's rows are loaded: remember this one there too
+        self._folders[os.path.dirname(path) + "/"][path] = json.dumps(entry.meta)
         return digest
+
+    def _known(self, path: str) -> Optional[str]:
+        """The remembered meta of `path`. A corpus's files are looked up thousands at a time, so the
+        rows of a whole folder come in one range query ('/' + 1 is '0')."""
+        folder = os.path.dirname(path) + "/"
+        if folder not in self._folders:
+            rows = self._db._conn().execute("SELECT key, meta FROM results WHERE key >= ? AND key < ?",
+                                            (folder, folder[:-1] + "0"))
+            self._folders[folder] = {key: meta for key, meta in rows if os.path.dirname(key) + "/" == folder}
+        return self._folders[folder].get(path)

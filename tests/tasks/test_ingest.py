@@ -184,3 +184,29 @@ def test_source_hashes_are_remembered_by_stat_and_a_changed_file_is_hashed_again
     os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10**9))  # even within one mtime tick
     second = {i.utt.utt_id: i.key for i in plan_ingest(params, tmp_path).items}
     assert [u for u in first if first[u] != second[u]] == [f"lj/wavs/{wav.stem}"]
+
+
+def test_utterance_ids_are_the_audio_paths_without_suffix_as_pathlib_has_them():
+    import itertools
+    from pathlib import PurePosixPath
+
+    from tasks.datasets import _stem
+
+    def pathlib_stem(audio):
+        try:
+            return str(PurePosixPath(audio.replace("\\", "/")).with_suffix("")).lstrip("/")
+        except ValueError as err:
+            return f"error: {err}"
+
+    def stem(audio):
+        try:
+            return _stem(audio)
+        except ValueError as err:
+            return f"error: {err}"
+
+    parts = ["a", ".", "/", "\\", "x.wav", "..", "é"]
+    for n in range(1, 5):
+        for combo in itertools.product(parts, repeat=n):
+            audio = "".join(combo)
+            assert stem(audio) == pathlib_stem(audio), audio
+    assert _stem("wavs/LJ001-0001.wav") == "wavs/LJ001-0001" and _stem("a.b/c.tar.gz") == "a.b/c.tar"
