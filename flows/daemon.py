@@ -259,29 +259,27 @@ class Daemon:
         from tasks import spec
 
         os.chdir(self.root)
-        _preload()
-        # Long-lived children start now, with the daemon's stdout and stderr: started during a command
-        # they would hold its client's pipes open (and a caller reading them to the end would hang).
-        spec.keep_worker_processes()
-        _start_prefect_client()
-        self.code = CodeState()
-        server = self.listen()
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        signal.signal(signal.SIGINT, self._on_sigint)
-        self.log(f"serving {self.root} (pid {os.getpid()}, socket {self.path}); stop with Ctrl-C or "
-                 "`vitsflow daemon --stop`")
+        server = self.listen()  # first: a second daemon for this folder stops here, before the imports
         restart = False
         try:
-            while not self.stopping:
+            _preload()
+            # Long-lived children start now, with the daemon's stdout and stderr: started during a
+            # command they would hold its client's pipes open (a caller reading them to the end would hang).
+            spec.keep_worker_processes()
+            _start_prefect_client()
+            self.code = CodeState()
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self.log(f"serving {self.root} (pid {os.getpid()}, socket {self.path}); stop with Ctrl-C or "
+                     "`vitsflow daemon --stop`")
+            while not self.stopping and not restart:
                 conn, _ = server.accept()
                 with conn:
-                    restart = self.handle(conn)
                     try:
+                        restart = self.handle(conn)
                         conn.shutdown(socket.SHUT_RDWR)  # wakes the watcher thread
-                    except OSError:
-                        pass
-                if restart:
-                    break
+                    except OSError as err:  # a client gone mid-exchange costs it its answer, nothing more
+                        self.log(f"connection lost: {err}")
         except KeyboardInterrupt:
             pass
         finally:
@@ -327,10 +325,7 @@ class Daemon:
         code = self.run(conn, request["argv"], fds)
         self.served += 1
         self.log(f"{' '.join(request['argv'][:1])}: exit {code}, {time.perf_counter() - started:.1f} s")
-        try:
-            _send(conn, {"exit": code})
-        except OSError:
-            pass
+        _send(conn, {"exit": code})
         return False
 
     def refusal(self, request: dict[str, Any], n_fds: int) -> Optional[str]:
