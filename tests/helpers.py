@@ -75,6 +75,25 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) 
     return proc.stdout + proc.stderr
 
 
+def sigkill_once_cached(proc: subprocess.Popen, db: Path, at_least: int) -> int:
+    """SIGKILL a running stage as soon as its cache `db` holds `at_least` results; returns how many
+    it held then (fewer if the stage ended first)."""
+    import signal
+    import time
+
+    from tasks.cache import ResultCache
+
+    done = 0
+    while proc.poll() is None:
+        time.sleep(0.01)
+        done = len(ResultCache(db)) if db.exists() else 0
+        if done >= at_least:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    return done
+
+
 def edit_params(root: Path, edit) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     edit(params)

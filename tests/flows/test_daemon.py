@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tasks.cache import ResultCache
-from tests.helpers import aishell_bv2_list, ljspeech_subset, write_params
+from tests.helpers import aishell_bv2_list, ljspeech_subset, sigkill_once_cached, write_params
 
 REPO = Path(__file__).resolve().parents[2]
 VITSFLOW = str(Path(sys.executable).with_name("vitsflow"))
@@ -128,14 +128,7 @@ def test_a_killed_client_interrupts_its_command_and_a_rerun_resumes(project):
     proc = subprocess.Popen([VITSFLOW, "bert", "-p", "killed.yaml", "--out", "data/bert_killed"], cwd=root,
                             env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = root / ".cache/killed/bert.sqlite"
-    done = 0
-    while proc.poll() is None:
-        time.sleep(0.01)
-        done = len(ResultCache(db)) if db.exists() else 0
-        if done >= 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
+    done = sigkill_once_cached(proc, db, 2)
     assert proc.returncode == -signal.SIGKILL and 2 <= done < total, (proc.returncode, done, total)
     served(root, env)  # answers once the interrupted command has stopped
     stopped_at = len(ResultCache(db))

@@ -4,13 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tasks.cache import ResultCache
-from tests.helpers import aishell_bv2_list, write_params
+from tests.helpers import aishell_bv2_list, sigkill_once_cached, write_params
 
 
 def vitsflow(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
@@ -56,14 +55,7 @@ def test_a_killed_bert_stage_resumes_and_matches_an_uninterrupted_run(project):
 
     proc = vitsflow(["bert", "--params", "killed.yaml", "--out", "data/bert"], root, env)
     db = root / ".cache/killed/bert.sqlite"
-    done = 0
-    while proc.poll() is None:
-        time.sleep(0.02)
-        done = len(ResultCache(db)) if db.exists() else 0
-        if done >= 5:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
+    done = sigkill_once_cached(proc, db, 5)
     assert proc.returncode == -signal.SIGKILL and 5 <= done < total, (proc.returncode, done, total)
     assert not (root / "data/bert").exists()  # nothing half-written under the real name
 
