@@ -123,10 +123,13 @@ def forward(argv: list[str]) -> Optional[int]:
     if conn is None:
         return None
     with conn:
-        _send(conn, {"argv": argv, "cwd": cwd, "python": sys.executable, "env": env_digest(dict(os.environ))},
-              fds=(1, 2))
-        reader = conn.makefile("rb")
-        reply = _read_line(reader)
+        try:
+            _send(conn, {"argv": argv, "cwd": cwd, "python": sys.executable, "env": env_digest(dict(os.environ))},
+                  fds=(1, 2))
+            reader = conn.makefile("rb")
+            reply = _read_line(reader)
+        except OSError:  # the daemon went away before taking the command
+            return None
         if reply is None or not reply.get("accepted"):
             if reply is not None:
                 print(f"vitsflow: daemon: {reply.get('reason')}; running the command here", file=sys.stderr)
@@ -135,6 +138,8 @@ def forward(argv: list[str]) -> Optional[int]:
             result = _read_line(reader)
         except KeyboardInterrupt:  # closing the socket interrupts the command in the daemon
             return 130
+        except OSError:
+            result = None
     if result is None:
         print("vitsflow: the daemon stopped during the command", file=sys.stderr)
         return 1

@@ -125,7 +125,8 @@ def test_commands_the_daemon_must_not_run_run_on_their_own(project):
 def test_a_killed_client_interrupts_its_command_and_a_rerun_resumes(project):
     root, env = project
     total = len((root / "data_cold/bert/index.jsonl").read_text().splitlines())
-    proc = subprocess.Popen([VITSFLOW, "bert", "-p", "killed.yaml", "--out", "data/bert_killed"], cwd=root,
+    killed = [VITSFLOW, "bert", "-p", "killed.yaml", "--in", "data_cold/text", "--out", "data/bert_killed"]
+    proc = subprocess.Popen(killed, cwd=root,
                             env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = root / ".cache/killed/bert.sqlite"
     done = sigkill_once_cached(proc, db, 2)
@@ -134,7 +135,7 @@ def test_a_killed_client_interrupts_its_command_and_a_rerun_resumes(project):
     stopped_at = len(ResultCache(db))
     assert stopped_at < total and not (root / "data/bert_killed").exists()
 
-    out = call([VITSFLOW, "bert", "-p", "killed.yaml", "--out", "data/bert_killed"], root, env)
+    out = call(killed, root, env)
     assert out.returncode == 0, out.stderr
     assert f"({total - stopped_at} computed" in out.stderr  # the finished part was not recomputed
     assert digests(root / "data/bert_killed") == digests(root / "data_cold/bert")
