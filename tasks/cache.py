@@ -8,9 +8,9 @@ The cache lives outside DVC's outs (it is a speed-up, not an artifact): deleting
 
 Payloads of 64 KiB and more (PCM, spectrograms) live in files beside the database, in
 `<name>.blobs/`: SQLite writes a large blob twice (WAL, then checkpoint) and a file is written once
-(108 MB of spectrograms in 16-utterance commits: 0.35 s into SQLite, 0.04 s as files). A payload file is complete (temp file, then rename)
-before the row naming it commits, so a row always has its file; a file without a row (a SIGKILL
-between the two) is rewritten by the next run.
+(108 MB of spectrograms in 16-utterance commits: 0.35 s into SQLite, 0.04 s as files). A payload
+file is complete (temp file, then rename) before the row naming it commits, so a row always has
+its file; a file without a row (a SIGKILL between the two) is rewritten by the next run.
 """
 from __future__ import annotations
 
@@ -209,24 +209,23 @@ class FileHashes:
         path = os.path.abspath(path)  # not resolve(): a realpath per file was most of a 10k-file plan
         st = os.stat(path)
         stat = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-        known = self._known(path)
-        if known is not None:
-            meta = json.loads(known)
+        known = self._folder(path)
+        if path in known:
+            meta = json.loads(known[path])
             if meta["stat"] == stat:
                 return meta["sha256"]
         digest = file_sha256(Path(path))
         entry = Entry({"stat": stat, "sha256": digest}, b"")
         self._db.put_many([(path, entry)])
-        self._known(path)  # the folder's rows are loaded: remember this one there too
-        self._folders[os.path.dirname(path) + "/"][path] = json.dumps(entry.meta)
+        known[path] = json.dumps(entry.meta)
         return digest
 
-    def _known(self, path: str) -> Optional[str]:
-        """The remembered meta of `path`. A corpus's files are looked up thousands at a time, so the
-        rows of a whole folder come in one range query ('/' + 1 is '0')."""
+    def _folder(self, path: str) -> dict[str, str]:
+        """{path: meta JSON} remembered for the files beside `path`. A corpus's files are looked up
+        thousands at a time, so a whole folder's rows come in one range query ('/' + 1 is '0')."""
         folder = os.path.dirname(path) + "/"
         if folder not in self._folders:
             rows = self._db._conn().execute("SELECT key, meta FROM results WHERE key >= ? AND key < ?",
                                             (folder, folder[:-1] + "0"))
             self._folders[folder] = {key: meta for key, meta in rows if os.path.dirname(key) + "/" == folder}
-        return self._folders[folder].get(path)
+        return self._folders[folder]

@@ -148,7 +148,8 @@ def fingerprint_dataset(ds: DatasetConfig, root: Path, memo: Optional["FileHashe
     if isinstance(storage, S3Storage):
         files = [{"path": k, "size": size, "etag": etag} for k, size, etag in sorted(storage.list_versions())]
     else:
-        files = [{"path": key, "size": storage.size(key), "sha256": storage.content_id(key, memo)} for key in storage.list()]
+        files = [{"path": key, "size": storage.size(key), "sha256": storage.content_id(key, memo)}
+                 for key in storage.list()]
     return {"dataset": ds.name, "format": ds.format, "files": files}
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -22,16 +21,33 @@ _models: dict[tuple, object] = {}
 TOKENIZER_FILE_HINTS = ("token", "vocab", "spm", "merges", "special", "sentencepiece", "bpe")
 
 
-@lru_cache(maxsize=32)
-def _hash_folder(folder: str, tokenizer_only: bool, memo: Optional[str]) -> str:
-    hashes = FileHashes.in_dir(Path(memo)) if memo else None
-    h = hashlib.sha256()
+def _model_files(folder: str, tokenizer_only: bool) -> tuple[tuple[str, int, int, int], ...]:
+    """(relative path, size, mtime_ns, inode) of each file a fingerprint covers, in its order. Cheap
+    to take on every call, and what tells a long-lived process (flows/daemon.py) that a model folder
+    changed under the same name."""
+    files = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
         if tokenizer_only and not any(hint in rel.lower() for hint in TOKENIZER_FILE_HINTS):
             continue
-        h.update(f"{rel}\0{hashes.sha256(path) if hashes else file_sha256(path)}\n".encode())
-    return h.hexdigest()
+        st = path.stat()
+        files.append((rel, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(files)
+
+
+_folder_hashes: dict[tuple, str] = {}  # (folder, _model_files) -> fingerprint: a process hashes a state once
+
+
+def _hash_folder(folder: str, files: tuple[tuple[str, int, int, int], ...], memo: Optional[str]) -> str:
+    """The files' fingerprint. `memo` only saves reading them, so it is not part of the key."""
+    if (folder, files) not in _folder_hashes:
+        hashes = FileHashes.in_dir(Path(memo)) if memo else None
+        h = hashlib.sha256()
+        for rel, *_ in files:
+            path = Path(folder) / rel
+            h.update(f"{rel}\0{hashes.sha256(path) if hashes else file_sha256(path)}\n".encode())
+        _folder_hashes[(folder, files)] = h.hexdigest()
+    return _folder_hashes[(folder, files)]
 
 
 def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False, memo: Optional[Path] = None) -> str:
@@ -39,7 +55,7 @@ def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False, memo
     cache folder: FileHashes) each file's hash is remembered by its stat, not recomputed every run."""
     where = resolve_model_path(root, bert.model)
     if Path(where).is_dir():
-        return _hash_folder(where, tokenizer_only, str(memo) if memo else None)
+        return _hash_folder(where, _model_files(where, tokenizer_only), str(memo) if memo else None)
     return f"{bert.model}@{bert.revision or 'main'}"
 
 
@@ -62,14 +78,15 @@ def tokenizer_for(root: Path, bert: BertConfig):
 
 
 def encoder_for(root: Path, bert: BertConfig, device: str):
-    """(encoder, index into its hidden_states of `bert.layer`), loaded once per process and shared.
+    """(encoder, index into its hidden_states of `bert.layer`), loaded once per process and shared,
+    and again when the model's files change (keyed by their fingerprint, not the model's name).
 
     Layers above the one we read cannot change it, so they are cut off: upstream's
     hidden_states[-3] of a 6-layer model skips a third of the compute this way."""
     import torch
 
     _, auto_model = _transformers()
-    key = (bert.model, bert.revision, bert.layer, device)
+    key = (fingerprint(root, bert), bert.layer, device)
     with _lock:
         if key not in _models:
             # No remote code: a model that needs it is refused by transformers.

@@ -9,10 +9,11 @@ target (and at the latest at four times the target). A boundary so depends only 
 around it, and adding utterances to one dataset changes the shard they land in, not the shards
 after them. (The minimum is small on purpose: with half the target, the boundaries after an
 insertion took several shards to fall back into step, and a 1% addition rewrote a quarter of the
-spectrogram shards.) A shard that comes out the same as in the
-previous outs (`shards.json`: size, sha256 and, for cached records, the recipe of cache keys it was
-built from) is hard-linked from there instead of written: its file keeps its inode and mtime, so
-DVC (with `persist: true` outs) neither re-hashes nor re-caches it. The layout is a function of the records alone, never of what was there before.
+spectrogram shards.) A shard that comes out the same as in the previous outs (`shards.json`: size,
+sha256 and, for cached records, the recipe of cache keys it was built from) is hard-linked from
+there instead of written: its file keeps its inode and mtime, so DVC (with `persist: true` outs)
+neither re-hashes nor re-caches it. The layout is a function of the records alone, never of what
+was there before.
 """
 from __future__ import annotations
 

@@ -74,3 +74,21 @@ def test_the_other_language_slots_are_filled_with_zeros():
     inputs = slot_inputs({"dims": {"zh": 384, "ja": 384, "en": 384}}, {"slot": "ja"}, feats)
     assert set(inputs) == set(SLOTS) and inputs["ja"] is feats
     assert not inputs["zh"].any() and not inputs["en"].any() and inputs["en"].shape == (384, 7)
+
+
+def test_a_long_lived_process_reloads_an_encoder_whose_files_changed(tmp_path, minilm_path):
+    """The daemon (flows/daemon.py) outlives a model replaced under the same path: the loaded
+    encoder must follow the files, not the name."""
+    import shutil
+
+    from tasks.config import BertConfig
+    from tasks.hf import encoder_for, fingerprint
+
+    shutil.copytree(minilm_path, tmp_path / "bert")
+    bert = BertConfig(model=str(tmp_path / "bert"), layer=-3)
+    first, again = encoder_for(tmp_path, bert, "cpu"), encoder_for(tmp_path, bert, "cpu")
+    assert again[0] is first[0]
+    before = fingerprint(tmp_path, bert)
+    (tmp_path / "bert" / "README.md").write_text("retrained\n")
+    assert fingerprint(tmp_path, bert) != before
+    assert encoder_for(tmp_path, bert, "cpu")[0] is not first[0]
