@@ -31,6 +31,7 @@ other's uid (SO_PEERCRED) before handing over anything.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -273,6 +274,9 @@ class Daemon:
             spec.keep_worker_processes()
             _start_prefect_client()
             self.code = CodeState()
+            # The imports' few hundred thousand objects live as long as the daemon: out of the
+            # collector's sight, a command's collections stop walking them (0.1-0.3 s per stage at 10k utterances).
+            gc.freeze()
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             signal.signal(signal.SIGINT, self._on_sigint)
             self.log(f"serving {self.root} (pid {os.getpid()}, socket {self.path}); stop with Ctrl-C or "

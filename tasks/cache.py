@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from tasks.shards import loads_json
 from tasks.storage import file_sha256
 
 # file_size: NULL when the payload is `data`, else the size of its payload file (and `data` is empty)
@@ -38,8 +39,11 @@ class CacheError(RuntimeError):
 
 
 def _canonical(value: Any) -> str:
-    if isinstance(value, str):  # what dumps writes for a str, without building an encoder per call
+    # What dumps writes for a str or a list of ints (word2ph), without building an encoder per call.
+    if isinstance(value, str):
         return json.encoder.encode_basestring(value)
+    if type(value) is list and all(type(v) is int for v in value):
+        return "[" + ",".join(map(str, value)) + "]"
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -120,7 +124,7 @@ class ResultCache:
     def iter_sizes(self, keys: Iterable[str]) -> Iterator[tuple[str, dict[str, Any], int]]:
         """(key, meta, payload size) of each key, without reading a payload."""
         for key, (meta, size) in self._rows(keys, "COALESCE(file_size, length(data))"):
-            yield key, json.loads(meta), size
+            yield key, loads_json(meta), size
 
     def _rows(self, keys: Iterable[str], columns: str) -> Iterator[tuple[str, tuple]]:
         """(key, (meta, *columns)) in the order of `keys`, fetched 500 at a time (one query per key
@@ -186,7 +190,7 @@ class ResultCache:
 
     def iter_entries(self, keys: Iterable[str]) -> Iterator[tuple[str, Entry]]:
         for key, (meta, data, file_size) in self._rows(keys, "data, file_size"):
-            yield key, Entry(json.loads(meta), bytes(data) if file_size is None else self._read_file(key, file_size))
+            yield key, Entry(loads_json(meta), bytes(data) if file_size is None else self._read_file(key, file_size))
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM results").fetchone()[0]
@@ -211,7 +215,7 @@ class FileHashes:
         stat = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
         known = self._folder(path)
         if path in known:
-            meta = json.loads(known[path])
+            meta = loads_json(known[path])
             if meta["stat"] == stat:
                 return meta["sha256"]
         digest = file_sha256(Path(path))

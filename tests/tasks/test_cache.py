@@ -130,3 +130,21 @@ def test_keys_with_fixed_parts_are_the_keys_of_all_parts():
     for parts in [{"text": "こんにちは", "word2ph": [1, 2, 3]}, {"audio": "ab" * 32}, {}, {"a": {"z": 1, "y": [0.5]}}]:
         assert keyer(**parts) == cache_key(**fixed, **parts)
     assert keyer(text="a") != keyer(text="b")
+
+
+def test_keys_stay_the_sha256_of_canonical_json_so_existing_caches_keep_their_keys():
+    import hashlib
+    import json
+
+    for parts in [{"word2ph": [1, 2, 3], "text": "naïve \"q\" \\ \n"}, {"w": [True, 1]}, {"w": [1, "2"]}, {"w": []},
+                  {"w": [-7, 10**20]}, {"f": [1.0, 2]}, {"d": {"b": [2], "a": None}}, {"p": Path("x/y")}]:
+        canonical = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+        assert cache_key(**parts) == hashlib.sha256(canonical.encode()).hexdigest(), parts
+
+
+def test_metadata_only_json_reads_still_reads_back(tmp_path):
+    cache = ResultCache(tmp_path / "c.sqlite")
+    cache.put_many([("nan", Entry({"x": float("nan"), "y": [1.5]}, b"")), ("ok", Entry({"n": 2**62}, b""))])
+    (_, nan), (_, ok) = cache.iter_entries(["nan", "ok"])
+    assert nan.meta["x"] != nan.meta["x"] and nan.meta["y"] == [1.5] and ok.meta == {"n": 2**62}
+    assert [meta for _, meta, _ in cache.iter_sizes(["ok"])] == [{"n": 2**62}]

@@ -154,3 +154,20 @@ def test_transfer_config_and_storage_from_config(tmp_path, monkeypatch):
     assert isinstance(local, LocalStorage) and local.root == tmp_path / "store"
     monkeypatch.setenv("VITSFLOW_STORAGE_URI", f"file://{tmp_path}/other")
     assert storage_from_config(StorageConfig(), tmp_path).root == tmp_path / "other"
+
+
+def test_local_sizes_and_hashes_are_the_same_by_relative_absolute_or_unnormalised_key(tmp_path):
+    from tasks.cache import FileHashes
+    from tasks.storage import file_sha256
+
+    store = LocalStorage(tmp_path / "ds")
+    store.write_bytes("wavs/a.wav", b"RIFF1234")
+    (tmp_path / "ds" / "wavs" / "sub").mkdir()
+    memo = FileHashes.in_dir(tmp_path / "cache")
+    digest = file_sha256(tmp_path / "ds" / "wavs" / "a.wav")
+    for key in ("wavs/a.wav", "./wavs//a.wav", str(tmp_path / "ds" / "wavs" / "a.wav")):
+        assert store.size(key) == 8
+        assert store.content_id(key) == store.content_id(key, memo) == digest
+    for missing in ("wavs/nope.wav", "wavs/sub"):  # a folder is not a file either
+        with pytest.raises(FileNotFoundError, match=missing.split("/")[-1]):
+            store.size(missing)
