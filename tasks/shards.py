@@ -198,19 +198,22 @@ def read_pcm(shard_dir: Path, loc: dict[str, Any]) -> np.ndarray:
         return reader.pcm(loc)
 
 
-def jsonl_encoder() -> json.JSONEncoder:
-    """The encoder of every JSON-lines row: json.dumps(row, ensure_ascii=False, sort_keys=True), without
-    building an encoder per row (a stage writes a row per utterance of the corpus on every run)."""
-    return json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+def jsonl_row(row: dict[str, Any]) -> bytes:
+    """One JSON-lines row: compact, keys sorted, UTF-8 (orjson: a tenth of json.dumps's time, and a
+    stage writes a row per utterance of the corpus on every run). NaN and Infinity, which orjson
+    would write as null, are refused, as json.dumps(allow_nan=False) does."""
+    line = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+    if b"null" in line:  # a None, or a NaN written as one: json tells them apart
+        json.dumps(row, allow_nan=False)
+    return line
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     """Write rows as JSON lines atomically; returns the row count."""
     from tasks.storage import atomic_write_bytes
 
-    encode = jsonl_encoder().encode
-    lines = [encode(r) for r in rows]
-    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
+    lines = [jsonl_row(r) for r in rows]
+    atomic_write_bytes(Path(path), b"\n".join(lines) + b"\n" if lines else b"")
     return len(lines)
 
 

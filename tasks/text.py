@@ -20,7 +20,7 @@ from tasks.frontends import backend_info, g2p, normalize, normalizer_version
 from tasks.hf import fingerprint, tokenizer_for
 from tasks.frontends.symbols import BASE_LANGUAGE_IDS, BASE_SYMBOLS, SymbolTable
 from tasks.ingest import reason_kind
-from tasks.shards import ShardWriter, jsonl_encoder, write_jsonl
+from tasks.shards import ShardWriter, jsonl_row, write_jsonl
 from tasks.storage import atomic_write_bytes
 
 # Bump when the stage's own logic changes its outputs (frontends carry their own VERSION).
@@ -118,7 +118,6 @@ def assemble(items: list[TextItem], cache: ResultCache, out_dir: Path, params: P
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rejects, counts, phones_by_language = [], Counter(), {}
-    encode = jsonl_encoder().encode
     with ShardWriter(tmp, "text", ".jsonl", params.text.shard_mb * 2**20, reuse_from=out_dir) as shards:
         for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
             row, meta = item.row, entry.meta
@@ -128,7 +127,7 @@ def assemble(items: list[TextItem], cache: ResultCache, out_dir: Path, params: P
             counts[row["language"]] += 1
             phones_by_language.setdefault(row["language"], set()).update(meta["phones"])
             out = {k: row[k] for k in ("id", "language", "speaker", "split")} | meta
-            shards.append((encode(out) + "\n").encode("utf-8"), row["id"])
+            shards.append(jsonl_row(out) + b"\n", row["id"])
     table = symbol_table(params, phones_by_language)
     frontends = {code: backend_info(lang.g2p)[1] for code, lang in params.languages.items()}
     atomic_write_bytes(tmp / "symbols.json", json.dumps({**table.to_json(), "frontends": frontends}, indent=1,

@@ -130,3 +130,17 @@ def test_a_cached_record_of_another_size_than_announced_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="3 bytes, 4 were announced"):
         with ShardWriter(tmp_path / "out", "s", ".bin", TARGET) as w:
             w.append_cached(4, "utt", "key", lambda: b"abc")
+
+
+def test_jsonl_rows_are_sorted_compact_utf8_and_read_back_and_nan_is_refused(tmp_path):
+    import math
+
+    from tasks.shards import jsonl_row, read_jsonl, write_jsonl
+
+    rows = [{"b": "ça\n\"null\"", "a": [1, 2.5], "c": None}, {"z": {"y": 1, "x": -0.125}}]
+    assert jsonl_row(rows[0]) == '{"a":[1,2.5],"b":"ça\\n\\"null\\"","c":null}'.encode()
+    assert write_jsonl(tmp_path / "r.jsonl", rows) == 2
+    assert list(read_jsonl(tmp_path / "r.jsonl")) == rows
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError):
+            jsonl_row({"x": [1.0, bad]})
