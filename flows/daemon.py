@@ -274,8 +274,8 @@ class Daemon:
             spec.keep_worker_processes()
             _start_prefect_client()
             self.code = CodeState()
-            # The imports' few hundred thousand objects live as long as the daemon: out of the
-            # collector's sight, a command's collections stop walking them (0.1-0.3 s per stage at 10k utterances).
+            # The imports' ~400k objects live as long as the daemon: frozen, the collections a command
+            # triggers stop walking them (bert with nothing new at 10.9k utterances: 0.7-0.9 s, frozen 0.55 s).
             gc.freeze()
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             signal.signal(signal.SIGINT, self._on_sigint)
