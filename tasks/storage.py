@@ -89,16 +89,14 @@ class LocalStorage:
         self.uri = f"file://{self.root}"
         self._root = str(self.root)
 
-    def _path(self, key: str) -> Path:
-        path = Path(key)
-        if path.is_absolute():  # lists may name absolute local files; allowed for local datasets only
-            return path
-        return self.root / path
-
     def _local(self, key: str) -> str:
-        """`_path` as a string: plans look up every file of the corpus on each run, and building
-        two Paths per file was most of a 10k-file plan."""
+        """The file of `key`, as a string: plans look up every file of the corpus on each run, and
+        building two Paths per file was most of a 10k-file plan. Lists may name absolute local
+        files; allowed for local datasets only."""
         return key if os.path.isabs(key) else os.path.join(self._root, key)
+
+    def _path(self, key: str) -> Path:
+        return Path(self._local(key))
 
     def describe(self, key: str) -> str:
         return str(self._path(key))

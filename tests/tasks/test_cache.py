@@ -142,7 +142,7 @@ def test_keys_stay_the_sha256_of_canonical_json_so_existing_caches_keep_their_ke
         assert cache_key(**parts) == hashlib.sha256(canonical.encode()).hexdigest(), parts
 
 
-def test_metadata_only_json_reads_still_reads_back(tmp_path):
+def test_metadata_with_nan_which_only_json_reads_comes_back_intact(tmp_path):
     cache = ResultCache(tmp_path / "c.sqlite")
     cache.put_many([("nan", Entry({"x": float("nan"), "y": [1.5]}, b"")), ("ok", Entry({"n": 2**62}, b""))])
     (_, nan), (_, ok) = cache.iter_entries(["nan", "ok"])
