@@ -104,7 +104,8 @@ def _send(conn: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = (
     if fds:
         sent = socket.send_fds(conn, [data], list(fds))
         data = data[sent:]
-    conn.sendall(data)
+    if data:  # an empty send to a daemon that has already answered and closed is EPIPE
+        conn.sendall(data)
 
 
 def _read_line(reader) -> Optional[dict[str, Any]]:
@@ -129,11 +130,12 @@ def forward(argv: list[str]) -> Optional[int]:
                   fds=(1, 2))
             reader = conn.makefile("rb")
             reply = _read_line(reader)
-        except OSError:  # the daemon went away before taking the command
+        except OSError as err:  # the daemon went away before taking the command
+            print(f"vitsflow: daemon: connection lost ({err}); running the command here", file=sys.stderr)
             return None
         if reply is None or not reply.get("accepted"):
-            if reply is not None:
-                print(f"vitsflow: daemon: {reply.get('reason')}; running the command here", file=sys.stderr)
+            why = "it closed the connection without an answer" if reply is None else reply.get("reason")
+            print(f"vitsflow: daemon: {why}; running the command here", file=sys.stderr)
             return None
         try:
             result = _read_line(reader)
