@@ -315,9 +315,12 @@ class Daemon:
             if not data.endswith(b"\n"):
                 data += reader.readline(MAX_HEADER)
             request = json.loads(data)
-        except (ValueError, OSError):
+            if not isinstance(request, dict):
+                raise ValueError(f"a JSON {type(request).__name__}, not an object")
+        except (ValueError, OSError) as err:
             for fd in fds:
                 os.close(fd)
+            self.log(f"dropped a request that is not a JSON object on one line: {err}")
             return False
         if "control" in request:
             if request["control"] == "stop":
@@ -329,6 +332,7 @@ class Daemon:
         if reason:
             for fd in fds:
                 os.close(fd)
+            self.log(f"{' '.join(str(a) for a in (request.get('argv') or [])[:1])}: refused ({reason})")
             _send(conn, {"accepted": False, "reason": reason})
             return reason.startswith("code changed")
         _send(conn, {"accepted": True})
@@ -341,9 +345,10 @@ class Daemon:
 
     def refusal(self, request: dict[str, Any], n_fds: int) -> Optional[str]:
         argv = request.get("argv") or []
-        if n_fds != 2 or not argv or argv[0] not in FORWARDED:
+        if (n_fds != 2 or not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)
+                or argv[0] not in FORWARDED):
             return "not a stage command"
-        if Path(request.get("cwd", "")).resolve() != self.root:
+        if not isinstance(request.get("cwd"), str) or Path(request["cwd"]).resolve() != self.root:
             return f"it serves {self.root}, not {request.get('cwd')}"
         if request.get("python") != sys.executable:
             return f"it runs {sys.executable}, not {request.get('python')}"

@@ -3,6 +3,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -106,6 +107,31 @@ def test_a_failing_command_gets_its_error_and_exit_status_and_the_daemon_goes_on
     out = call([VITSFLOW, "text", "--no-such-option"], root, env)
     assert out.returncode == 2 and "no-such-option" in out.stderr
     assert served(root, env) == before + 2
+
+
+def test_malformed_requests_are_refused_or_dropped_and_logged_and_the_daemon_goes_on(project, monkeypatch):
+    from flows import daemon
+
+    root, env = project
+    monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
+    before = served(root, env)
+    replies = []
+    null = os.open(os.devnull, os.O_WRONLY)
+    for request in (b"7\n", b"{not json\n", b'{"argv": [["ingest"]]}\n', b'{"argv": "ingest"}\n',
+                    b'{"argv": ["ingest"], "cwd": 5}\n'):
+        conn = daemon._connect(root)
+        assert conn is not None
+        with conn:
+            socket.send_fds(conn, [request], [null, null])  # as a client sends its stdout and stderr
+            replies.append(conn.makefile("rb").readline())
+    os.close(null)
+    assert replies[:2] == [b"", b""]  # dropped: not a request at all
+    assert all(b'"accepted": false' in r and b"not a stage command" in r for r in replies[2:4]), replies
+    assert b'"accepted": false' in replies[4] and b"it serves" in replies[4], replies
+    log = (root / "daemon.log").read_text()
+    assert "dropped a request that is not a JSON object on one line: a JSON int" in log
+    assert "refused (not a stage command)" in log
+    assert served(root, env) == before
 
 
 def test_commands_the_daemon_must_not_run_run_on_their_own(project):
