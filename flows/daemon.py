@@ -332,7 +332,8 @@ class Daemon:
         if reason:
             for fd in fds:
                 os.close(fd)
-            self.log(f"{' '.join(str(a) for a in (request.get('argv') or [])[:1])}: refused ({reason})")
+            argv = request.get("argv")
+            self.log(f"{argv[0] if isinstance(argv, list) and argv else 'a request'}: refused ({reason})")
             _send(conn, {"accepted": False, "reason": reason})
             return reason.startswith("code changed")
         _send(conn, {"accepted": True})

@@ -116,15 +116,14 @@ def test_malformed_requests_are_refused_or_dropped_and_logged_and_the_daemon_goe
     monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
     before = served(root, env)
     replies = []
-    null = os.open(os.devnull, os.O_WRONLY)
-    for request in (b"7\n", b"{not json\n", b'{"argv": [["ingest"]]}\n', b'{"argv": "ingest"}\n',
-                    b'{"argv": ["ingest"], "cwd": 5}\n'):
-        conn = daemon._connect(root)
-        assert conn is not None
-        with conn:
-            socket.send_fds(conn, [request], [null, null])  # as a client sends its stdout and stderr
-            replies.append(conn.makefile("rb").readline())
-    os.close(null)
+    with open(os.devnull, "wb") as null:
+        for request in (b"7\n", b"{not json\n", b'{"argv": [["ingest"]]}\n', b'{"argv": "ingest"}\n',
+                        b'{"argv": ["ingest"], "cwd": 5}\n'):
+            conn = daemon._connect(root)
+            assert conn is not None
+            with conn:
+                socket.send_fds(conn, [request], [null.fileno()] * 2)  # as a client sends stdout and stderr
+                replies.append(conn.makefile("rb").readline())
     assert replies[:2] == [b"", b""]  # dropped: not a request at all
     assert all(b'"accepted": false' in r and b"not a stage command" in r for r in replies[2:4]), replies
     assert b'"accepted": false' in replies[4] and b"it serves" in replies[4], replies
