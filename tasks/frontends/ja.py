@@ -1,13 +1,23 @@
-"""Japanese frontend: upstream Bert-VITS2 2.3 `text/japanese.py` rules on pyopenjtalk(-plus).
+"""Japanese frontend: the behaviour of upstream Bert-VITS2 2.3's `text/japanese.py`, on pyopenjtalk-plus.
 
-`normalize` turns raw text into kana/kanji/Latin/Greek plus the kept punctuation; `g2p` splits
-it into OpenJTalk words, reads each word's katakana pronunciation as phones (long vowels as a
-repeated vowel, `ッ` as `q`, `ン` as `N`), takes 0/1 pitch-accent tones from OpenJTalk's
-full-context labels and spreads each word's phones over the BERT tokens of that word.
+Measured against upstream's own output (`tests/data/upstream_bv2_23/ja.json`, 102 sentences):
+see `tests/tasks/frontends/test_upstream_gold.py` and the README's frontend section.
+
+- `normalize`: NFKC, numbers read by num2words (`1,000` -> 千, `$5` -> 五ドル), punctuation mapped onto
+  `! ? … , . ' -` and everything that is not kana, kanji, `々` or that punctuation deleted (Latin
+  letters and `%` included, as upstream does).
+- `g2p`: OpenJTalk's words; each word's katakana reading becomes phones through the kana table
+  below (upstream's `hiragana2p`: `ン` is `n`, `ッ` `q`, a long vowel repeats its vowel); 0/1 tones
+  from OpenJTalk's accent labels (upstream's `get_accent` + `align_tones`); each word's phones are
+  spread over that word's tokens (`distribute_phone`).
+
+Where upstream raises (a phone outside the symbol table, a tone outside 0/1) `g2p` raises a
+`ValueError` saying so, and the `text` stage rejects the sentence. Where upstream's word-by-word
+tokenisation cannot add up to the whole text's tokens (a WordPiece tokenizer such as the demo's
+MiniLM, not upstream's character tokenizer), word2ph follows the whole text's tokens instead.
 """
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from typing import Any
@@ -15,261 +25,231 @@ from typing import Any
 import pyopenjtalk
 from num2words import num2words
 
-from tasks.frontends.symbols import PUNCTUATION
+from tasks.frontends.symbols import BASE_SYMBOLS, PUNCTUATION
 
-VERSION = "ja-1"
+VERSION = "ja-bv2.3-1"
 NUM_TONES = 2
 
-_PUNCT = set(PUNCTUATION)
-_LONG = "ー"
+_SYMBOLS = frozenset(BASE_SYMBOLS)
+_PUNCT = frozenset(PUNCTUATION)
 
 # --------------------------------------------------------------------------- normalisation
 
-_CURRENCY = {"$": "ドル", "¥": "円", "£": "ポンド", "€": "ユーロ"}
-_SEPARATED_NUMBER_RX = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+")
-_CURRENCY_RX = re.compile(r"([$¥£€])([0-9.]*[0-9])")
-_NUMBER_RX = re.compile(r"([0-9]+)(?:\.([0-9]+))?")
-_DIGITS = "零一二三四五六七八九"
-
-# `normalize` applies this after NFKC, where `：` and `；` have already become ASCII; upstream
-# only lists the full-width forms and so deletes colons. The full-width keys still matter for
-# OpenJTalk's word surfaces, which echo ASCII punctuation as full width (see `text_to_words`).
+# Applied left to right, earlier keys first at each position (so `・・・` wins over `・`).
 _PUNCT_MAP = {
-    ":": ",", ";": ",", "，": ",", "、": ",", "·": ",", "・": ",",
-    "。": ".", "．": ".", "\n": ".", "$": ".", "！": "!", "？": "?",
-    "…": "...", "···": "...", "・・・": "...",
-    "“": "'", "”": "'", '"': "'", "‘": "'", "’": "'", "(": "'", ")": "'", "（": "'", "）": "'",
-    "《": "'", "》": "'", "【": "'", "】": "'", "[": "'", "]": "'", "「": "'", "」": "'",
-    "『": "'", "』": "'",
-    "—": "-", "―": "-", "–": "-", "−": "-",
+    "：": ",", "；": ",", "，": ",", "。": ".", "！": "!", "？": "?", "\n": ".", "．": ".",
+    "…": "...", "···": "...", "・・・": "...", "·": ",", "・": ",", "、": ",", "$": ".",
+    "“": "'", "”": "'", '"': "'", "‘": "'", "’": "'", "（": "'", "）": "'", "(": "'", ")": "'",
+    "《": "'", "》": "'", "【": "'", "】": "'", "[": "'", "]": "'", "—": "-", "−": "-", "～": "-",
+    "~": "-", "「": "'", "」": "'",
 }  # fmt: skip
-_PUNCT_MAP_RX = re.compile("|".join(re.escape(k) for k in sorted(_PUNCT_MAP, key=len, reverse=True)))
-# Everything OpenJTalk can read, plus the kept punctuation: kana, kanji (and 々), Latin
-# letters (half and full width), Greek.
-_UNSUPPORTED_RX = re.compile(
-    "[^\u3040-\u309f\u30a0-\u30ff\u4e00-\u9fff\u3400-\u4dbf\u3005"
-    "A-Za-z\uff21-\uff3a\uff41-\uff5a\u0370-\u03ff\u1f00-\u1fff" + re.escape("".join(PUNCTUATION)) + "]+"
-)
+_PUNCT_MAP_RX = re.compile("|".join(re.escape(k) for k in _PUNCT_MAP))
+# Kept: hiragana, katakana, CJK ideographs (and extension A), 々, and the punctuation symbols.
+_DROP_RX = re.compile("[^\u3040-\u309f\u30a0-\u30ff\u4e00-\u9fff\u3400-\u4dbf\u3005" + re.escape("".join(PUNCTUATION)) + "]+")
 
-
-def _number_to_words(match: re.Match) -> str:
-    """Integer part via num2words; decimals read digit by digit ("3.05" -> 三点零五).
-
-    Upstream hands the whole decimal to num2words, which drops trailing zeros ("1.0" -> 一).
-    """
-    whole, frac = match[1], match[2]
-    words = num2words(int(whole), lang="ja")
-    return words if frac is None else words + "点" + "".join(_DIGITS[int(d)] for d in frac)
+_SEPARATED_NUMBER_RX = re.compile(r"[0-9]{1,3}(?:,[0-9]{3})+")
+_CURRENCY = {"$": "ドル", "¥": "円", "£": "ポンド", "€": "ユーロ"}
+_CURRENCY_RX = re.compile(r"([$¥£€])([0-9.]*[0-9])")
+_NUMBER_RX = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def convert_numbers(text: str) -> str:
-    """`1,000` -> 千, `$5` -> 五ドル, `50%` -> 五十パーセント, `3.5` -> 三点五."""
+    """`1,000` -> 千, `$5` -> 五ドル, `3.5` -> 三点五 (num2words reads the digit string as given)."""
     text = _SEPARATED_NUMBER_RX.sub(lambda m: m[0].replace(",", ""), text)
     text = _CURRENCY_RX.sub(lambda m: m[2] + _CURRENCY[m[1]], text)
-    text = text.replace("%", "パーセント")  # upstream deletes `%`
-    return _NUMBER_RX.sub(_number_to_words, text)
+    return _NUMBER_RX.sub(lambda m: num2words(m[0], lang="ja"), text)
 
 
 def replace_punctuation(text: str) -> str:
-    """Map punctuation onto `! ? , . ' -` (`…` becomes `...`) and drop what OpenJTalk can't read."""
-    return _UNSUPPORTED_RX.sub("", _PUNCT_MAP_RX.sub(lambda m: _PUNCT_MAP[m[0]], text))
+    """Map punctuation onto `! ? … , . ' -` and delete everything else that is not Japanese script."""
+    return _DROP_RX.sub("", _PUNCT_MAP_RX.sub(lambda m: _PUNCT_MAP[m[0]], text))
 
 
 def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)  # full-width Latin/digits/punctuation -> ASCII
-    text = convert_numbers(text)
-    # Upstream reads wave dashes (~, and ～ which NFKC made ~) as the long-vowel mark; 〜 too.
-    text = text.replace("~", _LONG).replace("〜", _LONG)
-    text = replace_punctuation(text)
-    # Combining (han)dakuten left by NFKC on e.g. "あ゛" would reach OpenJTalk bare.
-    return text.replace("\u3099", "").replace("\u309a", "")
+    text = convert_numbers(unicodedata.normalize("NFKC", text))
+    # NFKC turns a spacing dakuten into a space + combining U+3099, which survives the filter.
+    return replace_punctuation(text).replace("\u3099", "")
 
 
-# --------------------------------------------------------------------------- kana -> phones
+# --------------------------------------------------------------------------- reading -> phones
 
-# Mora -> phones, from upstream `japanese_mora_list.py` (VOICEVOX/OpenJTalk's table, ン=N,
-# ッ=q). Each row: consonant, then the kana of each vowel column a i u e o ("" = no such mora).
-# fmt: off
-_MORA_ROWS = [
-    ("",   "アイウエオ"), ("k",  "カキクケコ"), ("g",  "ガギグゲゴ"), ("s",  "サ.スセソ"),
-    ("z",  "ザ.ズゼゾ"), ("t",  "タ..テト"), ("d",  "ダ..デド"), ("n",  "ナニヌネノ"),
-    ("h",  "ハヒ.ヘホ"), ("b",  "バビブベボ"), ("p",  "パピプペポ"), ("m",  "マミムメモ"),
-    ("y",  "ヤ.ユ.ヨ"), ("r",  "ラリルレロ"), ("w",  "ワ..."), ("sh", ".シ..."), ("j",  ".ジ..."),
-    ("ch", ".チ..."), ("ts", "..ツ.."), ("f",  "..フ.."), ("v",  "..ヴ.."),
-]
-_MORA_EXTRA = {  # yōon and loan-word morae: kana -> (consonant, vowel)
-    **{f"{k}{s}": (c, v) for k, c in [("キ", "ky"), ("ギ", "gy"), ("ニ", "ny"), ("ヒ", "hy"),
-                                     ("ビ", "by"), ("ピ", "py"), ("ミ", "my"), ("リ", "ry")]
-       for s, v in [("ャ", "a"), ("ュ", "u"), ("ョ", "o"), ("ェ", "e")]},
-    **{f"{k}{s}": (c, v) for k, c in [("シ", "sh"), ("ジ", "j"), ("チ", "ch")]
-       for s, v in [("ャ", "a"), ("ュ", "u"), ("ョ", "o"), ("ェ", "e")]},
-    **{f"テ{s}": ("ty", v) for s, v in [("ャ", "a"), ("ュ", "u"), ("ョ", "o")]},
-    **{f"デ{s}": ("dy", v) for s, v in [("ャ", "a"), ("ュ", "u"), ("ョ", "o"), ("ェ", "e")]},
-    **{f"ツ{s}": ("ts", v) for s, v in [("ァ", "a"), ("ィ", "i"), ("ェ", "e"), ("ォ", "o")]},
-    **{f"フ{s}": ("f", v) for s, v in [("ァ", "a"), ("ィ", "i"), ("ェ", "e"), ("ォ", "o")]},
-    **{f"ヴ{s}": ("v", v) for s, v in [("ァ", "a"), ("ィ", "i"), ("ェ", "e"), ("ォ", "o")]},
-    **{f"ヴ{s}": ("by", v) for s, v in [("ャ", "a"), ("ュ", "u"), ("ョ", "o")]},
-    **{f"ウ{s}": ("w", v) for s, v in [("ィ", "i"), ("ェ", "e"), ("ォ", "o")]},
-    "ティ": ("t", "i"), "トゥ": ("t", "u"), "ディ": ("d", "i"), "ドゥ": ("d", "u"),
-    "スィ": ("s", "i"), "ズィ": ("z", "i"), "イェ": ("y", "e"), "クヮ": ("kw", "a"), "グヮ": ("gw", "a"),
-    # single kana outside the grid
-    "ン": ("", "N"), "ッ": ("", "q"), "ヲ": ("", "o"), "ヱ": ("", "e"), "ヰ": ("", "i"),
-    "ヂ": ("j", "i"), "ヅ": ("z", "u"), "ヶ": ("k", "e"), "ヮ": ("w", "a"),
-    "ャ": ("y", "a"), "ュ": ("y", "u"), "ョ": ("y", "o"),
-    "ァ": ("", "a"), "ィ": ("", "i"), "ゥ": ("", "u"), "ェ": ("", "e"), "ォ": ("", "o"),
-}
-# fmt: on
-MORA_PHONES: dict[str, tuple[str, ...]] = {
-    kana: ((c, v) if c else (v,))
-    for c, kanas in _MORA_ROWS for kana, v in zip(kanas, "aiueo") if kana != "."
-} | {kana: ((c, v) if c else (v,)) for kana, (c, v) in _MORA_EXTRA.items()}
-# Longest match first, so キャ wins over キ + ャ.
-_MORA_RX = re.compile("|".join(sorted(MORA_PHONES, key=len, reverse=True)) + "|" + _LONG)
-
-# Upstream's table yields v / kw / gw (and so does OpenJTalk), but they are not in the 2.x symbol
-# table; upstream would only fail later at id lookup. Map them onto the nearest symbol instead.
-_OUT_OF_TABLE = {"v": "b", "kw": "k", "gw": "g"}
+# Upstream's kana table (`hiragana2p`, a modification of jaconv's `hiragana2julius`): applied as
+# ordered replacements over the whole reading, three-kana rules first, then two, then one (so
+# `くぅ゛` reads `k u v u`, not `k u: ...`). `:` lengthens the vowel before it by one.
+# A key listed twice keeps its first value (the second replacement finds nothing left).
+_KANA_RULES_TEXT = """
+う゛ぁ v a|う゛ぃ v i|う゛ぇ v e|う゛ぉ v o|う゛ゅ by u|ゔぁ v a|ゔぃ v i|ゔぇ v e|ゔぉ v o|ゔゅ by u|ぅ゛ v u
+あぁ a a|いぃ i i|いぇ i e|いゃ y a|うぅ u:|えぇ e e|おぉ o:|かぁ k a:|きぃ k i:|くぅ k u:|くゃ ky a
+くゅ ky u|くょ ky o|けぇ k e:|こぉ k o:|がぁ g a:|ぎぃ g i:|ぐぅ g u:|ぐゃ gy a|ぐゅ gy u|ぐょ gy o
+げぇ g e:|ごぉ g o:|さぁ s a:|しぃ sh i:|すぅ s u:|すゃ sh a|すゅ sh u|すょ sh o|せぇ s e:|そぉ s o:
+ざぁ z a:|じぃ j i:|ずぅ z u:|ずゃ zy a|ずゅ zy u|ずょ zy o|ぜぇ z e:|ぞぉ z o:|たぁ t a:|ちぃ ch i:
+つぁ ts a|つぃ ts i|つぅ ts u:|つゃ ch a|つゅ ch u|つょ ch o|つぇ ts e|つぉ ts o|てぇ t e:|とぉ t o:
+だぁ d a:|ぢぃ j i:|づぅ d u:|づゃ zy a|づゅ zy u|づょ zy o|でぇ d e:|どぉ d o:|なぁ n a:|にぃ n i:
+ぬぅ n u:|ぬゃ ny a|ぬゅ ny u|ぬょ ny o|ねぇ n e:|のぉ n o:|はぁ h a:|ひぃ h i:|ふぅ f u:|ふゃ hy a
+ふゅ hy u|ふょ hy o|へぇ h e:|ほぉ h o:|ばぁ b a:|びぃ b i:|ぶぅ b u:|ぶゅ by u|べぇ b e:|ぼぉ b o:
+ぱぁ p a:|ぴぃ p i:|ぷぅ p u:|ぷゃ py a|ぷゅ py u|ぷょ py o|ぺぇ p e:|ぽぉ p o:|まぁ m a:|みぃ m i:
+むぅ m u:|むゃ my a|むゅ my u|むょ my o|めぇ m e:|もぉ m o:|やぁ y a:|ゆぅ y u:|ゆゃ y a:|ゆゅ y u:
+ゆょ y o:|よぉ y o:|らぁ r a:|りぃ r i:|るぅ r u:|るゃ ry a|るゅ ry u|るょ ry o|れぇ r e:|ろぉ r o:
+わぁ w a:|をぉ o:|う゛ b u|でぃ d i|でゃ dy a|でゅ dy u|でょ dy o|てぃ t i|てゃ ty a|てゅ ty u
+てょ ty o|すぃ s i|ずぁ z u a|ずぃ z i|ずぇ z e|ずぉ z o|きゃ ky a|きゅ ky u|きょ ky o|しゃ sh a
+しゅ sh u|しぇ sh e|しょ sh o|ちゃ ch a|ちゅ ch u|ちぇ ch e|ちょ ch o|とぅ t u|とゃ ty a|とゅ ty u
+とょ ty o|どぁ d o a|どぅ d u|どゃ dy a|どゅ dy u|どょ dy o|にゃ ny a|にゅ ny u|にょ ny o|ひゃ hy a
+ひゅ hy u|ひょ hy o|みゃ my a|みゅ my u|みょ my o|りゃ ry a|りゅ ry u|りょ ry o|ぎゃ gy a|ぎゅ gy u
+ぎょ gy o|ぢぇ j e|ぢゃ j a|ぢゅ j u|ぢょ j o|じぇ j e|じゃ j a|じゅ j u|じょ j o|びゃ by a|びゅ by u
+びょ by o|ぴゃ py a|ぴゅ py u|ぴょ py o|うぁ u a|うぃ w i|うぇ w e|うぉ w o|ふぁ f a|ふぃ f i|ふぇ f e
+ふぉ f o
+あ a|い i|う u|ゔ v u|え e|お o|か k a|き k i|く k u|け k e|こ k o|さ s a|し sh i|す s u|せ s e|そ s o
+た t a|ち ch i|つ ts u|て t e|と t o|な n a|に n i|ぬ n u|ね n e|の n o|は h a|ひ h i|ふ f u|へ h e
+ほ h o|ま m a|み m i|む m u|め m e|も m o|ら r a|り r i|る r u|れ r e|ろ r o|が g a|ぎ g i|ぐ g u
+げ g e|ご g o|ざ z a|じ j i|ず z u|ぜ z e|ぞ z o|だ d a|ぢ j i|づ z u|で d e|ど d o|ば b a|び b i
+ぶ b u|べ b e|ぼ b o|ぱ p a|ぴ p i|ぷ p u|ぺ p e|ぽ p o|や y a|ゆ y u|よ y o|わ w a|ゐ i|ゑ e|ん N
+っ q|ぁ a|ぃ i|ぅ u|ぇ e|ぉ o|ゎ w a|ゃ y a|ゅ y u|ょ y o
+"""
+KANA_RULES: list[tuple[str, str]] = [
+    (kana, " " + phones)
+    for line in _KANA_RULES_TEXT.strip().splitlines() for rule in line.split("|")
+    for kana, phones in [rule.split(" ", 1)]
+] + [("ー", ":"), ("〜", ":"), ("−", ":"), ("-", ":"), ("を", " o")]
+_LENGTHENED_RX = re.compile(r"(\w)(:*)")
+# jaconv.kata2hira: katakana ァ..ヶ and ヽヾ shift down to hiragana; ヷ..ヺ, ・, ー stay.
+_KATA_TO_HIRA = str.maketrans({c: c - 0x60 for c in [*range(0x30A1, 0x30F7), 0x30FD, 0x30FE]})
 
 
-_HIRA_TO_KATA = str.maketrans({chr(c): chr(c + 0x60) for c in range(ord("ぁ"), ord("ゖ") + 1)})
+def hiragana_to_phones(text: str) -> str:
+    """A hiragana reading -> space-separated phones (`ん` as `n`, `ー` repeats the vowel)."""
+    for kana, phones in KANA_RULES:
+        text = text.replace(kana, phones)
+    text = _LENGTHENED_RX.sub(lambda m: m[1] + f" {m[1]}" * len(m[2]), text.strip())
+    return text.replace("N", "n")
 
 
-def kata_to_phones(kata: str) -> list[str]:
-    """Katakana -> phones; `ー` stays as a marker for `handle_long`, unknown characters are dropped.
+# A reading that starts with one of these is not a reading (punctuation, symbols).
+_MARK_RX = re.compile(r"[^A-Za-z\d\u3005\u3040-\u30ff\u4e00-\u9fff\uff11-\uff19\uff21-\uff3a\uff41-\uff5a\uff66-\uff9d]")
+_LONG = "ー"
 
-    Hiragana is read as katakana in case a dictionary entry's reading contains any.
-    """
-    kata = kata.translate(_HIRA_TO_KATA)
-    return [p for m in _MORA_RX.finditer(kata) for p in (MORA_PHONES.get(m[0]) or (_LONG,))]
+
+def reading_to_phones(reading: str) -> list[str]:
+    """One word's katakana reading -> phones; a leading `ー` stays as a marker for `handle_long`.
+
+    A reading that starts with a mark is kept whole as one entry, then read again from its
+    second character (upstream's loop); a `ー` after such a mark is dropped."""
+    text = reading.strip()
+    if text == _LONG:
+        return [_LONG]
+    if text.startswith(_LONG):
+        return [_LONG] + reading_to_phones(text[1:])
+    phones: list[str] = []
+    while text:
+        if _MARK_RX.match(text):
+            phones.append(text)
+            text = text[1:]
+        elif text.startswith(_LONG):
+            text = text[1:]
+        else:
+            return phones + hiragana_to_phones(text.translate(_KATA_TO_HIRA)).split(" ")
+    return phones
 
 
 def handle_long(words: list[list[str]]) -> list[list[str]]:
-    """Replace each `ー` by the phone before it, across word boundaries (so `アー` -> a a).
-
-    A `ー` with nothing before it (start of text) has nothing to lengthen and is dropped;
-    upstream wraps around to the last phone of the text instead.
-    """
-    out: list[list[str]] = []
-    prev: str | None = None
-    for word in words:
-        fixed = []
-        for phone in word:
+    """Resolve `ー` markers: at a word's start it repeats the previous word's last phone (the first
+    word wraps round to the text's last word, as upstream indexes [-1]); inside a word it repeats
+    the last letter of the phone before it."""
+    for i, word in enumerate(words):
+        if word and word[0] == _LONG:
+            word[0] = words[i - 1][-1] if words[i - 1] else _LONG
+        for j, phone in enumerate(word):
             if phone == _LONG:
-                if prev is None:
-                    continue
-                phone = prev
-            fixed.append(phone)
-            prev = phone
-        out.append(fixed)
-    return out
+                word[j] = word[j - 1][-1]
+    return words
 
 
-def _word_phones(word: str, pron: str) -> list[str]:
-    """Phones (with `ー` markers) of one OpenJTalk word, given its normalised surface and reading."""
-    if word and all(ch in _PUNCT for ch in word):
-        return list(word)  # punctuation is kept as phones, one per character
-    if pron == "、" or not word:
-        # OpenJTalk reads unknown characters (e.g. a lone 々, ゟ, rare Greek) as a pause; upstream
-        # raises here. Such a word contributes no phones (its tokens get word2ph 0).
-        return []
-    return kata_to_phones(pron.replace("’", ""))  # ’ marks devoicing in the reading
+# --------------------------------------------------------------------------- words
+
+_SYMBOL_WORDS = frozenset("・、。？！")
+_NO_READING_WORDS = frozenset("「」『』―（）［］[]")
 
 
-def text_to_words(njd: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """OpenJTalk words -> (surface strings as they appear in the input, phones per word)."""
-    surfaces = [f["string"] for f in njd]
-    phones = [_word_phones(replace_punctuation(f["string"]), f["pron"]) for f in njd]
-    return surfaces, handle_long(phones)
+def split_words(njd: list[dict]) -> tuple[list[str], list[str], list[str]]:
+    """OpenJTalk's words -> (word as BERT sees it, its reading, its surface in the input text).
+
+    A word whose reading is a mark (punctuation, unknown symbols) reads as itself: a word of one
+    character keeps it if it is punctuation and becomes `,` otherwise; a longer one is split
+    into its characters. The surface is what the word covers in the normalised text."""
+    words, readings, surfaces = [], [], []
+    for feature in njd:
+        surface = feature["string"]
+        word, reading = replace_punctuation(surface), feature["pron"].replace("’", "")
+        if reading and _MARK_RX.match(reading):
+            if len(word) > 1:
+                chars = [replace_punctuation(c) for c in word]
+                words += chars
+                readings += chars
+                surfaces += list(surface) if len(surface) == len(chars) else [surface] + [""] * (len(chars) - 1)
+                continue
+            if word not in _PUNCT_MAP and word not in _PUNCT_MAP.values():
+                word = ","
+            reading = word
+        elif not reading:
+            if word in ("っ", "ッ"):
+                reading = "ッ"
+            elif word in _NO_READING_WORDS:
+                reading = ""  # unreachable after `normalize` (those brackets become `'`)
+            else:
+                reading = word  # symbols read as themselves; anything else fails the symbol check
+        words.append(word)
+        readings.append(reading)
+        surfaces.append(surface)
+    return words, readings, surfaces
 
 
 # --------------------------------------------------------------------------- pitch accent
 
-_UNVOICED = {"A", "I", "U", "E", "O"}
-_MORA_END = {"a", "i", "u", "e", "o", "A", "I", "U", "E", "O", "N", "cl"}
+_PHONE_RX = re.compile(r"-([^+]*)\+")
+_A1_RX = re.compile(r"/A:(-?[0-9]+)\+")
+_A2_RX = re.compile(r"\+(\d+)\+")
 
 
-def _feature(regex: str, label: str) -> int:
-    match = re.search(regex, label)
-    return -50 if match is None else int(match[1])
+def accents(labels: list[str]) -> list[tuple[str, int]]:
+    """(phone, accent) for every spoken phone of OpenJTalk's labels: -1 where the pitch falls after
+    the accent nucleus, +1 where it rises after a phrase's first mora, 0 elsewhere.
 
-
-def prosody_symbols(labels: list[str]) -> list[str]:
-    """Phones interleaved with `#` (accent phrase border), `[` (rise), `]` (fall), `_` (pause).
-
-    ESPnet's `pyopenjtalk_g2p_prosody` (used by upstream) with unvoiced vowels lowercased;
-    the sentence start/end markers are left out since nothing reads them.
-    """
-    out: list[str] = []
+    Phones are lower-cased (devoiced `I` is `i`, `N` is `n`) and `cl` is `q`, so they match the
+    reading's phones."""
+    out = []
     for n, label in enumerate(labels):
-        phone = re.search(r"-(.*?)\+", label)[1]
-        if phone == "sil":
+        phone = _PHONE_RX.search(label)[1]
+        if phone in ("sil", "pau"):
             continue
-        if phone == "pau":
-            out.append("_")
-            continue
-        out.append(phone.lower() if phone in _UNVOICED else phone)
-        a1 = _feature(r"/A:([0-9\-]+)\+", label)  # mora position relative to the accent nucleus
-        a2 = _feature(r"\+(\d+)\+", label)  # mora position from the phrase start
-        a3 = _feature(r"\+(\d+)/", label)  # mora position from the phrase end
-        f1 = _feature(r"/F:(\d+)_", label)  # morae in the accent phrase
-        a2_next = _feature(r"\+(\d+)\+", labels[n + 1])
-        if a3 == 1 and a2_next == 1 and phone in _MORA_END:
-            out.append("#")
-        elif a1 == 0 and a2_next == a2 + 1 and a2 != f1:
-            out.append("]")
-        elif a2 == 1 and a2_next == 2:
-            out.append("[")
+        a1, a2 = int(_A1_RX.search(label)[1]), int(_A2_RX.search(label)[1])
+        following = labels[n + 1]
+        a2_next = -1 if _PHONE_RX.search(following)[1] in ("sil", "pau") else int(_A2_RX.search(following)[1])
+        accent = -1 if a1 == 0 and a2_next == a2 + 1 else 1 if a2 == 1 and a2_next == 2 else 0
+        out.append((phone.replace("cl", "q").lower(), accent))
     return out
 
 
-def _phrase_tones(phrase: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Relative pitch levels of one accent phrase -> 0 (low) / 1 (high).
+def align_tones(words: list[list[str]], accent: list[tuple[str, int]]) -> list[int]:
+    """0/1 tone per phone from the accents, word by word (upstream's `align_tones`).
 
-    Levels are {0}, {0, 1} (rise) or {-1, 0} (accent on the first mora: fall only); upstream
-    maps these exactly like this and raises on anything else, which we clamp instead.
-    """
-    if not phrase:
-        return []
-    low = min(t for _, t in phrase)
-    return [(p, min(t - low, 1)) for p, t in phrase]
-
-
-def phone_tones(labels: list[str]) -> list[tuple[str, int]]:
-    """(phone, tone) for every spoken phone, pauses and punctuation dropped, `cl` as `q`."""
-    result: list[tuple[str, int]] = []
-    phrase: list[tuple[str, int]] = []
-    level = 0
-    for sym in prosody_symbols(labels) + ["#"]:
-        if sym in ("#", "_"):  # phrase ends: each phrase's pitch starts again from 0
-            result += _phrase_tones(phrase)
-            phrase, level = [], 0
-        elif sym == "[":
-            level += 1
-        elif sym == "]":
-            level -= 1
-        else:
-            phrase.append(("q" if sym == "cl" else sym, level))
-    return result
-
-
-def align_tones(phones: list[str], tones_src: list[tuple[str, int]]) -> list[int]:
-    """Tones for `phones` (which include punctuation) taken from `tones_src` (which doesn't).
-
-    Upstream walks both lists in step, gives punctuation tone 0 and raises on any mismatch.
-    We match them with difflib instead: on agreeing inputs (the normal case) the result is the
-    same, and where the word readings and the labels disagree (e.g. a `ー` OpenJTalk dropped)
-    an unmatched phone keeps the tone of the phone before it rather than aborting.
-    """
-    spoken = [i for i, p in enumerate(phones) if p not in _PUNCT]
-    tones = [0] * len(phones)
-    matched: dict[int, int] = {}
-    matcher = difflib.SequenceMatcher(None, [phones[i] for i in spoken], [p for p, _ in tones_src], autojunk=False)
-    for a, b, size in matcher.get_matching_blocks():
-        for k in range(size):
-            matched[spoken[a + k]] = tones_src[b + k][1]
-    prev = 0
-    for i in spoken:
-        tones[i] = prev = matched.get(i, prev)
+    Within a word each phone that matches the next accent entry takes the running sum of the
+    accents (a phone that matches nothing, e.g. punctuation, gets 0 and restarts the sum); the
+    levels then shift one phone later, and a word whose levels reach -1 is raised by one."""
+    queue = list(reversed(accent))
+    tones: list[int] = []
+    for word in words:
+        levels = [0] * len(word)
+        for i, phone in enumerate(word):
+            if not queue:
+                break
+            if phone == queue[-1][0]:
+                levels[i] = queue.pop()[1] + (levels[i - 1] if i > 0 else 0)
+        levels = ([0] + levels)[: len(word)]
+        if -1 in levels:
+            levels = [t + 1 for t in levels]
+        tones += levels
+    bad = sorted({t for t in tones if t not in (0, 1)})
+    if bad:
+        raise ValueError(f"ja g2p: pitch levels {bad} outside 0/1 (upstream 2.3 fails on this sentence too)")
     return tones
 
 
@@ -277,23 +257,17 @@ def align_tones(phones: list[str], tones_src: list[tuple[str, int]]) -> list[int
 
 
 def distribute_phone(n_phone: int, n_token: int) -> list[int]:
-    """Spread phones over tokens as evenly as possible, earlier tokens first (upstream's rule)."""
-    return [n_phone // n_token + (1 if i < n_phone % n_token else 0) for i in range(n_token)]
+    """A word's phones over its tokens as evenly as possible, earlier tokens first (5/3 -> 2 2 1)."""
+    base, extra = divmod(n_phone, n_token)
+    return [base + (1 if i < extra else 0) for i in range(n_token)]
 
 
-def tokens_per_word(text: str, surfaces: list[str], tokenizer: Any) -> list[int]:
-    """How many of `tokenizer.tokenize(text)`'s tokens belong to each word.
-
-    Upstream tokenises each word on its own, which only adds up to the whole-text count for a
-    character-level tokenizer; a WordPiece tokenizer can glue adjacent kana words into one
-    token or one [UNK]. Counting the tokens of each growing prefix of `text` gives the same
-    numbers as upstream for character tokenizers and always sums to the whole-text count
-    (counts are made non-decreasing and capped at the total).
-    """
-    total = len(tokenizer.tokenize(text))
+def _prefix_token_counts(text: str, surfaces: list[str], tokenizer: Any, total: int) -> list[int]:
+    """Tokens per word from the tokens of each growing prefix of `text`: sums to `total` for any
+    tokenizer (a WordPiece tokenizer may glue neighbouring words into one token)."""
     counts, end, best = [], 0, 0
     for surface in surfaces:
-        end += len(surface)  # OpenJTalk keeps one surface character per input character
+        end += len(surface)
         best = max(best, len(tokenizer.tokenize(text[:end])) if end < len(text) else total)
         counts.append(min(best, total))
     if counts:
@@ -301,13 +275,9 @@ def tokens_per_word(text: str, surfaces: list[str], tokenizer: Any) -> list[int]
     return [c - p for c, p in zip(counts, [0] + counts[:-1])]
 
 
-def word2ph_for(phone_counts: list[int], token_counts: list[int]) -> tuple[list[int], int]:
-    """Per-token phone counts, and phones that found no token at all.
-
-    A word with zero tokens (its characters were absorbed into a neighbour's token, or the
-    tokenizer drops them) hands its phones to the nearest earlier word that has tokens, or the
-    next one at the start of the text, so no phone is lost and no token is invented.
-    """
+def word2ph_for(phone_counts: list[int], token_counts: list[int]) -> list[int]:
+    """Per-token phone counts. A word with phones but no token (upstream fails on it) hands its
+    phones to the nearest earlier word with tokens, or the next one at the start."""
     groups: list[list[int]] = []  # [phones, tokens]
     pending = 0
     for n_phone, n_token in zip(phone_counts, token_counts):
@@ -318,29 +288,33 @@ def word2ph_for(phone_counts: list[int], token_counts: list[int]) -> tuple[list[
             groups[-1][0] += n_phone
         else:
             pending += n_phone
-    return [n for p, t in groups for n in distribute_phone(p, t)], pending
+    if pending:
+        raise ValueError("ja g2p: the tokenizer gives the text no tokens to carry its phones")
+    return [n for p, t in groups for n in distribute_phone(p, t)]
 
 
 # --------------------------------------------------------------------------- g2p
 
 
-def g2p(norm_text: str, tokenizer: Any, use_jp_extra: bool = True) -> tuple[list[str], list[int], list[int]]:
-    """Normalised text -> (phones, tones 0/1, word2ph), `_` at both ends.
-
-    use_jp_extra=False writes `ン` as `n` (upstream's option for non-JP-Extra models).
-    """
+def g2p(norm_text: str, tokenizer: Any) -> tuple[list[str], list[int], list[int]]:
+    """Normalised text -> (phones, tones 0/1, word2ph), `_` at both ends."""
     njd = pyopenjtalk.run_frontend(norm_text)
-    surfaces, word_phones = text_to_words(njd)
-    phones = [p for word in word_phones for p in word]
-    tones = align_tones(phones, phone_tones(pyopenjtalk.make_label(njd)) if njd else [])
+    words, readings, surfaces = split_words(njd)
+    word_phones = handle_long([reading_to_phones(r) for r in readings])
+    unknown = sorted({p for w in word_phones for p in w} - _SYMBOLS)
+    if unknown:
+        raise ValueError(f"ja g2p: no phone for {unknown} (upstream 2.3 fails on this sentence too)")
+    tones = align_tones(word_phones, accents(pyopenjtalk.make_label(njd)) if njd else [])
 
-    word2ph, orphans = word2ph_for([len(w) for w in word_phones], tokens_per_word(norm_text, surfaces, tokenizer))
-    # Phones with no token anywhere (the whole text tokenised to nothing) ride on the leading `_`.
-    word2ph = [1 + orphans] + word2ph + [1]
+    # Upstream tokenises word by word (a punctuation word is one token). With a character-level
+    # tokenizer (upstream's) that adds up to the whole text's tokens, which the BERT stage reads.
+    token_counts = [1 if w in _PUNCT else len(tokenizer.tokenize(w)) for w in words]
+    total = len(tokenizer.tokenize(norm_text))
+    if sum(token_counts) != total:
+        token_counts = _prefix_token_counts(norm_text, surfaces, tokenizer, total)
+    word2ph = [1] + word2ph_for([len(w) for w in word_phones], token_counts) + [1]
 
-    phones = ["_"] + [_OUT_OF_TABLE.get(p, p) for p in phones] + ["_"]
-    if not use_jp_extra:
-        phones = ["n" if p == "N" else p for p in phones]
+    phones = ["_"] + [p for w in word_phones for p in w] + ["_"]
     tones = [0] + tones + [0]
     assert sum(word2ph) == len(phones) == len(tones), (norm_text, phones, word2ph)
     return phones, tones, word2ph
