@@ -184,20 +184,37 @@ def remote(params: str = PARAMS) -> None:
 
 
 @app.command()
-def g2p(text_: str = typer.Argument(..., metavar="TEXT", help="The sentence to convert."),
+def g2p(text_: Optional[str] = typer.Argument(None, metavar="[TEXT]", help="The sentence to convert."),
         lang: str = typer.Option(..., "--lang", "-l", help="A language code from params.yaml (zh, ja, en, ...)."),
+        batch: Optional[str] = typer.Option(None, "--batch", help="A file of sentences, one a line: prints one JSON "
+                                            "object a line, in the same order ({\"error\": ...} for a line that fails)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON (the default prints it too)."),
         params: str = PARAMS) -> None:
-    """Print normalised text, phones, tones (language-local) and word2ph for one sentence."""
+    """Print normalised text, phones, tones (language-local) and word2ph for one sentence or a file of them."""
     from tasks.config import ConfigError, find_repo_root, load_params
     from tasks.text import g2p_json
 
+    if (text_ is None) == (batch is None):
+        _fail("give either TEXT or --batch FILE")
     try:
         p = load_params(params)
-        result = g2p_json(p, find_repo_root(Path(params)), lang, text_)
+        root = find_repo_root(Path(params))
+        if batch is None:
+            typer.echo(json.dumps(g2p_json(p, root, lang, text_), ensure_ascii=False))
+            return
+        try:
+            lines = Path(batch).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            _fail(f"{batch}: {err}")
+        g2p_json(p, root, lang, "")  # an unknown language fails here, once, not on every line
+        for n, line in enumerate(lines, 1):
+            try:
+                row = g2p_json(p, root, lang, line)
+            except Exception as err:  # one sentence a frontend cannot convert must not stop the batch
+                row = {"error": f"{batch}:{n}: {type(err).__name__}: {err}"}
+            typer.echo(json.dumps(row, ensure_ascii=False))
     except (ConfigError, KeyError) as err:
         _fail(str(err).strip("'\""))
-    typer.echo(json.dumps(result, ensure_ascii=False))
 
 
 def _voice(model: str, params: Optional[str]):

@@ -89,6 +89,11 @@ class Corpus:
                    json.loads((spec_dir / "meta.json").read_text(encoding="utf-8")), missing)
 
     @property
+    def frontends(self) -> dict[str, str]:
+        """language -> version of the text frontend that made the phones (recorded in symbols.json)."""
+        return json.loads((self.text_dir / "symbols.json").read_text(encoding="utf-8")).get("frontends", {})
+
+    @property
     def bert_dim(self) -> int:
         dims = {d for d in self.bert_meta["dims"].values() if d}
         if len(dims) > 1:

@@ -246,16 +246,21 @@ def _language_configs(entries: Mapping[str, Any]) -> dict[str, LanguageConfig]:
     return out
 
 
-def _check_frontends(recorded: Mapping[str, Any], languages: Mapping[str, LanguageConfig], source: str) -> None:
-    """Warn when a frontend's version differs from the one the model was trained with."""
+def check_frontends(recorded: Mapping[str, Any], languages: Mapping[str, LanguageConfig], source: str) -> None:
+    """Refuse a text frontend other than the one the model was trained with: it would feed the
+    model phones and tones it never learned (e.g. `N` where it learned `n`)."""
+    if not recorded:
+        logger.warning("%s: the model does not record its text frontends (an older checkpoint); cannot check "
+                       "that this code's frontends are the ones it was trained with", source)
+        return
     for code, lang in languages.items():
         was = recorded.get(code)
-        if was is None:
-            continue
         now = backend_info(lang.g2p)[1]
-        if was != now:
-            logger.warning("%s: language %r was trained with frontend %s, this code has %s: pronunciation "
-                           "may differ", source, code, was, now)
+        if was is not None and was != now:
+            raise SynthError(f"{source}: language {code!r} was trained with text frontend {was}, this code's "
+                             f"{lang.g2p!r} frontend is {now}: it would hear other phones than it learned. "
+                             "Synthesise with the vitsflow version that trained it, or re-run the text stage "
+                             "and train again")
 
 
 def _load_export(folder: Path, ref: str, params_path: Optional[PathLike], device: str) -> Voice:
@@ -268,7 +273,7 @@ def _load_export(folder: Path, ref: str, params_path: Optional[PathLike], device
     languages = _language_configs({code: entry.get("config") for code, entry in config["languages"].items()})
     if params is not None:  # only fills languages the export has no config for
         languages = {**{c: l for c, l in params.languages.items() if c in symbols.language_ids}, **languages}
-    _check_frontends(config.get("frontends") or {}, languages, ref)
+    check_frontends(config.get("frontends") or {}, languages, ref)
     audio = config["audio"]
     stft = None
     if all(k in audio for k in ("sample_rate", "n_fft", "hop_length", "win_length")):
@@ -329,6 +334,7 @@ def _load_checkpoint(ref: str, params_path: Optional[PathLike], device: str) -> 
     generator.load_state_dict(sd, strict=True)
     generator.to(device).eval()
     languages = {c: l for c, l in params.languages.items() if c in symbols.language_ids}
+    check_frontends(state.get("frontends") or {}, languages, ref)
     not_in_model = sorted(set(params.languages) - set(symbols.language_ids))
     if not_in_model:
         logger.warning("%s: params languages %s are not in the checkpoint's symbol table; ignored", ref, not_in_model)

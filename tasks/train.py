@@ -467,7 +467,8 @@ def train(params: Params, root: Path) -> TrainResult:
                      "optimizers": {k: o.state_dict() for k, o in optims.items()},
                      "schedulers": {k: s.state_dict() for k, s in scheds.items()},
                      "rng": rngs, "world_size": world, "speakers": list(corpus.speakers),
-                     "symbols": corpus.symbols.to_json(), "model": params.model.model_dump(mode="json"),
+                     "symbols": corpus.symbols.to_json(), "frontends": corpus.frontends,
+                     "model": params.model.model_dump(mode="json"),
                      "sample_rate": params.audio.sample_rate, "stft": dict(vars(stft))}
             metrics = {"val_loss": val_loss, "epoch": sampler.epoch,
                        **{k: history[-1][k] for k in ("g/total", "g/mel", "d/total") if history}}

