@@ -76,6 +76,18 @@ class LanguageConfig(Strict):
             raise ValueError(f"expected one of {sorted(G2P_BACKENDS)}")
         return v
 
+    @model_validator(mode="after")
+    def _known_g2p_options(self) -> "LanguageConfig":
+        from tasks.frontends import backend_options
+
+        accepted, required = backend_options(self.g2p)
+        unknown, missing = sorted(set(self.g2p_options) - accepted), sorted(required - set(self.g2p_options))
+        if unknown or missing:
+            raise ValueError(f"g2p_options for g2p {self.g2p!r}: " + "; ".join(
+                [f"unknown {unknown} (accepted: {sorted(accepted) or 'none'})"] * bool(unknown) +
+                [f"missing {missing}"] * bool(missing)))
+        return self
+
 
 class DatasetConfig(Strict):
     name: str

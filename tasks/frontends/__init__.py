@@ -42,6 +42,14 @@ def g2p(backend: str, norm_text: str, tokenizer: Any, **options: Any) -> G2PResu
     return G2PResult(list(phones), list(tones), list(word2ph))
 
 
+def backend_options(backend: str) -> tuple[set[str], set[str]]:
+    """(accepted, required) `g2p_options` of a G2P backend: its g2p's parameters after the tokenizer."""
+    import inspect
+
+    params = list(inspect.signature(_module(G2P_BACKENDS, "g2p backend", backend).g2p).parameters.values())[2:]
+    return {p.name for p in params}, {p.name for p in params if p.default is inspect.Parameter.empty}
+
+
 def backend_info(backend: str) -> tuple[int, str]:
     """(language-local tone count, frontend version) of a G2P backend."""
     mod = _module(G2P_BACKENDS, "g2p backend", backend)

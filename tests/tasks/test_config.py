@@ -55,6 +55,15 @@ def test_an_unknown_g2p_backend_is_an_error():
     assert "languages.de.g2p: got 'festival'; expected one of" in error_of(data)
 
 
+def test_g2p_options_a_backend_does_not_take_or_lacks_are_errors_naming_the_language():
+    data = repo_params()
+    data["languages"]["ja"]["g2p_options"] = {"use_jp_extra": "true"}  # the pre-2.3-rules option, gone
+    assert "languages.ja: g2p_options for g2p 'ja': unknown ['use_jp_extra'] (accepted: none)" in error_of(data)
+    data = repo_params()
+    del data["languages"]["de"]["g2p_options"]
+    assert "languages.de: g2p_options for g2p 'espeak': missing ['voice']" in error_of(data)
+
+
 def test_ljspeech_needs_a_fixed_speaker():
     data = repo_params()
     data["datasets"][0].pop("speaker")
