@@ -62,3 +62,15 @@ def test_base_languages_map_to_upstream_ids():
     en = SymbolTable().to_ids(["_", "hh", "_"], [0, 3, 0], "en")
     assert zh[1] == [0, 3, 3, 0] and zh[2] == [0] * 4
     assert en[1] == [8, 11, 8] and en[2] == [2] * 3
+
+
+def test_a_new_frontend_version_gives_new_text_cache_keys_only_for_its_language(params, monkeypatch):
+    """Results cached under an older frontend's rules (e.g. `ja-1`) are never reused."""
+    from tasks.frontends import ja
+    from tasks.text import plan_text
+
+    rows = [{"language": "ja", "text": "こんにちは。"}, {"language": "en", "text": "Hello."}]
+    before = [item.key for item in plan_text(rows, params, REPO)]
+    monkeypatch.setattr(ja, "VERSION", "ja-1")
+    after = [item.key for item in plan_text(rows, params, REPO)]
+    assert before[0] != after[0] and before[1] == after[1]
