@@ -98,20 +98,6 @@ def repro(project: Path, api: str, *args: str) -> tuple[float, str]:
     return time.perf_counter() - start, proc.stdout + proc.stderr
 
 
-def start_daemon(project: Path, api: str) -> subprocess.Popen:
-    """`vitsflow daemon` in the project, in the environment `dvc repro` gives its stages."""
-    env = dict(os.environ, PREFECT_API_URL=api)
-    proc = subprocess.Popen([str(BIN / "vitsflow"), "daemon"], cwd=project, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(240):
-        if subprocess.run([str(BIN / "vitsflow"), "daemon", "--status"], cwd=project, env=env,
-                          capture_output=True).returncode == 0:
-            return proc
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("vitsflow daemon did not start")
-
-
 def add_utterances(dataset: Path, n: int) -> None:
     lines = (dataset / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
     rng = np.random.default_rng(1234)
@@ -143,8 +129,6 @@ def main() -> None:
     ap.add_argument("--corpus", choices=["demo", "shared"], default="demo",
                     help="copies of the demo corpus (120 espeak-ng clips, 2.5 s on average) or of the real "
                     "recordings in ../shared/data/speech (70 clips, LJSpeech, Common Voice ja, AISHELL-3)")
-    ap.add_argument("--daemon", action="store_true",
-                    help="run the stages in a warm `vitsflow daemon` started before the full run (flows/daemon.py)")
     ap.add_argument("--dataset-per-copy", action="store_true",
                     help="each copy its own dataset (5 x copies datasets) instead of 5 datasets holding all copies")
     args = ap.parse_args()
@@ -165,7 +149,6 @@ def main() -> None:
             subprocess.run(cmd, cwd=project, check=True, env=dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}"))
         timed_commands(work)
         server, api = start_prefect(work / "prefect")
-        daemon = start_daemon(project, api) if args.daemon else None
         try:
             t_full, _ = repro(project, api)
             full_cmds = command_seconds(work)
@@ -181,14 +164,11 @@ def main() -> None:
             t_floor, _ = repro(project, api, "--force", "--single-item", "ingest", "text", "bert", "spec", "stats")
             floor_cmds = command_seconds(work)
         finally:
-            if daemon is not None:
-                daemon.terminate()
-                daemon.wait(60)
             server.terminate()
         stage_s = {m[0]: float(m[1]) for m in re.findall(r"(\w+): \d+ utterances \(\d+ computed.*?, ([\d.]+) s", log)}
         computed = dict(re.findall(r"(\w+): \d+ utterances \((\d+) computed", log))
         print(f"P3 ({n} utterances in {len(params['datasets'])} datasets, then +{new} new, Prefect server, CPU, "
-              f"{'stages in a warm daemon' if args.daemon else 'each stage its own process'})")
+              "each stage its own process)")
         print(f"  full dvc repro:        {t_full:7.1f} s")
         print(f"  incremental dvc repro: {t_inc:7.1f} s = {100 * t_inc / t_full:.1f}% of the full run")
         print(f"  computed per stage: {computed}; in-flow seconds: {stage_s}")

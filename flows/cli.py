@@ -382,32 +382,7 @@ def retrain(params: str = PARAMS) -> None:
     typer.echo(json.dumps(summary, default=str))
 
 
-@app.command()
-def daemon(stop: bool = typer.Option(False, "--stop", help="Stop the daemon serving this folder."),
-           status: bool = typer.Option(False, "--status", help="Print the daemon's pid, uptime and commands served.")
-           ) -> None:
-    """Keep a warm stage server for this folder: stage commands started here (as `dvc repro` runs
-    them) run in it, without the imports and model loads of a fresh process (until Ctrl-C)."""
-    from flows import daemon as warm
-
-    if stop or status:
-        reply = warm.control(Path.cwd(), "stop" if stop else "status")
-        if reply is None:
-            _fail(f"no daemon serves {Path.cwd()}")
-        typer.echo(json.dumps(reply))
-        return
-    try:
-        warm.serve(Path.cwd())
-    except warm.DaemonError as err:
-        _fail(str(err))
-
-
 def main() -> None:
-    from flows.daemon import forward
-
-    code = forward(sys.argv[1:])  # None: no daemon runs this command for this folder
-    if code is not None:
-        sys.exit(code)
     app()
 
 

@@ -23,8 +23,8 @@ TOKENIZER_FILE_HINTS = ("token", "vocab", "spm", "merges", "special", "sentencep
 
 def _model_files(folder: str, tokenizer_only: bool) -> tuple[tuple[str, int, int, int], ...]:
     """(relative path, size, mtime_ns, inode) of each file a fingerprint covers, in its order. Cheap
-    to take on every call, and what tells a long-lived process (flows/daemon.py) that a model folder
-    changed under the same name."""
+    to take on every call, and what tells a long-lived process that a model folder changed under
+    the same name."""
     files = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()

@@ -74,7 +74,7 @@ class SpecProcesses:
     itself, so the ~200 KB per utterance reach the disk once instead of crossing a pipe first.
 
     Workers fork from a forkserver, a clean process that has imported torch once (about a second,
-    paid once per stage run, or once per daemon: keep_worker_processes), never from the stage: it
+    paid once per stage run), never from the stage: it
     holds SQLite connections, and SQLite state copied by fork() confuses its file locks (it showed
     as "file is not a database" in a worker)."""
 
@@ -98,23 +98,16 @@ class SpecProcesses:
             with _pool_lock:  # a worker died (killed, out of memory): the task's retry gets a new pool
                 if self._pool is pool:
                     self._pool = None
-                if _kept_pools.get(self.n) is pool:
-                    del _kept_pools[self.n]
             raise
 
     def _get_pool(self):
         with _pool_lock:
-            pool = _kept_pools.get(self.n) if _keep_workers else self._pool
-            if pool is None:
+            if self._pool is None:
                 import os
                 from concurrent.futures import ProcessPoolExecutor
 
-                pool = ProcessPoolExecutor(self.n, _forkserver(), _worker_init, (os.getpid(),))
-                if _keep_workers:  # shared, and never this object's to shut down
-                    _kept_pools[self.n] = pool
-                else:
-                    self._pool = pool
-            return pool
+                self._pool = ProcessPoolExecutor(self.n, _forkserver(), _worker_init, (os.getpid(),))
+            return self._pool
 
 
 def _forkserver():
@@ -125,32 +118,7 @@ def _forkserver():
     return context
 
 
-# A long-lived process (the stage daemon, flows/daemon.py) keeps its spec workers between stage runs:
-# starting them (forkserver, torch import) is most of a re-run's spec stage. Results do not depend
-# on it: a worker computes each chunk from its inputs alone and commits to the cache it is given.
 _pool_lock = threading.Lock()
-_keep_workers = False
-_kept_pools: dict[int, Any] = {}
-
-
-def keep_worker_processes() -> None:
-    """From now on SpecProcesses share one pool per size that outlives them (release_worker_processes).
-
-    Starts the forkserver now, so that it and the workers forked from it hold this process's stdout
-    and stderr, not those of whatever command is running when the first pool starts."""
-    from multiprocessing import forkserver
-
-    global _keep_workers
-    _keep_workers = True
-    _forkserver()
-    forkserver.ensure_running()
-
-
-def release_worker_processes() -> None:
-    with _pool_lock:
-        for pool in _kept_pools.values():
-            pool.shutdown(cancel_futures=True)
-        _kept_pools.clear()
 
 
 def _worker_init(stage_pid: int) -> None:

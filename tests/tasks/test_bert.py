@@ -77,7 +77,7 @@ def test_the_other_language_slots_are_filled_with_zeros():
 
 
 def test_a_long_lived_process_reloads_an_encoder_whose_files_changed(tmp_path, minilm_path):
-    """The daemon (flows/daemon.py) outlives a model replaced under the same path: the loaded
+    """A long-lived process (a Dask worker, `vitsflow serve`) outlives a model replaced under the same path: the loaded
     encoder must follow the files, not the name."""
     import shutil
 
