@@ -36,7 +36,7 @@ print("RESULT " + json.dumps({"ingest": ingest, "text": text,
 
 
 def build_demo(work: Path) -> Path:
-    from tasks.demo import make_demo_corpus
+    from tasks.prep.demo import make_demo_corpus
 
     make_demo_corpus(REPO / "demo" / "sentences", work / "demo")
     return work / "demo"
@@ -75,8 +75,8 @@ def dithered_copies(sources: list[dict], work: Path, copies: int, merged: bool =
     With `unique_text` copy k's transcripts end in the number k + 1 (every frontend reads digits),
     so, as in a real corpus, no two utterances share a transcript and text and BERT features are
     computed for every one, not once per source sentence."""
-    from tasks.config import DatasetConfig
-    from tasks.datasets import read_dataset
+    from tasks.core.config import DatasetConfig
+    from tasks.prep.datasets import read_dataset
 
     datasets = []
     for source in sources:

@@ -1,6 +1,6 @@
 """P1 and P2: the feature stages against what upstream Bert-VITS2 does, in the same process.
 
-P1 (bert): utterances/s of our batched, fixed-shape encoder (tasks.bert.bert_chunk) against a
+P1 (bert): utterances/s of our batched, fixed-shape encoder (tasks.prep.bert.bert_chunk) against a
 baseline that does what upstream's bert_gen.py does: one sentence at a time through
 AutoModelForMaskedLM (upstream loads the masked-LM head too), hidden_states[-3], a Python loop
 repeating each token's vector per phone, one torch.save per utterance. Same model, same threads.
@@ -33,10 +33,10 @@ import torch  # noqa: E402
 
 def demo_rows(work: Path, copies: int):
     """The demo corpus through ingest and text (no Prefect), repeated `copies` times."""
-    from tasks.cache import ResultCache
-    from tasks.config import load_params
-    from tasks.demo import make_demo_corpus
-    from tasks import ingest, text
+    from tasks.core.cache import ResultCache
+    from tasks.core.config import load_params
+    from tasks.prep.demo import make_demo_corpus
+    from tasks.prep import ingest, text
 
     make_demo_corpus(REPO / "demo" / "sentences", work / "demo")
     params = load_params(REPO / "params.yaml")
@@ -58,7 +58,7 @@ def demo_rows(work: Path, copies: int):
 
 def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
-    from tasks.config import resolve_model_path
+    from tasks.core.config import resolve_model_path
 
     path = resolve_model_path(REPO, params.languages["en"].bert.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -75,8 +75,8 @@ def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
 
 
 def our_bert(text_rows, params) -> float:
-    from tasks.bert import batch_order, bert_chunk, plan_bert
-    from tasks.hf import encoder_for, tokenizer_for
+    from tasks.prep.bert import batch_order, bert_chunk, plan_bert
+    from tasks.core.hf import encoder_for, tokenizer_for
 
     for lang in params.languages.values():  # loading is once per process, outside the loop
         tokenizer_for(REPO, lang.bert), encoder_for(REPO, lang.bert, "cpu")
@@ -110,7 +110,7 @@ def librosa_files(wavs: list[Path], out_dir: Path, p) -> float:
 def our_spec(rows, ingest_dir: Path, workers, settings, params) -> float:
     """The spec stage's path as its flow runs it: `in_flight_chunks` task threads hand chunks to
     the worker processes, which read the ingest shards, compute and commit to the cache."""
-    from tasks.spec import SpecItem
+    from tasks.prep.spec import SpecItem
 
     items = [SpecItem(r, r["id"]) for r in rows]
     chunk = params.features.spec.chunk_size
@@ -126,8 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=4, help="repeat the 120-utterance demo corpus")
     args = ap.parse_args()
-    from tasks.shards import read_pcm
-    from tasks.spec import stft_params, stft_settings
+    from tasks.core.shards import read_pcm
+    from tasks.prep.spec import stft_params, stft_settings
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -151,7 +151,7 @@ def main() -> None:
         # Best of three for each side (the same work each time: store_chunk computes and commits
         # every chunk it is given): this 2-core VM's timings vary by +-15% from run to run.
         t_lib = min(librosa_files(wavs, work / "npy", p) for _ in range(3))
-        from tasks.spec import SpecItem, SpecProcesses
+        from tasks.prep.spec import SpecItem, SpecProcesses
 
         with SpecProcesses(params.runtime.workers, work / "spec.sqlite") as workers:
             start = time.perf_counter()  # one utterance per worker, at once: every worker starts

@@ -1,5 +1,5 @@
 """Training-step throughput: steps/s and spectrogram frames/s of one full step (G forward, DUR, D
-and G updates: tasks.train.train_step), on synthetic batches of fixed shape.
+and G updates: tasks.training.train.train_step), on synthetic batches of fixed shape.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 10] [--threads N] [--bf16]
 
@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model.mel_processing import linear_spectrogram  # noqa: E402
-from tasks.config import parse_params  # noqa: E402
+from tasks.core.config import parse_params  # noqa: E402
 from tasks.frontends.symbols import SymbolTable  # noqa: E402
-from tasks.train import build_nets, build_setup, train_step  # noqa: E402
+from tasks.training.train import build_nets, build_setup, train_step  # noqa: E402
 
 
 def params_for(kind: str, bf16: bool):

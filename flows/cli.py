@@ -9,6 +9,9 @@ from typing import Optional
 
 import typer
 
+from tasks.core import paths
+from tasks.core.config import SYNTHESIS_DEFAULTS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from params paths; never a surprise download
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from a temporary server
 
@@ -27,8 +30,8 @@ def _run(flow_name: str, **kwargs) -> dict:
     from prefect.settings import temporary_settings
 
     from flows import stages
-    from tasks.config import ConfigError
-    from tasks.datasets import DatasetError
+    from tasks.core.config import ConfigError
+    from tasks.prep.datasets import DatasetError
 
     # A stage's flow run sends no heartbeats unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY asks for them:
     # stages are short and `dvc repro` reports their failures, and joining Prefect's heartbeat thread
@@ -45,7 +48,7 @@ def _run(flow_name: str, **kwargs) -> dict:
 @app.command()
 def validate(params: str = PARAMS) -> None:
     """Check params.yaml against the schema and print the parsed configuration."""
-    from tasks.config import ConfigError, load_params
+    from tasks.core.config import ConfigError, load_params
 
     try:
         parsed = load_params(params)
@@ -64,10 +67,10 @@ def demo(params: str = PARAMS) -> None:
 def fingerprint(dataset: str = typer.Option(..., help="A dataset name from params.yaml."),
                 out: str = typer.Option(..., help="The JSON file to write."), params: str = PARAMS) -> None:
     """Stage `source@N`: list a dataset's files with their hashes, so ingest sees corpus changes."""
-    from tasks.cache import FileHashes
-    from tasks.config import ConfigError, find_repo_root, load_params, resolve_local
-    from tasks.datasets import DatasetError, fingerprint_dataset
-    from tasks.storage import atomic_write_bytes
+    from tasks.core.cache import FileHashes
+    from tasks.core.config import ConfigError, find_repo_root, load_params, resolve_local
+    from tasks.prep.datasets import DatasetError, fingerprint_dataset
+    from tasks.core.storage import atomic_write_bytes
 
     try:
         p = load_params(params)
@@ -83,51 +86,51 @@ def fingerprint(dataset: str = typer.Option(..., help="A dataset name from param
 
 
 @app.command()
-def ingest(params: str = PARAMS, out: str = typer.Option("data/ingest", help="Output folder.")) -> None:
+def ingest(params: str = PARAMS, out: str = typer.Option(paths.INGEST, help="Output folder.")) -> None:
     """Stage `ingest`: decode, resample, condition, dedup, shard and split every dataset."""
     _run("ingest_flow", params_path=params, out=out)
 
 
 @app.command()
 def text(params: str = PARAMS,
-         ingest_dir: str = typer.Option("data/ingest", "--in", help="The ingest stage's folder."),
-         out: str = typer.Option("data/text", help="Output folder.")) -> None:
+         ingest_dir: str = typer.Option(paths.INGEST, "--in", help="The ingest stage's folder."),
+         out: str = typer.Option(paths.TEXT, help="Output folder.")) -> None:
     """Stage `text`: normalisation and G2P (phones, tones, word2ph) for every utterance."""
     _run("text_flow", params_path=params, ingest_dir=ingest_dir, out=out)
 
 
 @app.command()
 def bert(params: str = PARAMS,
-         text_dir: str = typer.Option("data/text", "--in", help="The text stage's folder."),
-         out: str = typer.Option("data/bert", help="Output folder.")) -> None:
+         text_dir: str = typer.Option(paths.TEXT, "--in", help="The text stage's folder."),
+         out: str = typer.Option(paths.BERT, help="Output folder.")) -> None:
     """Stage `bert`: phone-level BERT features (fp16, sharded), batched, cached by content."""
     _run("bert_flow", params_path=params, text_dir=text_dir, out=out)
 
 
 @app.command()
 def spec(params: str = PARAMS,
-         ingest_dir: str = typer.Option("data/ingest", "--in", help="The ingest stage's folder."),
-         out: str = typer.Option("data/spec", help="Output folder.")) -> None:
+         ingest_dir: str = typer.Option(paths.INGEST, "--in", help="The ingest stage's folder."),
+         out: str = typer.Option(paths.SPEC, help="Output folder.")) -> None:
     """Stage `spec`: linear and mel spectrograms with the model's own STFT (cached or on the fly)."""
     _run("spec_flow", params_path=params, ingest_dir=ingest_dir, out=out)
 
 
 @app.command()
-def stats(params: str = PARAMS, out: str = typer.Option("reports", help="Output folder.")) -> None:
+def stats(params: str = PARAMS, out: str = typer.Option(paths.REPORTS, help="Output folder.")) -> None:
     """Stage `stats`: corpus statistics, sampler buckets and dropped clips (metrics, markdown, PNG)."""
     _run("stats_flow", params_path=params, out=out)
 
 
 @app.command()
 def train(params: str = PARAMS,
-          out: str = typer.Option("train/manifest.json", help="The run manifest to write (run id, checkpoint, metrics).")
+          out: str = typer.Option(paths.TRAIN_MANIFEST, help="The run manifest to write (run id, checkpoint, metrics).")
           ) -> None:
     """Stage `train`: train Bert-VITS2 on data/ (in-process, or torchrun for train.nproc > 1); a rerun resumes."""
     import subprocess
 
     from flows.train import train_flow
-    from tasks.checkpoints import CheckpointError
-    from tasks.config import ConfigError
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
 
     try:
         summary = train_flow(params_path=params, out=out)
@@ -144,7 +147,7 @@ def train_node(params: Optional[str] = typer.Option(None, help="Train on this ch
                                                       help="The `train` flow run whose job this node joins.")) -> None:
     """Join a multi-node `train` job as a worker node: torchrun with TORCHRUN_ARGS (its rendezvous)."""
     from flows.train import train_node as join
-    from tasks.config import ConfigError
+    from tasks.core.config import ConfigError
 
     try:
         join(params, None if params else flow_run)
@@ -154,15 +157,15 @@ def train_node(params: Optional[str] = typer.Option(None, help="Train on this ch
 
 @app.command()
 def evaluate(params: str = PARAMS,
-             manifest: str = typer.Option("train/manifest.json", help="The train stage's run manifest."),
-             out: str = typer.Option("eval", help="Output folder (metrics.json, report.md, samples/, plots/).")
+             manifest: str = typer.Option(paths.TRAIN_MANIFEST, help="The train stage's run manifest."),
+             out: str = typer.Option(paths.EVAL, help="Output folder (metrics.json, report.md, samples/, plots/).")
              ) -> None:
     """Stage `evaluate`: metrics of the trained voice on the val split, then the promotion gate."""
     from flows.evaluate import evaluate_flow
-    from tasks.checkpoints import CheckpointError
-    from tasks.config import ConfigError
-    from tasks.evaluate import EvalError
-    from tasks.synth import SynthError
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
+    from tasks.evaluation.evaluate import EvalError
+    from tasks.inference.synth import SynthError
 
     try:
         summary = evaluate_flow(params_path=params, manifest=manifest, out=out)
@@ -174,8 +177,8 @@ def evaluate(params: str = PARAMS,
 @app.command()
 def remote(params: str = PARAMS) -> None:
     """Point DVC's default remote at params.yaml `storage` (s3:// or file://); no credentials stored."""
-    from tasks.config import ConfigError, find_repo_root, load_params
-    from tasks.remote import configure_dvc_remote
+    from tasks.core.config import ConfigError, find_repo_root, load_params
+    from tasks.orchestration.remote import configure_dvc_remote
 
     try:
         typer.echo(json.dumps(configure_dvc_remote(load_params(params), find_repo_root(Path(params)))))
@@ -191,8 +194,8 @@ def g2p(text_: Optional[str] = typer.Argument(None, metavar="[TEXT]", help="The 
         as_json: bool = typer.Option(False, "--json", help="Print JSON (the default prints it too)."),
         params: str = PARAMS) -> None:
     """Print normalised text, phones, tones (language-local) and word2ph for one sentence or a file of them."""
-    from tasks.config import ConfigError, find_repo_root, load_params
-    from tasks.text import g2p_json
+    from tasks.core.config import ConfigError, find_repo_root, load_params
+    from tasks.prep.text import g2p_json
 
     if (text_ is None) == (batch is None):
         _fail("give either TEXT or --batch FILE")
@@ -218,10 +221,10 @@ def g2p(text_: Optional[str] = typer.Argument(None, metavar="[TEXT]", help="The 
 
 
 def _voice(model: str, params: Optional[str]):
-    from tasks.checkpoints import CheckpointError
-    from tasks.config import ConfigError
-    from tasks.export import ExportError
-    from tasks.synth import SynthError, load_voice
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
+    from tasks.inference.export import ExportError
+    from tasks.inference.synth import SynthError, load_voice
 
     try:
         return load_voice(model, params)
@@ -244,15 +247,18 @@ def synth(model: str = MODEL,
           batch: Optional[str] = typer.Option(None, "--batch", help="A file of lines `speaker|lang|text`, or plain "
                                               "text lines spoken with --lang/--speaker; # comments skipped."),
           out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Where --batch writes 0001.wav, 0002.wav, ..."),
-          sdp_ratio: float = typer.Option(0.2, help="Share of the stochastic duration predictor (0..1)."),
-          noise_scale: float = typer.Option(0.6, help="Prior noise (expressiveness)."),
-          noise_scale_w: float = typer.Option(0.8, help="Duration noise of the stochastic predictor."),
-          length_scale: float = typer.Option(1.0, help="Speaking time factor (> 1: slower)."),
+          sdp_ratio: float = typer.Option(SYNTHESIS_DEFAULTS["sdp_ratio"], help="Share of the stochastic duration "
+                                          "predictor (0..1)."),
+          noise_scale: float = typer.Option(SYNTHESIS_DEFAULTS["noise_scale"], help="Prior noise (expressiveness)."),
+          noise_scale_w: float = typer.Option(SYNTHESIS_DEFAULTS["noise_scale_w"], help="Duration noise of the "
+                                              "stochastic predictor."),
+          length_scale: float = typer.Option(SYNTHESIS_DEFAULTS["length_scale"], help="Speaking time factor "
+                                             "(> 1: slower)."),
           seed: Optional[int] = typer.Option(None, help="Seed the noise for a reproducible output."),
           params: Optional[str] = SYNTH_PARAMS) -> None:
     """Text to speech with a trained model: one sentence (--text, --out) or a batch file (--batch, --out-dir)."""
-    from tasks.storage import atomic_write_bytes
-    from tasks.synth import SynthError, parse_batch, wav_bytes
+    from tasks.core.storage import atomic_write_bytes
+    from tasks.inference.synth import SynthError, parse_batch, wav_bytes
 
     if (text_ is None) == (batch is None):
         _fail("give either --text (with --out) or --batch (with --out-dir)")
@@ -301,9 +307,9 @@ def convert(model: str = typer.Option(..., "--model", "-m",
             out: str = typer.Option(..., "--out", "-o", help="The WAV file to write."),
             params: Optional[str] = SYNTH_PARAMS) -> None:
     """Voice conversion: re-speak a recording of one model speaker with another's voice."""
-    from tasks.audio import AudioError, decode
-    from tasks.storage import atomic_write_bytes
-    from tasks.synth import SynthError, wav_bytes
+    from tasks.prep.audio import AudioError, decode
+    from tasks.core.storage import atomic_write_bytes
+    from tasks.inference.synth import SynthError, wav_bytes
 
     try:
         wav, sr = decode(Path(in_).read_bytes(), Path(in_).name)
@@ -347,7 +353,7 @@ def deploy(params: str = PARAMS,
     """Register the `gpu` concurrency limit, the `train` deployment on its work pool and the scheduled `retrain`."""
     from flows.deploy import DeployError
     from flows.deploy import deploy as deploy_all
-    from tasks.config import ConfigError
+    from tasks.core.config import ConfigError
 
     try:
         typer.echo(json.dumps(deploy_all(params, image), indent=2))
@@ -360,7 +366,7 @@ def serve(params: str = PARAMS) -> None:
     """Deploy, then run `retrain` here on its schedule and on "run now" from the UI (until Ctrl-C)."""
     from flows.deploy import DeployError
     from flows.deploy import serve as serve_retrain
-    from tasks.config import ConfigError
+    from tasks.core.config import ConfigError
 
     try:
         serve_retrain(params)
@@ -372,8 +378,8 @@ def serve(params: str = PARAMS) -> None:
 def retrain(params: str = PARAMS) -> None:
     """Run the `retrain` flow once, now: new data → dvc repro → push → train → evaluate → promote."""
     from flows.retrain import retrain_flow
-    from tasks.config import ConfigError
-    from tasks.workspace import DvcError, WorkspaceBusy
+    from tasks.core.config import ConfigError
+    from tasks.orchestration.workspace import DvcError, WorkspaceBusy
 
     try:
         summary = retrain_flow(params_path=params)

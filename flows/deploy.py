@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flows.retrain import GPU_LIMIT
-from tasks.config import Params, find_repo_root, load_params
+from tasks.core.config import Params, find_repo_root, load_params
 
 
 def _sync(coro):

@@ -1,5 +1,5 @@
 """Stage `evaluate` as a Prefect flow: evaluate the train manifest's checkpoint on the val split
-(tasks/evaluate.py: eval/metrics.json, report.md, samples/, plots/), publish the metrics as Prefect
+(tasks/evaluation/evaluate.py: eval/metrics.json, report.md, samples/, plots/), publish the metrics as Prefect
 artifacts (the report as markdown, the per-group metrics as a table), then run the promotion gate
 on params.storage (models/<model_name>/production.json); its decision goes to the log and to
 eval/promotion.json."""
@@ -11,13 +11,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from tasks.config import find_repo_root, load_params, resolve_local
-from tasks.storage import atomic_write_bytes
+from tasks.core import paths
+from tasks.core.config import find_repo_root, load_params, resolve_local
+from tasks.core.storage import atomic_write_bytes
 
 
 def metrics_table(metrics: dict) -> list[dict]:
     """One row per group (overall, each language, each language/speaker) with the headline metrics."""
-    from tasks.evaluate import HEADLINE
+    from tasks.evaluation.evaluate import HEADLINE
 
     groups = {"overall": metrics["overall"], **metrics["language"], **metrics["language/speaker"]}
     keys = HEADLINE + list(metrics.get("judges", {}))  # plus the model-based metrics, when configured
@@ -25,10 +26,10 @@ def metrics_table(metrics: dict) -> list[dict]:
 
 
 @flow(name="evaluate")
-def evaluate_flow(params_path: str = "params.yaml", manifest: str = "train/manifest.json", out: str = "eval") -> dict:
+def evaluate_flow(params_path: str = "params.yaml", manifest: str = paths.TRAIN_MANIFEST, out: str = paths.EVAL) -> dict:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from tasks.evaluate import evaluate, promote, read_manifest
+    from tasks.evaluation.evaluate import evaluate, promote, read_manifest
 
     started = time.perf_counter()
     log = get_run_logger()

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tasks.cache import ResultCache
+from tasks.core.cache import ResultCache
 
 
 def progress_bar() -> Progress:

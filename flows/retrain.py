@@ -4,7 +4,7 @@
    against the fingerprint DVC last recorded; a changed dataset's `source@N` stage is forced, so
    a corpus DVC cannot watch (S3) still triggers `ingest`;
 2. `dvc repro` of the preprocessing half (the data stages and stats), holding the workspace lock
-   (tasks/workspace.py) for the whole run: one pipeline per workspace;
+   (tasks/orchestration/workspace.py) for the whole run: one pipeline per workspace;
 3. `dvc push`: the data version a GPU machine will pull;
 4. training, under the global concurrency limit `gpu`: `local` runs the `train` stage here (torchrun
    when train.nproc > 1); `work_pool` submits the `train` deployment to params.retrain.work_pool
@@ -29,7 +29,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks.config import Params, find_repo_root, load_params, resolve_local
+from tasks.core import paths
+from tasks.core.config import Params, find_repo_root, load_params, resolve_local
 
 PREPROCESS_TARGETS = ["bert", "spec", "stats"]  # everything upstream of `train` (and stats)
 TRANSIENT = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
@@ -39,7 +40,7 @@ GPU_LIMIT = "gpu"
 
 @task(name="pick-up-new-data", **TRANSIENT)
 def pick_up_new_data(params: Params, root: Path) -> dict[str, dict]:
-    from tasks.workspace import dataset_changes
+    from tasks.orchestration.workspace import dataset_changes
 
     changes = dataset_changes(params, root)
     for name, c in changes.items():
@@ -54,7 +55,7 @@ def pick_up_new_data(params: Params, root: Path) -> dict[str, dict]:
 @task(name="dvc-repro", retries=1, retry_delay_seconds=30, cache_policy=NO_CACHE)
 def dvc_repro(root: Path, targets: list[str], force: list[str]) -> list[str]:
     """`dvc repro` (stage results are cached by content, so a retry redoes only what failed)."""
-    from tasks.workspace import dvc, stages_run
+    from tasks.orchestration.workspace import dvc, stages_run
 
     log = get_run_logger()
     for stage in force:  # a dataset DVC cannot watch (s3://) changed: refingerprint it
@@ -66,7 +67,7 @@ def dvc_repro(root: Path, targets: list[str], force: list[str]) -> list[str]:
 
 @task(name="dvc-push", **TRANSIENT)
 def dvc_push(root: Path) -> None:
-    from tasks.workspace import dvc
+    from tasks.orchestration.workspace import dvc
 
     dvc(root, "push", log=get_run_logger())
 
@@ -116,7 +117,7 @@ def _ui_url(path: str) -> Optional[str]:
 def summary_markdown(changes: dict, ran: list[str], training: dict, manifest: dict, metrics: dict,
                      promotion: dict, production_before: Optional[dict], samples: list[str]) -> str:
     """The run at a glance: data, stages, training, metrics against production, the decision."""
-    from tasks.evaluate import HEADLINE
+    from tasks.evaluation.evaluate import HEADLINE
 
     def fmt(v: Any) -> str:
         return "–" if v is None else f"{v:.3f}"
@@ -146,8 +147,8 @@ def summary_markdown(changes: dict, ran: list[str], training: dict, manifest: di
 def retrain_flow(params_path: str = "params.yaml") -> dict:
     from prefect.artifacts import create_markdown_artifact
 
-    from tasks.evaluate import read_production
-    from tasks.workspace import source_stage, workspace_lock
+    from tasks.evaluation.evaluate import read_production
+    from tasks.orchestration.workspace import source_stage, workspace_lock
 
     started = time.perf_counter()
     log = get_run_logger()
@@ -158,7 +159,7 @@ def retrain_flow(params_path: str = "params.yaml") -> dict:
         cfg = params.retrain
         production_before = read_production(params, root)
         if cfg.push:
-            from tasks.remote import configure_dvc_remote
+            from tasks.orchestration.remote import configure_dvc_remote
 
             log.info("DVC remote: %s", configure_dvc_remote(params, root))
         changes = pick_up_new_data(params, root)
@@ -171,7 +172,7 @@ def retrain_flow(params_path: str = "params.yaml") -> dict:
         ran += dvc_repro(root, [], [])  # evaluate (and the promotion gate), plus anything left
         if cfg.push:
             dvc_push(root)
-        manifest = json.loads(resolve_local(root, "train/manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(resolve_local(root, paths.TRAIN_MANIFEST).read_text(encoding="utf-8"))
         metrics = json.loads(resolve_local(root, "eval/metrics.json").read_text(encoding="utf-8"))
         promotion = json.loads(resolve_local(root, "eval/promotion.json").read_text(encoding="utf-8"))
         samples = sorted(p.name for p in resolve_local(root, "eval/samples").glob("*.wav"))

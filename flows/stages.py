@@ -16,9 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.fanout import fill_cache
-from tasks import ingest
-from tasks.cache import ResultCache
-from tasks.config import Params, find_repo_root, load_params, resolve_local
+from tasks.core import paths
+from tasks.core.cache import ResultCache
+from tasks.core.config import Params, find_repo_root, load_params, resolve_local
+from tasks.prep import ingest
 
 # Chunk tasks are pure functions of their inputs, so a retry is always safe; retries cover
 # transient storage errors (an s3:// dataset) rather than bad data, which becomes a reject.
@@ -32,7 +33,7 @@ def ingest_chunk_task(chunk, storages, settings):
 
 @task(name="text-chunk", **RETRIES)
 def text_chunk_task(chunk, params, root):
-    from tasks import text
+    from tasks.prep import text
 
     return text.text_chunk(chunk, params, root)
 
@@ -43,7 +44,7 @@ def stage_cache(params: Params, root: Path, stage: str) -> ResultCache:
 
 @task(name="bert-chunk", **RETRIES)
 def bert_chunk_task(chunk, params, root, device):
-    from tasks import bert
+    from tasks.prep import bert
 
     return bert.bert_chunk(chunk, params, root, device)
 
@@ -52,7 +53,7 @@ def bert_chunk_task(chunk, params, root, device):
 def spec_chunk_task(chunk, ingest_dir, stft, processes):
     """With `processes` the chunk is computed and committed to the cache by a worker process, and
     nothing is left for the flow to commit."""
-    from tasks import spec
+    from tasks.prep import spec
 
     if processes is not None:
         processes.store_chunk(chunk, ingest_dir, stft)
@@ -71,7 +72,7 @@ def _log_summary(stage: str, summary: dict, started: float, computed: int) -> di
 
 @flow(name="demo", log_prints=True)
 def demo_flow(params_path: str = "params.yaml") -> dict:
-    from tasks.demo import make_demo_corpus
+    from tasks.prep.demo import make_demo_corpus
 
     params = load_params(params_path)
     root = find_repo_root(Path(params_path))
@@ -81,7 +82,7 @@ def demo_flow(params_path: str = "params.yaml") -> dict:
 
 
 @flow(name="ingest")
-def ingest_flow(params_path: str = "params.yaml", out: str = "data/ingest") -> dict:
+def ingest_flow(params_path: str = "params.yaml", out: str = paths.INGEST) -> dict:
     started = time.perf_counter()
     params = load_params(params_path)
     root = find_repo_root(Path(params_path))
@@ -95,8 +96,8 @@ def ingest_flow(params_path: str = "params.yaml", out: str = "data/ingest") -> d
 
 
 @flow(name="text")
-def text_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest", out: str = "data/text") -> dict:
-    from tasks import text
+def text_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, out: str = paths.TEXT) -> dict:
+    from tasks.prep import text
 
     started = time.perf_counter()
     params = load_params(params_path)
@@ -129,8 +130,8 @@ def with_workers(f, params_path: str):
 
 
 @flow(name="bert")
-def bert_flow(params_path: str = "params.yaml", text_dir: str = "data/text", out: str = "data/bert") -> dict:
-    from tasks import bert
+def bert_flow(params_path: str = "params.yaml", text_dir: str = paths.TEXT, out: str = paths.BERT) -> dict:
+    from tasks.prep import bert
 
     started = time.perf_counter()
     params = load_params(params_path)
@@ -147,8 +148,8 @@ def bert_flow(params_path: str = "params.yaml", text_dir: str = "data/text", out
 
 
 @flow(name="spec")
-def spec_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest", out: str = "data/spec") -> dict:
-    from tasks import spec
+def spec_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, out: str = paths.SPEC) -> dict:
+    from tasks.prep import spec
 
     started = time.perf_counter()
     params = load_params(params_path)
@@ -169,9 +170,9 @@ def spec_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest",
 
 
 @flow(name="stats")
-def stats_flow(params_path: str = "params.yaml", ingest_dir: str = "data/ingest", text_dir: str = "data/text",
-               spec_dir: str = "data/spec", out: str = "reports") -> dict:
-    from tasks import stats
+def stats_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, text_dir: str = paths.TEXT,
+               spec_dir: str = paths.SPEC, out: str = paths.REPORTS) -> dict:
+    from tasks.prep import stats
 
     params = load_params(params_path)
     root = find_repo_root(Path(params_path))

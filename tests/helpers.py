@@ -81,7 +81,7 @@ def sigkill_once_cached(proc: subprocess.Popen, db: Path, at_least: int) -> int:
     import signal
     import time
 
-    from tasks.cache import ResultCache
+    from tasks.core.cache import ResultCache
 
     done = 0
     while proc.poll() is None:

@@ -13,7 +13,7 @@ import boto3
 import pytest
 import yaml
 
-from tasks.shards import read_jsonl
+from tasks.core.shards import read_jsonl
 from tests.helpers import aishell_bv2_list, edit_params, pipeline_project, run
 
 REPO = Path(__file__).resolve().parents[1]

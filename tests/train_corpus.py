@@ -68,10 +68,10 @@ def write_params(root: Path, **overrides: Any) -> Path:
 
 
 def run_spec(root: Path, out: Path, cache: bool = True) -> None:
-    from tasks.cache import ResultCache
-    from tasks.config import load_params
-    from tasks.ingest import read_index
-    from tasks.spec import assemble, plan_spec, spec_chunk, stft_settings
+    from tasks.core.cache import ResultCache
+    from tasks.core.config import load_params
+    from tasks.prep.ingest import read_index
+    from tasks.prep.spec import assemble, plan_spec, spec_chunk, stft_settings
 
     params = load_params(root / "params.yaml")
     items = plan_spec(read_index(root / "data/ingest"), params)
@@ -84,10 +84,10 @@ def run_spec(root: Path, out: Path, cache: bool = True) -> None:
 
 def build(root: Path) -> Path:
     """Build corpus/ (demo audio) and data/{ingest,text,bert,spec} under `root`; returns params.yaml."""
-    from tasks import bert, demo, text
-    from tasks.cache import ResultCache
-    from tasks.config import load_params
-    from tasks.ingest import assemble, audio_settings, ingest_chunk, plan_ingest, read_index
+    from tasks.prep import bert, demo, text
+    from tasks.core.cache import ResultCache
+    from tasks.core.config import load_params
+    from tasks.prep.ingest import assemble, audio_settings, ingest_chunk, plan_ingest, read_index
 
     sentences = root / "sentences"
     sentences.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def build(root: Path) -> Path:
 
 def tiny_params(root: Path, work: Path, model: dict | None = None, **train: Any):
     """The corpus's params with storage and TensorBoard logs under `work` and `train` overrides."""
-    from tasks.config import parse_params
+    from tasks.core.config import parse_params
 
     data = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     data["train"].update(train, log_dir=str(work / "logs"))

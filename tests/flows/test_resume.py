@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.cache import ResultCache
+from tasks.core.cache import ResultCache
 from tests.helpers import aishell_bv2_list, sigkill_once_cached, write_params
 
 

@@ -136,7 +136,7 @@ def test_a_retrain_run_trains_on_the_gpu_pool_evaluates_promotes_and_publishes_a
 
 
 def test_a_retrain_in_a_busy_workspace_fails_at_once_naming_the_holder(tmp_path, env):
-    from tasks.workspace import workspace_lock
+    from tasks.orchestration.workspace import workspace_lock
 
     root = pipeline_project(tmp_path)
     exe = str(Path(sys.executable).with_name("vitsflow"))

@@ -1,5 +1,5 @@
 """`vitsflow synth` and `vitsflow convert` on a random-weight model of the tiny corpus
-(tests/tasks/test_synth.py builds it as a checkpoint bundle and an export folder)."""
+(tests/tasks/inference/test_synth.py builds it as a checkpoint bundle and an export folder)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.tasks.test_synth import build_models
+from tests.tasks.inference.test_synth import build_models
 
 runner = CliRunner()
 

@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.checkpoints import CheckpointStore
-from tasks.storage import open_storage
+from tasks.core.checkpoints import CheckpointStore
+from tasks.core.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_train_node_refuses_a_flow_run_that_trains_on_its_own_checkout(prefect_s
 
 
 def test_torchrun_runs_standalone_unless_a_rendezvous_names_several_nodes():
-    from flows.train import torchrun_args
+    from tasks.training.launch import torchrun_args
 
     assert torchrun_args(2, {}) == ["--standalone", "--nproc_per_node=2"]
     one = "--nnodes=1 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=$(JOB_NAME)-0.rdzv:29400"

@@ -1,10 +1,7 @@
 """The English frontend: normalisation, CMUdict/g2p_en G2P and BERT alignment (upstream 2.3 rules)."""
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest

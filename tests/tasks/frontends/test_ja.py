@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import frontends
 from tasks.frontends import ja
 from tasks.frontends.symbols import BASE_SYMBOLS, PUNCTUATION
 

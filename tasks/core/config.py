@@ -1,0 +1,569 @@
+"""The one schema of params.yaml: typed, validated at load, unknown keys rejected.
+
+Errors name the key path, the bad value and what was expected, e.g.
+`params.yaml: datasets.0.format: got 'csv'; expected 'bv2_list', 'ljspeech' or 'jsonl'`.
+Relative paths are resolved against the repository root (the folder holding params.yaml).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unparsable or invalid; the message says where and why."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_path_text(value: str) -> str:
+    if not value or "\x00" in value:
+        raise ValueError("expected a non-empty path without NUL characters")
+    return value
+
+
+class BertConfig(Strict):
+    # A Hugging Face id ("org/name"), a local folder, or "package:<module>/<subdir>" for a model
+    # shipped inside an installed Python package (how tests and the demo stay offline).
+    model: str
+    revision: Optional[str] = None
+    layer: int = -3
+    # Which of the network's three BERT inputs (upstream 2.3: zh, ja, en) carries this language's
+    # features; required for languages beyond those three.
+    slot: Optional[Literal["zh", "ja", "en"]] = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_form(cls, v: str) -> str:
+        check_path_text(v)
+        if not (v.startswith(("package:", "/", ".", "~")) or HF_ID.match(v)):
+            raise ValueError("expected a Hugging Face id, a local path or package:<module>/<subdir>")
+        return v
+
+
+class LanguageConfig(Strict):
+    normalizer: str
+    g2p: str
+    g2p_options: dict[str, str] = Field(default_factory=dict)
+    bert: BertConfig
+
+    @field_validator("normalizer")
+    @classmethod
+    def _known_normalizer(cls, v: str) -> str:
+        from tasks.frontends import NORMALIZERS
+
+        if v not in NORMALIZERS:
+            raise ValueError(f"expected one of {sorted(NORMALIZERS)}")
+        return v
+
+    @field_validator("g2p")
+    @classmethod
+    def _known_g2p(cls, v: str) -> str:
+        from tasks.frontends import G2P_BACKENDS
+
+        if v not in G2P_BACKENDS:
+            raise ValueError(f"expected one of {sorted(G2P_BACKENDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_g2p_options(self) -> "LanguageConfig":
+        from tasks.frontends import backend_options
+
+        accepted, required = backend_options(self.g2p)
+        unknown, missing = sorted(set(self.g2p_options) - accepted), sorted(required - set(self.g2p_options))
+        if unknown or missing:
+            raise ValueError(f"g2p_options for g2p {self.g2p!r}: " + "; ".join(
+                [f"unknown {unknown} (accepted: {sorted(accepted) or 'none'})"] * bool(unknown) +
+                [f"missing {missing}"] * bool(missing)))
+        return self
+
+
+class DatasetConfig(Strict):
+    name: str
+    language: str
+    path: str  # a local folder or an s3:// prefix
+    format: Literal["bv2_list", "ljspeech", "jsonl"]
+    # The list file inside `path`; defaults per format (filelist.list, metadata.csv, metadata.jsonl).
+    list_file: Optional[str] = None
+    # A fixed speaker name; omit it to take each utterance's speaker from the list.
+    speaker: Optional[str] = None
+    # The value the list's language column must hold (bv2_list, jsonl); default: `language` in
+    # upper case. Upstream lists write JP for Japanese.
+    language_field: Optional[str] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.' (it becomes part of utterance ids)")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        check_path_text(v)
+        if "://" in v and not v.startswith(("s3://", "file://")):
+            raise ValueError("expected a local folder, file:// or s3:// prefix")
+        return v
+
+    @field_validator("list_file")
+    @classmethod
+    def _list_file(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and (Path(v).is_absolute() or ".." in Path(v).parts):
+            raise ValueError("expected a file name inside the dataset folder")
+        return v
+
+    @model_validator(mode="after")
+    def _speaker_source(self) -> "DatasetConfig":
+        if self.format == "ljspeech" and self.speaker is None:
+            raise ValueError("format ljspeech has no speaker column: give a fixed `speaker` name")
+        return self
+
+    @property
+    def list_name(self) -> str:
+        return self.list_file or {"bv2_list": "filelist.list", "ljspeech": "metadata.csv",
+                                  "jsonl": "metadata.jsonl"}[self.format]
+
+
+class AudioConfig(Strict):
+    sample_rate: int = Field(44100, ge=8000, le=96000)
+    # Integrated loudness target in LUFS (ITU-R BS.1770); null leaves levels as recorded.
+    loudness_lufs: Optional[float] = Field(-23.0, ge=-70, le=0)
+    # Leading/trailing frames quieter than this many dB below the clip's peak are cut; null keeps them.
+    trim_db: Optional[float] = Field(40.0, gt=0, le=120)
+    min_seconds: float = Field(0.5, ge=0)
+    max_seconds: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AudioConfig":
+        if self.min_seconds >= self.max_seconds:
+            raise ValueError(f"min_seconds ({self.min_seconds}) must be below max_seconds ({self.max_seconds})")
+        return self
+
+
+class SplitConfig(Strict):
+    seed: int = 1234
+    val_per_speaker: int = Field(2, ge=0)  # validation utterances per (language, speaker)
+    min_train_per_speaker: int = Field(1, ge=0)  # never take the last training utterances of a speaker
+
+
+class DemoConfig(Strict):
+    sentences: str = "demo/sentences"
+    out: str = "data/demo_corpus"
+
+
+class StageConfig(Strict):
+    shard_mb: int = Field(64, ge=1, le=4096)  # target shard size; files grow with shards, not utterances
+    chunk_size: int = Field(16, ge=1, le=4096)  # utterances per task in the fan-out
+
+
+class RuntimeConfig(Strict):
+    # How, not what: no stage lists these as DVC params, so changing them re-runs nothing.
+    workers: int = Field(2, ge=1, le=256)
+    in_flight_chunks: int = Field(4, ge=1, le=1024)  # bounds memory: chunks submitted but not yet written
+    # thread: a thread pool of `workers` in the stage's process; dask: a Dask cluster (prefect-dask),
+    # `dask_address` or else a local one of `workers` single-threaded processes.
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: Optional[str] = None
+    # Per-utterance results keyed by content (tasks/core/cache.py); outside DVC's outs, safe to delete.
+    cache_dir: str = ".cache/vitsflow"
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: str) -> str:
+        return check_path_text(v)
+
+
+class SpecConfig(Strict):
+    n_fft: int = Field(2048, ge=64)
+    hop_length: int = Field(512, ge=16)
+    win_length: int = Field(2048, ge=16)
+    n_mels: int = Field(128, ge=8)
+    fmin: float = Field(0.0, ge=0)
+    fmax: Optional[float] = None
+    # true: the spec stage stores linear and mel spectrograms (fp16); false: the data loader
+    # computes them on the fly with the same STFT.
+    cache: bool = True
+    shard_mb: int = Field(256, ge=1, le=4096)
+    chunk_size: int = Field(16, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _window(self) -> "SpecConfig":
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        if self.hop_length > self.win_length:
+            raise ValueError(f"hop_length ({self.hop_length}) must not exceed win_length ({self.win_length})")
+        return self
+
+
+class BertStageConfig(Strict):
+    batch_size: int = Field(16, ge=1, le=1024)
+    # Token sequences are padded to a multiple of this; with the fixed batch size it fixes every
+    # batch's shape, so an utterance's features do not depend on its batch mates (16: fastest on CPU).
+    length_bucket: int = Field(16, ge=1, le=512)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
+    shard_mb: int = Field(64, ge=1, le=4096)
+    chunk_size: int = Field(64, ge=1, le=4096)
+
+
+class FeaturesConfig(Strict):
+    spec: SpecConfig = SpecConfig()
+    bert: BertStageConfig = BertStageConfig()
+
+
+class InitFromConfig(Strict):
+    """Upstream checkpoints to start a new run from (fine-tuning); ignored when the run resumes.
+
+    Each of G, D, DUR, WD is a local path (relative to the repo) or an s3:// URI of an upstream
+    `G_*.pth`-style file, or null. Loading is strict: any difference in keys or shapes is an error
+    unless a pattern below covers it, and every allowed difference is logged."""
+    G: Optional[str] = None
+    D: Optional[str] = None
+    DUR: Optional[str] = None
+    WD: Optional[str] = None
+    # Keys (fnmatch patterns) whose first dimension may differ: the speaker table (new speakers) and
+    # the symbol/tone/language tables (languages added through params.yaml). Shared rows are copied.
+    allow_resize: list[str] = Field(default_factory=lambda: ["emb_g", "enc_p.emb", "enc_p.tone_emb",
+                                                             "enc_p.language_emb"])
+    # Keys dropped from the checkpoint and left at their initial values, e.g. `enc_p.*bert_proj`
+    # when the BERT width differs from upstream's 1024.
+    reinit: list[str] = Field(default_factory=list)
+
+
+class TrainConfig(Strict):
+    """The trainer (tasks/training/train.py): upstream 2.3's train section with its names, plus the loop's own knobs."""
+    batch_size: int = Field(16, ge=1)  # per process
+    # Spectrogram-frame boundaries of the bucketed sampler (upstream's defaults); clips at or
+    # below the first or above the last are dropped, and the stats stage lists them.
+    bucket_boundaries: list[int] = Field(default_factory=lambda: [32, 300, 400, 500, 600, 700, 800, 900, 1000])
+    seed: int = 1234
+    learning_rate: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.8, 0.99)
+    eps: float = Field(1e-9, gt=0)
+    lr_decay: float = Field(0.99995, gt=0, le=1)  # ExponentialLR gamma, stepped once per epoch as upstream
+    segment_size: int = Field(16384, ge=64)  # samples of the random slice the decoder trains on
+    c_mel: float = Field(45.0, ge=0)
+    c_kl: float = Field(1.0, ge=0)
+    epochs: int = Field(1000, ge=1)
+    max_steps: Optional[int] = Field(None, ge=0)  # stop at this global step (whichever of the two comes first)
+    log_interval: int = Field(200, ge=1)  # steps between TensorBoard scalars/images
+    eval_interval: int = Field(1000, ge=1)  # steps between validation losses
+    save_interval: int = Field(1000, ge=1)  # steps between checkpoints (and one at the end)
+    keep_best: int = Field(3, ge=1)  # checkpoints kept by validation loss, besides the latest
+    bf16: bool = False  # opt-in bfloat16 autocast (CUDA or CPU); no GradScaler
+    # Max gradient norms (null: no clipping, upstream's fp32 default; upstream's bf16 runs use 500 / 200).
+    grad_clip_g: Optional[float] = Field(None, gt=0)
+    grad_clip_d: Optional[float] = Field(None, gt=0)  # D, DUR and WD
+    num_workers: int = Field(2, ge=0)  # data-loader processes per training process
+    nproc: int = Field(1, ge=1)  # training processes (torchrun --nproc_per_node); 1: in-process
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    val_max_utterances: int = Field(16, ge=1)  # validation clips (the first of the val split) per evaluation
+    audio_samples: int = Field(2, ge=0)  # validation clips rendered to TensorBoard per evaluation
+    init_from: InitFromConfig = InitFromConfig()
+    # The run's name under storage `runs/`; null: derived from model/train params and the data, so
+    # the same params on the same data resume the same run.
+    run_id: Optional[str] = None
+    log_dir: str = "logs"  # TensorBoard event files, under <log_dir>/<run_id>/
+
+    @field_validator("bucket_boundaries")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if len(v) < 2 or any(b <= a for a, b in zip(v, v[1:])) or v[0] < 0:
+            raise ValueError("expected at least two strictly increasing, non-negative frame counts")
+        return v
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.'")
+        return v
+
+
+class SLMConfig(Strict):
+    """Upstream 2.3's WavLM (speech language model) discriminator and feature loss."""
+    model: Optional[str] = None  # a local WavLM folder (transformers format); null: no WavLM terms, no WD
+    sr: int = 16000
+    hidden: int = 768
+    nlayers: int = 13
+    initial_channel: int = 64
+
+
+class ModelConfig(Strict):
+    """The network: upstream 2.3's `model` section with its names and defaults (config.json).
+
+    Table sizes (symbols, tones, languages, speakers) and the BERT width come from the data; the
+    spectrogram width from features.spec.n_fft."""
+    variant: Literal["bert-vits2-2.3", "vits2", "vits"] = "bert-vits2-2.3"
+    add_blank: bool = True  # a blank (id 0) between phones, as upstream data.add_blank
+    inter_channels: int = Field(192, ge=2)
+    hidden_channels: int = Field(192, ge=2)
+    filter_channels: int = Field(768, ge=1)
+    n_heads: int = Field(2, ge=1)
+    n_layers: int = Field(6, ge=1)
+    kernel_size: int = Field(3, ge=1)
+    p_dropout: float = Field(0.1, ge=0, lt=1)
+    resblock: Literal["1", "2"] = "1"
+    resblock_kernel_sizes: list[int] = Field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = Field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+    upsample_rates: list[int] = Field(default_factory=lambda: [8, 8, 2, 2, 2])
+    upsample_initial_channel: int = Field(512, ge=1)
+    upsample_kernel_sizes: list[int] = Field(default_factory=lambda: [16, 16, 8, 2, 2])
+    gin_channels: int = Field(512, ge=1)
+    n_flow_layer: int = Field(4, ge=1)
+    n_layers_trans_flow: int = Field(4, ge=1)
+    flow_share_parameter: bool = False
+    use_spectral_norm: bool = False  # of the discriminators
+    # The multi-period discriminator's channel counts divided by this power of two (1: upstream's
+    # widths, needed to load upstream D checkpoints; 8-16 for CPU-sized demo models).
+    disc_divisor: int = Field(1, ge=1, le=64)
+    slm: SLMConfig = SLMConfig()
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "ModelConfig":
+        if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
+            raise ValueError("upsample_rates and upsample_kernel_sizes must have the same length")
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes must have the same length")
+        if self.hidden_channels % self.n_heads:
+            raise ValueError(f"hidden_channels ({self.hidden_channels}) must be a multiple of n_heads ({self.n_heads})")
+        if self.disc_divisor & (self.disc_divisor - 1):
+            raise ValueError(f"disc_divisor ({self.disc_divisor}) must be a power of two")
+        if self.variant != "vits" and min(self.n_layers, self.n_layers_trans_flow) < 3:
+            # the speaker embedding enters the transformers before their third block (VITS2)
+            raise ValueError(f"n_layers ({self.n_layers}) and n_layers_trans_flow ({self.n_layers_trans_flow}) "
+                             f"must be at least 3 for variant {self.variant!r}")
+        return self
+
+    def generator_kwargs(self) -> dict[str, Any]:
+        """SynthesizerTrn arguments from this section (the data-dependent ones are added by the trainer)."""
+        return self.model_dump(exclude={"variant", "add_blank", "use_spectral_norm", "disc_divisor", "slm"})
+
+
+class StorageConfig(Strict):
+    # Where checkpoints and the DVC remote live: file://... or s3://bucket/prefix. Credentials are
+    # never here: they come from the environment or an AWS profile.
+    uri: str = "file://storage"
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not v.startswith(("file://", "s3://")):
+            raise ValueError("expected file://PATH or s3://BUCKET/PREFIX")
+        return v
+
+
+class ScheduleConfig(Strict):
+    """When the `retrain` deployment runs (flows/deploy.py): a cron line in a IANA timezone."""
+    cron: str = "0 3 * * 0"
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        fields = v.split()
+        if not (re.fullmatch(r"@(yearly|annually|monthly|weekly|daily|hourly)", v.strip()) or
+                (len(fields) == 5 and all(re.fullmatch(r"[0-9A-Za-z*/,?#LW-]+", f) for f in fields))):
+            raise ValueError("expected a 5-field cron line like '0 3 * * 0' (minute hour day month weekday)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA timezone like 'UTC' or 'Europe/Berlin'") from None
+        return v
+
+
+class RetrainConfig(Strict):
+    """What one run of the `retrain` deployment does (flows/retrain.py)."""
+    # local: the `train` stage in this workspace (torchrun when train.nproc > 1); work_pool: the
+    # `train` deployment on `work_pool`, a GPU machine that pulls the data version from the DVC remote.
+    training: Literal["local", "work_pool"] = "local"
+    work_pool: str = "gpu"
+    train_deployment: str = "gpu"  # the `train` flow's deployment name: train/<train_deployment>
+    gpu_slots: int = Field(1, ge=1, le=1024)  # the global concurrency limit `gpu`: trainings at once
+    push: bool = True  # `dvc push` after preprocessing and after evaluation
+    train_timeout_s: Optional[int] = Field(None, ge=1)  # give up waiting for a work-pool training; null: wait
+
+    @field_validator("work_pool", "train_deployment")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.fullmatch(v):
+            raise ValueError("expected a name of letters, digits, '.', '_' or '-'")
+        return v
+
+
+class PromotionConfig(Strict):
+    """The promotion gate of the `evaluate` stage: when a candidate replaces production."""
+    # The pointer lives at models/<model_name>/production.json on params.storage.
+    model_name: str = "default"
+    # The candidate's mean MCD must be lower than production's by at least this many dB.
+    min_mcd_improvement_db: float = Field(0.0, ge=0)
+    # ...and its mean log-F0 RMSE may exceed production's by at most this many cents.
+    max_f0_rmse_regression_cents: float = Field(0.0, ge=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.' (it becomes a storage folder)")
+        return v
+
+
+class EvalModelsConfig(Strict):
+    """Models behind the optional metrics (tasks/evaluation/judges.py): a Hugging Face id, a local folder or
+    package:<module>/<subdir>; null: the metric is not computed (and the report says so)."""
+    asr: Optional[str] = None      # speech recognition (CTC or Whisper) -> cer, wer
+    mos: Optional[str] = None      # audio classification with one regression output -> mos
+    speaker: Optional[str] = None  # x-vector speaker verification -> speaker_similarity
+
+
+# Synthesis knobs when nobody sets them (upstream's web UI defaults): `vitsflow synth`, the Voice
+# API, the evaluate stage and the export's config.json all take them from here.
+SYNTHESIS_DEFAULTS = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8, "length_scale": 1.0}
+
+
+class EvalConfig(Strict):
+    """Stage `evaluate` (tasks/evaluation/evaluate.py): free-running synthesis of the val split vs. its recordings."""
+    noise_scale: float = Field(SYNTHESIS_DEFAULTS["noise_scale"], ge=0)
+    noise_scale_w: float = Field(SYNTHESIS_DEFAULTS["noise_scale_w"], ge=0)
+    sdp_ratio: float = Field(SYNTHESIS_DEFAULTS["sdp_ratio"], ge=0, le=1)
+    length_scale: float = Field(SYNTHESIS_DEFAULTS["length_scale"], gt=0)
+    seed: int = 1234  # the synthesis noise, so evaluations are comparable
+    max_utterances: Optional[int] = Field(None, ge=1)  # cap on val utterances (the first ones); null: all
+    samples: int = Field(4, ge=0)  # utterances whose audio (reference, synthesis) and mel PNG are written
+    models: EvalModelsConfig = EvalModelsConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+
+class Params(Strict):
+    demo: DemoConfig = DemoConfig()
+    datasets: list[DatasetConfig]
+    languages: dict[str, LanguageConfig]
+    audio: AudioConfig = AudioConfig()
+    split: SplitConfig = SplitConfig()
+    ingest: StageConfig = StageConfig()
+    text: StageConfig = StageConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    storage: StorageConfig = StorageConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    train: TrainConfig = TrainConfig()
+    model: ModelConfig = ModelConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, v: dict[str, LanguageConfig]) -> dict[str, LanguageConfig]:
+        bad = [code for code in v if not re.fullmatch(r"[a-z]{2,3}(-[a-z0-9]+)?", code)]
+        if bad:
+            raise ValueError(f"language codes {bad} are not lowercase ISO-style codes like 'en' or 'pt-br'")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        names = [d.name for d in self.datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset names must be unique; repeated: {dupes}")
+        for i, d in enumerate(self.datasets):
+            if d.language not in self.languages:
+                raise ValueError(f"datasets.{i}.language: got {d.language!r}; expected a key of "
+                                 f"`languages` ({sorted(self.languages)})")
+        for code, lang in self.languages.items():
+            if code not in ("zh", "ja", "en") and lang.bert.slot is None:
+                raise ValueError(f"languages.{code}.bert.slot: required for a language beyond zh/ja/en; "
+                                 "expected zh, ja or en (the network input that carries its features)")
+        hop = self.features.spec.hop_length
+        if math.prod(self.model.upsample_rates) != hop:
+            raise ValueError(f"model.upsample_rates: their product ({math.prod(self.model.upsample_rates)}) must "
+                             f"equal features.spec.hop_length ({hop}): the decoder makes one hop per frame")
+        if self.train.segment_size % hop:
+            raise ValueError(f"train.segment_size ({self.train.segment_size}) must be a multiple of "
+                             f"features.spec.hop_length ({hop})")
+        return self
+
+
+def find_repo_root(params_path: Path) -> Path:
+    return params_path.resolve().parent
+
+
+def resolve_local(root: Path, value: str) -> Path:
+    """A path from params as an absolute local path (relative ones against the repo root)."""
+    value = value.removeprefix("file://")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (root / path)
+
+
+def resolve_model_path(root: Path, model: str, what: str = "BERT model") -> str:
+    """A model value from params (`package:<module>/<subdir>`, a folder, or a hub id) as what
+    transformers' from_pretrained takes (a folder or a hub id); `what` names it in errors."""
+    if model.startswith("package:"):
+        module, _, sub = model.removeprefix("package:").partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"{what} {model!r}: Python package {module!r} is not installed")
+        path = Path(list(spec.submodule_search_locations)[0]) / sub
+    elif model.startswith(("/", ".", "~")) or (root / model).exists():
+        path = resolve_local(root, model)
+    else:
+        return model
+    if not path.is_dir():
+        raise ConfigError(f"{what} {model!r}: folder {path} does not exist")
+    return str(path)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and section)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        # A whole section as "got" would bury the message: name values, not mappings.
+        got = "" if e["type"] == "missing" or isinstance(e["input"], (dict, list)) else f"got {e['input']!r}; "
+        if len(got) > 200:
+            got = got[:200] + "…; "
+        lines.append(f"{source}: {loc}: {got}{msg}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Any, source: str = "params.yaml") -> Params:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(data, str(path))

@@ -1,0 +1,16 @@
+"""The pipeline's folders, relative to the repository root: the one home of these names.
+
+`dvc.yaml` spells the same paths as its stages' outs and deps (tests/test_dvc_pipeline.py checks
+that they agree); the CLI, the flows and the stages take their defaults from here.
+"""
+SOURCES = "data/sources"  # `source@N`: one fingerprint file per dataset
+INGEST = "data/ingest"
+TEXT = "data/text"
+BERT = "data/bert"
+SPEC = "data/spec"
+REPORTS = "reports"  # `stats`
+TRAIN_MANIFEST = "train/manifest.json"
+EVAL = "eval"
+
+# The four data stages' outs, as the training corpus (tasks.training.corpus.Corpus.open) takes them.
+DATA_DIRS = {"ingest_dir": INGEST, "text_dir": TEXT, "bert_dir": BERT, "spec_dir": SPEC}

@@ -1,0 +1,2 @@
+"""Evaluation: free-running synthesis of the val split, its metrics, judges and the promotion gate.
+"""

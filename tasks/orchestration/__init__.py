@@ -1,0 +1,3 @@
+"""What the Prefect flows need around `dvc repro`: the DVC remote and the workspace (lock, data
+versions, new-data checks).
+"""

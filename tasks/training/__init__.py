@@ -1,0 +1,2 @@
+"""Training: the corpus the four data stages made, its sampler and loader, and the training loop.
+"""

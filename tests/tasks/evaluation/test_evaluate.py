@@ -1,0 +1,143 @@
+"""tasks/evaluation/evaluate.py: the evaluate stage on the tiny corpus (tests/train_corpus.py) with a random-weight
+checkpoint bundle (tests/tasks/inference/test_synth.build_models) and a train manifest pointing at it, and the
+promotion gate on the storage of params.
+
+Random weights: the tests check that every metric is computed, finite and written where DVC and the
+report expect it, not what it says about the voice."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tasks.core.config import ConfigError, parse_params
+from tasks.evaluation.evaluate import NOT_COMPUTED_NOTE, evaluate, production_key, promote, read_production
+from tests.tasks.inference.test_synth import build_models
+
+PROMOTION = {"model_name": "tiny", "min_mcd_improvement_db": 0.5, "max_f0_rmse_regression_cents": 20.0}
+
+
+@pytest.fixture(scope="module")
+def setup(train_corpus, tmp_path_factory):
+    work = tmp_path_factory.mktemp("evaluate")
+    models = build_models(train_corpus, work)
+    data = json.loads(Path(models["params"]).read_text(encoding="utf-8"))
+    data["eval"] = {"samples": 2, "max_utterances": None, "seed": 5, "promotion": PROMOTION}
+    Path(models["params"]).write_text(json.dumps(data), encoding="utf-8")  # what the voice's frontends read
+    params = parse_params(data)
+    manifest = {"run_id": "synth-test", "checkpoint": {"uri": models["bundle"], "step": 3},
+                "metrics": {"val_loss": None}, "lineage": {"git_commit": "0" * 40}}
+    manifest_path = work / "train" / "manifest.json"
+    manifest_path.parent.mkdir(parents=True)
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    result = evaluate(params, train_corpus, manifest_path, work / "eval", params_path=models["params"])
+    return {"params": params, "root": train_corpus, "work": work, "manifest": manifest, "result": result,
+            "voice_params": models["params"]}
+
+
+def test_metrics_json_has_finite_headline_metrics_and_groups(setup):
+    out = setup["work"] / "eval"
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("mcd_db", "f0_rmse_cents", "length_ratio", "mel_l1", "vuv_error"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert metrics["mcd_db"] > 0 and metrics["length_ratio"] > 0 and metrics["mel_l1"] > 0
+    assert metrics["utterances"] == metrics["overall"]["count"] >= 4
+    assert set(metrics["language"]) == {"de", "en", "ja", "zh"}  # every language of the corpus has val clips
+    per_speaker = metrics["language/speaker"]
+    assert {g.split("/")[0] for g in per_speaker} == set(metrics["language"]) and len(per_speaker) >= 4
+    assert sum(g["count"] for g in per_speaker.values()) == metrics["utterances"]
+    assert sum(g["count"] for g in metrics["language"].values()) == metrics["utterances"]
+    assert metrics["model"] == {"run_id": "synth-test", "step": 3, "checkpoint": setup["manifest"]["checkpoint"]["uri"]}
+    # metrics needing a model that is not configured are absent, never faked
+    for key in ("cer", "wer", "mos", "speaker_similarity"):
+        assert key not in metrics and key not in metrics["overall"]
+
+
+def test_per_utterance_rows_samples_and_report(setup):
+    out = setup["work"] / "eval"
+    rows = json.loads((out / "plots" / "per_utterance.json").read_text(encoding="utf-8"))
+    assert len(rows) == setup["result"]["metrics"]["utterances"]
+    assert {"id", "language", "speaker", "mcd_db", "f0_rmse_cents", "length_ratio", "mel_l1"} <= set(rows[0])
+    wavs, pngs = sorted((out / "samples").glob("*.wav")), sorted((out / "plots" / "images").glob("*.png"))
+    assert len(wavs) == 4 and len(pngs) == 2  # 2 samples: reference + synthesis each, one PNG each
+    assert [p.name for p in pngs] == sorted(Path(s["plot"]).name for s in setup["result"]["samples"])
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert all(w.read_bytes()[:4] == b"RIFF" for w in wavs)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert report == setup["result"]["markdown"]
+    assert "| **overall** |" in report and "| de |" in report and "| en/en_" in report
+    assert report.count(NOT_COMPUTED_NOTE) == 5 and "ASR character error rate" in report
+
+
+def test_promotion_gate(setup):
+    params, root, manifest = setup["params"], setup["root"], setup["manifest"]
+    metrics = setup["result"]["metrics"]
+    storage = Path(params.storage.uri.removeprefix("file://"))
+    pointer_file = storage / production_key("tiny")
+    assert read_production(params, root) is None
+
+    first = promote(params, root, manifest, metrics)  # no production yet
+    assert first["promoted"] and pointer_file.is_file()
+    pointer = json.loads(pointer_file.read_text(encoding="utf-8"))
+    assert pointer["checkpoint"] == {"uri": manifest["checkpoint"]["uri"], "step": 3}
+    assert pointer["metrics"]["mcd_db"] == metrics["mcd_db"] and pointer["lineage"] == manifest["lineage"]
+    assert pointer["promoted_at"] and read_production(params, root) == pointer
+
+    def candidate(step: int) -> dict:
+        return {**manifest, "checkpoint": {"uri": manifest["checkpoint"]["uri"].replace("step_00000003",
+                                                                                         f"step_{step:08d}"),
+                                           "step": step}}
+
+    before = pointer_file.read_bytes()
+    again = promote(params, root, manifest, metrics)
+    assert not again["promoted"] and "already production" in again["reason"]
+    worse = promote(params, root, candidate(4), {**metrics, "mcd_db": metrics["mcd_db"] + 1.0})
+    assert not worse["promoted"] and "improvement" in worse["reason"] and "below the required 0.5 dB" in worse["reason"]
+    slight = promote(params, root, candidate(5), {**metrics, "mcd_db": metrics["mcd_db"] - 0.4})
+    assert not slight["promoted"] and "below the required" in slight["reason"]
+    pitch = promote(params, root, candidate(6), {**metrics, "mcd_db": metrics["mcd_db"] - 1.0,
+                                                 "f0_rmse_cents": metrics["f0_rmse_cents"] + 50.0})
+    assert not pitch["promoted"] and "F0 RMSE" in pitch["reason"] and "exceeds the allowed 20 cents" in pitch["reason"]
+    assert pointer_file.read_bytes() == before  # refused candidates leave production untouched
+
+    better = promote(params, root, candidate(7), {**metrics, "mcd_db": metrics["mcd_db"] - 0.6,
+                                                  "f0_rmse_cents": metrics["f0_rmse_cents"] + 10.0})
+    assert better["promoted"], better["reason"]
+    now = json.loads(pointer_file.read_text(encoding="utf-8"))
+    assert now["checkpoint"]["step"] == 7 and now["previous"]["checkpoint"]["step"] == 3
+    assert now["metrics"]["mcd_db"] == pytest.approx(metrics["mcd_db"] - 0.6)
+    assert not list(pointer_file.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_eval_config_is_typed():
+    from tasks.core.config import EvalConfig
+
+    assert EvalConfig().max_utterances is None and EvalConfig().promotion.min_mcd_improvement_db == 0.0
+    base = {"datasets": [], "languages": {}}
+    with pytest.raises(ConfigError, match=r"eval\.promotion\.min_mcd_improvment_db: .*unknown key"):
+        parse_params({**base, "eval": {"promotion": {"min_mcd_improvment_db": 1}}})
+    with pytest.raises(ConfigError, match=r"eval\.max_utterances"):
+        parse_params({**base, "eval": {"max_utterances": 0}})
+
+
+def test_configured_eval_models_add_asr_mos_and_speaker_metrics_to_metrics_rows_and_report(setup):
+    from tests.audio_models import build_audio_models
+
+    work = setup["work"]
+    paths = build_audio_models(work / "audio_models")
+    data = setup["params"].model_dump(mode="json")
+    data["eval"] = {**data["eval"], "max_utterances": 3, "samples": 0, "models": paths}
+    result = evaluate(parse_params(data), setup["root"], work / "train" / "manifest.json", work / "eval_judged",
+                      params_path=setup["voice_params"])
+    metrics = json.loads((work / "eval_judged" / "metrics.json").read_text(encoding="utf-8"))
+    judged = {"cer", "wer", "mos", "mos_reference", "speaker_similarity"}
+    assert set(metrics["judges"]) == judged and metrics["judges"]["cer"] == paths["asr"]
+    for key in judged:  # headline keys (dvc metrics diff) and in every group
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+        assert all(key in g for g in metrics["language"].values())
+    rows = json.loads((work / "eval_judged" / "plots" / "per_utterance.json").read_text(encoding="utf-8"))
+    assert len(rows) == 3 and all(isinstance(r["transcript"], str) and r["cer"] >= 0 for r in rows)
+    assert NOT_COMPUTED_NOTE not in result["markdown"] and f"by `{paths['speaker']}`" in result["markdown"]
+    assert result["not_computed"] == {}
