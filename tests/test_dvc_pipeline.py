@@ -16,6 +16,8 @@ import yaml
 from tasks.core.shards import read_jsonl
 from tests.helpers import aishell_bv2_list, edit_params, pipeline_project, run
 
+pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["demo", "ingest", "text", "bert", "spec", "train", "stats", "evaluate"]  # Prefect flows; plus one source@N per dataset
 def dvc_json(args: list[str], cwd: Path, env: dict) -> dict:

@@ -69,6 +69,7 @@ def test_the_console_script_is_installed():
     assert out.returncode == 0 and "ingest" in out.stdout
 
 
+@pytest.mark.slow
 def test_vitsflow_server_serves_the_prefect_api_on_the_given_port(tmp_path):
     import socket
     import time

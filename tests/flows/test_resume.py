@@ -11,6 +11,8 @@ import pytest
 from tasks.core.cache import ResultCache
 from tests.helpers import aishell_bv2_list, sigkill_once_cached, write_params
 
+pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
+
 
 def vitsflow(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("vitsflow")

@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import edit_params, pipeline_project, run
 
+pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
+
 BUCKET = "vf-retrain"
 POOL, TRAIN = "gpu-e2e", "e2e"
 CRON, TZ = "30 4 * * 1-5", "Europe/Berlin"

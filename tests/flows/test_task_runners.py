@@ -1,11 +1,14 @@
 """The Dask task runner (runtime.task_runner: dask, a local 2-process cluster) writes exactly what
 the default thread pool writes."""
+import pytest
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.helpers import aishell_bv2_list, ljspeech_subset, write_params
+
+pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
 
 
 def stage_outputs(folder: Path) -> dict[str, bytes]:

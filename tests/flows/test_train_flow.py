@@ -42,6 +42,7 @@ def vitsflow_train(project: Path, prefect_server: str) -> subprocess.CompletedPr
     return proc
 
 
+@pytest.mark.slow
 def test_the_train_flow_runs_torchrun_writes_the_manifest_and_resumes(project, prefect_server):
     first = vitsflow_train(project, prefect_server)
     manifest = json.loads((project / "train/manifest.json").read_text())
@@ -60,6 +61,7 @@ def test_the_train_flow_runs_torchrun_writes_the_manifest_and_resumes(project, p
     assert json.loads((project / "train/manifest.json").read_text()) == manifest
 
 
+@pytest.mark.slow
 def test_two_nodes_train_one_run_the_flow_on_one_and_train_node_on_the_other(project, prefect_server):
     data = yaml.safe_load((project / "params.yaml").read_text())
     data["train"]["nproc"] = 1  # one process per "machine": the world of 2 comes from the rendezvous

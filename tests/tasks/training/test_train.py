@@ -74,6 +74,7 @@ def test_run_id_follows_what_is_computed_not_how_long(train_corpus, tmp_path):
         != run_id_for(base, train_corpus)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(train_corpus, tmp_path):
     # 8 train clips in batches of 4, padded per bucket: 3 steps an epoch, so stopping at 3 is on an
     # epoch boundary (before the scheduler's epoch step) and at 4 mid-epoch; 6 crosses another.
@@ -126,6 +127,7 @@ def _python_env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_checkpoint(train_corpus, tmp_path):
     """SIGKILL a training process after its first checkpoint; the rerun ends where an uninterrupted
     run ends, bit for bit."""
@@ -164,6 +166,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(train_corpus, tmp_path):
             assert torch.allclose(nets[name][key], value, rtol=1e-6, atol=1e-7), (name, key)
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_keep_identical_parameters(train_corpus, tmp_path):
     params = tiny_params(train_corpus, tmp_path, max_steps=3, save_interval=100, eval_interval=100, batch_size=2)
     params_path = tmp_path / "params.yaml"
