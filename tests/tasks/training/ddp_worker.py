@@ -14,14 +14,15 @@ from tasks.training.train import train
 
 def main() -> None:
     params_path, out = Path(sys.argv[1]), Path(sys.argv[2])
-    result = train(load_params(params_path), find_repo_root(params_path))
+    steps = []
+    result = train(load_params(params_path), find_repo_root(params_path), steps.append)
     rank = dist.get_rank()
     hashes = {name: hashlib.sha256(b"".join(sd[k].detach().cpu().numpy().tobytes() for k in sorted(sd))).hexdigest()
               for name, sd in ((n, net.state_dict()) for n, net in result.nets.items())}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world": int(os.environ["WORLD_SIZE"]), "run_id": result.run_id, "step": result.step,
-        "params": hashes, "losses": [h["g/total"] for h in result.history]}))
+        "params": hashes, "losses": [h["g/total"] for h in steps]}))
     dist.destroy_process_group()
 
 
