@@ -123,7 +123,7 @@ def stats(params: str = PARAMS, out: str = typer.Option(paths.REPORTS, help="Out
 
 @app.command()
 def train(params: str = PARAMS,
-          out: str = typer.Option(paths.TRAIN_MANIFEST, help="The run manifest to write (run id, checkpoint, metrics).")
+          out: str = typer.Option(paths.RUN_RECORD, help="The run record to write (run id, checkpoint, metrics).")
           ) -> None:
     """Stage `train`: train Bert-VITS2 on data/ (in-process, or torchrun for train.nproc > 1); a rerun resumes."""
     import subprocess
@@ -157,7 +157,7 @@ def train_node(params: Optional[str] = typer.Option(None, help="Train on this ch
 
 @app.command()
 def evaluate(params: str = PARAMS,
-             manifest: str = typer.Option(paths.TRAIN_MANIFEST, help="The train stage's run manifest."),
+             run: str = typer.Option(paths.RUN_RECORD, "--run", help="The train stage's run record."),
              out: str = typer.Option(paths.EVAL, help="Output folder (metrics.json, report.md, samples/, plots/).")
              ) -> None:
     """Stage `evaluate`: metrics of the trained voice on the val split, then the promotion gate."""
@@ -168,7 +168,7 @@ def evaluate(params: str = PARAMS,
     from tasks.inference.synth import SynthError
 
     try:
-        summary = evaluate_flow(params_path=params, manifest=manifest, out=out)
+        summary = evaluate_flow(params_path=params, run_record=run, out=out)
     except (ConfigError, FileNotFoundError, CheckpointError, EvalError, SynthError) as err:
         _fail(str(err))
     typer.echo(json.dumps({k: summary[k] for k in ("metrics", "promotion")}))
@@ -233,7 +233,7 @@ def _voice(model: str, params: Optional[str]):
 
 
 MODEL = typer.Option(..., "--model", "-m", help="An export folder, a checkpoint bundle (file://…/runs/<id>/step_N, "
-                     "s3://…), a run folder (its latest bundle) or train/manifest.json.")
+                     "s3://…), a run folder (its latest bundle) or train/run.json.")
 SYNTH_PARAMS = typer.Option(None, "--params", "-p", help="params.yaml for the text frontends and BERT models "
                             "(checkpoint bundles; default ./params.yaml). Export folders carry their own.")
 
@@ -299,7 +299,7 @@ def synth(model: str = MODEL,
 @app.command()
 def convert(model: str = typer.Option(..., "--model", "-m",
                                       help="A checkpoint bundle (file://…/runs/<id>/step_N or its run folder, "
-                                      "s3://…) or train/manifest.json: export folders have no posterior "
+                                      "s3://…) or train/run.json: export folders have no posterior "
                                       "encoder."),
             in_: str = typer.Option(..., "--in", "-i", help="The source recording (wav/flac/ogg/mp3)."),
             source: str = typer.Option(..., "--from", help="The speaker of the recording (a model speaker)."),

@@ -1,4 +1,4 @@
-"""Stage `evaluate` as a Prefect flow: evaluate the train manifest's checkpoint on the val split
+"""Stage `evaluate` as a Prefect flow: evaluate the run record's checkpoint on the val split
 (tasks/evaluation/evaluate.py: eval/metrics.json, report.md, samples/, plots/), publish the metrics as Prefect
 artifacts (the report as markdown, the per-group metrics as a table), then run the promotion gate
 on params.storage (models/<model_name>/production.json); its decision goes to the log and to
@@ -26,19 +26,20 @@ def metrics_table(metrics: dict) -> list[dict]:
 
 
 @flow(name="evaluate")
-def evaluate_flow(params_path: str = "params.yaml", manifest: str = paths.TRAIN_MANIFEST, out: str = paths.EVAL) -> dict:
+def evaluate_flow(params_path: str = "params.yaml", run_record: str = paths.RUN_RECORD,
+                  out: str = paths.EVAL) -> dict:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from tasks.evaluation.evaluate import evaluate, promote, read_manifest
+    from tasks.evaluation.evaluate import evaluate, promote, read_run_record
 
     started = time.perf_counter()
     log = get_run_logger()
     path = Path(params_path).resolve()
     params = load_params(path)
     root = find_repo_root(path)
-    result = evaluate(params, root, manifest, out, params_path=path)
+    result = evaluate(params, root, run_record, out, params_path=path)
     metrics = result["metrics"]
-    decision = promote(params, root, read_manifest(root, manifest), metrics)
+    decision = promote(params, root, read_run_record(root, run_record), metrics)
     # the decision next to the metrics, for `retrain`'s summary and for people reading eval/
     atomic_write_bytes(resolve_local(root, out) / "promotion.json",
                        (json.dumps({k: decision.get(k) for k in ("promoted", "reason", "key")}, indent=2,

@@ -103,7 +103,7 @@ def train_on_work_pool(params: Params, root: Path) -> dict:
         raise RuntimeError(f"{name} flow run {run.name} ({run.id}) ended {state.name if state else 'without a state'}"
                            f": {state.message if state else ''}")
     log.info("%s flow run %s completed", name, run.name)
-    dvc_repro.fn(root, ["train"], [])  # records the finished run (train/manifest.json); no training left
+    dvc_repro.fn(root, ["train"], [])  # records the finished run (train/run.json); no training left
     return {"where": f"work pool {params.retrain.work_pool}", "flow_run": str(run.id), "flow_run_name": run.name}
 
 
@@ -114,7 +114,7 @@ def _ui_url(path: str) -> Optional[str]:
     return f"{base.rstrip('/')}/{path}" if base else None
 
 
-def summary_markdown(changes: dict, ran: list[str], training: dict, manifest: dict, metrics: dict,
+def summary_markdown(changes: dict, ran: list[str], training: dict, run_record: dict, metrics: dict,
                      promotion: dict, production_before: Optional[dict], samples: list[str]) -> str:
     """The run at a glance: data, stages, training, metrics against production, the decision."""
     from tasks.evaluation.evaluate import HEADLINE
@@ -129,8 +129,8 @@ def summary_markdown(changes: dict, ran: list[str], training: dict, manifest: di
              "**Stages run**: " + (", ".join(ran) or "none (up to date)") + "  "]
     run_link = training.get("flow_run") and _ui_url(f"runs/flow-run/{training['flow_run']}")
     lines.append(f"**Training**: {training['where']}" + (f" ([flow run]({run_link}))" if run_link else "") + "  ")
-    ckpt = manifest["checkpoint"]
-    lines += [f"**Checkpoint**: [{ckpt['uri']}]({ckpt['uri']}) (run `{manifest['run_id']}`, step {ckpt['step']})",
+    ckpt = run_record["checkpoint"]
+    lines += [f"**Checkpoint**: [{ckpt['uri']}]({ckpt['uri']}) (run `{run_record['run_id']}`, step {ckpt['step']})",
               "", "| metric | candidate | production before | change |", "|---|---|---|---|"]
     before = (production_before or {}).get("metrics") or {}
     for k in HEADLINE + list(metrics.get("judges", {})):
@@ -172,13 +172,13 @@ def retrain_flow(params_path: str = "params.yaml") -> dict:
         ran += dvc_repro(root, [], [])  # evaluate (and the promotion gate), plus anything left
         if cfg.push:
             dvc_push(root)
-        manifest = json.loads(resolve_local(root, paths.TRAIN_MANIFEST).read_text(encoding="utf-8"))
+        run_record = json.loads(resolve_local(root, paths.RUN_RECORD).read_text(encoding="utf-8"))
         metrics = json.loads(resolve_local(root, "eval/metrics.json").read_text(encoding="utf-8"))
         promotion = json.loads(resolve_local(root, "eval/promotion.json").read_text(encoding="utf-8"))
         samples = sorted(p.name for p in resolve_local(root, "eval/samples").glob("*.wav"))
-    markdown = summary_markdown(changes, ran, training, manifest, metrics, promotion, production_before, samples)
+    markdown = summary_markdown(changes, ran, training, run_record, metrics, promotion, production_before, samples)
     create_markdown_artifact(markdown=markdown, key="retrain-summary",
                              description=f"retrain: {'promoted' if promotion.get('promoted') else 'not promoted'}")
     log.info("retrain finished in %.1f s\n%s", time.perf_counter() - started, markdown)
-    return {"stages_run": ran, "training": training, "checkpoint": manifest["checkpoint"],
+    return {"stages_run": ran, "training": training, "checkpoint": run_record["checkpoint"],
             "promotion": promotion, "metrics": {k: metrics.get(k) for k in ("mcd_db", "f0_rmse_cents", "utterances")}}

@@ -1,5 +1,5 @@
 """Stage `train` as a Prefect flow: run the trainer (tasks/training/train.py) in this process, or under
-torchrun with params.train.nproc processes, then write `train/manifest.json` (the run id, the
+torchrun with params.train.nproc processes, then write `train/run.json` (the run id, the
 latest checkpoint's URI and step, its metrics and lineage) atomically. Checkpoints themselves live
 on params.storage under runs/<run_id>/, outside DVC; running the stage again resumes the run.
 
@@ -29,7 +29,7 @@ def _workspace() -> Path:
 
 
 @flow(name="train")
-def train_flow(params_path: str = "params.yaml", out: str = paths.TRAIN_MANIFEST, params_yaml: Optional[str] = None,
+def train_flow(params_path: str = "params.yaml", out: str = paths.RUN_RECORD, params_yaml: Optional[str] = None,
                dvc_lock: Optional[str] = None) -> dict:
     """`params_yaml` and `dvc_lock` (texts): the work-pool case (flows/retrain.py); the flow runs in
     the checkout at $VITSFLOW_WORKSPACE (else the working folder), adopts them and pulls the data."""
@@ -83,7 +83,7 @@ def train_flow(params_path: str = "params.yaml", out: str = paths.TRAIN_MANIFEST
 def train_node(params_path: Optional[str] = None, flow_run_id: Optional[str] = None) -> None:
     """Join a multi-node training job as one of its other nodes: `torchrun TORCHRUN_ARGS` on the
     data version of the `train` flow run `flow_run_id` (its params.yaml and dvc.lock, pulled into
-    $VITSFLOW_WORKSPACE), or on the checkout of `params_path`. Writes no manifest: the flow does."""
+    $VITSFLOW_WORKSPACE), or on the checkout of `params_path`. Writes no run record: the flow does."""
     log = logging.getLogger("vitsflow.train_node")
     log.setLevel(logging.INFO)  # Prefect's logging setup leaves the root logger at WARNING
     if flow_run_id:

@@ -85,7 +85,7 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefe
     assert bert_meta["dims"] == {"zh": 384, "ja": 384, "en": 384} and bert_meta["fill"] == "zeros"
     stats = json.loads((project / "reports/stats.json").read_text())
     assert stats["utterances"] == 22 and (project / "reports/durations.png").read_bytes()[:4] == b"\x89PNG"
-    manifest = json.loads((project / "train/manifest.json").read_text())
+    manifest = json.loads((project / "train/run.json").read_text())
     assert manifest["checkpoint"]["step"] == 1 and manifest["checkpoint"]["uri"].startswith("file://storage/runs/")
     # the pipeline ends with the evaluation of that checkpoint and the promotion gate
     metrics = json.loads((project / "eval/metrics.json").read_text())

@@ -20,10 +20,10 @@ def test_stage_outs_and_commands_use_the_folders_of_tasks_core_paths():
     assert stages["text"]["cmd"].endswith(f"--in {paths.INGEST} --out {paths.TEXT}")
     assert stages["bert"]["cmd"].endswith(f"--in {paths.TEXT} --out {paths.BERT}")
     assert stages["spec"]["cmd"].endswith(f"--in {paths.INGEST} --out {paths.SPEC}")
-    assert _outs(stages["train"]) == {paths.TRAIN_MANIFEST}
+    assert _outs(stages["train"]) == {paths.RUN_RECORD}
     assert all(o.startswith(paths.REPORTS + "/") for o in _outs(stages["stats"]))
     assert all(o.startswith(paths.EVAL + "/") for o in _outs(stages["evaluate"]))
-    assert f"--manifest {paths.TRAIN_MANIFEST} --out {paths.EVAL}" in stages["evaluate"]["cmd"]
+    assert f"--run {paths.RUN_RECORD} --out {paths.EVAL}" in stages["evaluate"]["cmd"]
     for name in ("train", "evaluate"):
         assert set(paths.DATA_DIRS.values()) <= set(stages[name]["deps"])
     assert stages["source"]["do"]["outs"] == [paths.SOURCES + "/${item.name}.json"]

@@ -82,19 +82,20 @@ def run_spec(root: Path, out: Path, cache: bool = True) -> None:
     assemble(items, store, out, params)
 
 
-def build(root: Path) -> Path:
-    """Build corpus/ (demo audio) and data/{ingest,text,bert,spec} under `root`; returns params.yaml."""
+def build(root: Path, sentences: dict[str, list[str]] = SENTENCES, **overrides: Any) -> Path:
+    """Build corpus/ (demo audio of `sentences`) and data/{ingest,text,bert,spec} under `root`
+    (params: `params_dict` with `overrides`); returns params.yaml."""
     from tasks.prep import bert, demo, text
     from tasks.core.cache import ResultCache
     from tasks.core.config import load_params
     from tasks.prep.ingest import assemble, audio_settings, ingest_chunk, plan_ingest, read_index
 
-    sentences = root / "sentences"
-    sentences.mkdir(parents=True, exist_ok=True)
-    for lang, lines in SENTENCES.items():
-        (sentences / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    demo.make_demo_corpus(sentences, root / "corpus")
-    params_path = write_params(root)
+    folder = root / "sentences"
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang, lines in sentences.items():
+        (folder / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    demo.make_demo_corpus(folder, root / "corpus")
+    params_path = write_params(root, **overrides)
     params = load_params(params_path)
     cache = lambda name: ResultCache(root / ".cache" / f"{name}.sqlite")  # noqa: E731
 

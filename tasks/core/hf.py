@@ -1,6 +1,6 @@
-"""Hugging Face models named in params: tokenizers and BERT encoders, loaded once, fingerprinted.
+"""Hugging Face models named in params: tokenizers and BERT encoders, loaded once, hashed.
 
-A fingerprint stands for the exact files behind a model, so caches keyed by it notice a changed
+A model hash stands for the exact files behind a model, so caches keyed by it notice a changed
 model even when its name did not change.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ TOKENIZER_FILE_HINTS = ("token", "vocab", "spm", "merges", "special", "sentencep
 
 
 def _model_files(folder: str, tokenizer_only: bool) -> tuple[tuple[str, int, int, int], ...]:
-    """(relative path, size, mtime_ns, inode) of each file a fingerprint covers, in its order. Cheap
+    """(relative path, size, mtime_ns, inode) of each file a model hash covers, in its order. Cheap
     to take on every call, and what tells a long-lived process that a model folder changed under
     the same name."""
     files = []
@@ -35,11 +35,11 @@ def _model_files(folder: str, tokenizer_only: bool) -> tuple[tuple[str, int, int
     return tuple(files)
 
 
-_folder_hashes: dict[tuple, str] = {}  # (folder, _model_files) -> fingerprint: a process hashes a state once
+_folder_hashes: dict[tuple, str] = {}  # (folder, _model_files) -> model hash: a process hashes a state once
 
 
 def _hash_folder(folder: str, files: tuple[tuple[str, int, int, int], ...], memo: Optional[str]) -> str:
-    """The files' fingerprint. `memo` only saves reading them, so it is not part of the key."""
+    """The files' hash. `memo` only saves reading them, so it is not part of the key."""
     if (folder, files) not in _folder_hashes:
         hashes = FileHashes.in_dir(Path(memo)) if memo else None
         h = hashlib.sha256()
@@ -50,7 +50,7 @@ def _hash_folder(folder: str, files: tuple[tuple[str, int, int, int], ...], memo
     return _folder_hashes[(folder, files)]
 
 
-def fingerprint(root: Path, bert: BertConfig, tokenizer_only: bool = False, memo: Optional[Path] = None) -> str:
+def model_hash(root: Path, bert: BertConfig, tokenizer_only: bool = False, memo: Optional[Path] = None) -> str:
     """sha256 of the model's files (local folders), or `id@revision` (hub ids). With `memo` (a
     cache folder: FileHashes) each file's hash is remembered by its stat, not recomputed every run."""
     where = resolve_model_path(root, bert.model)
@@ -79,14 +79,14 @@ def tokenizer_for(root: Path, bert: BertConfig):
 
 def encoder_for(root: Path, bert: BertConfig, device: str):
     """(encoder, index into its hidden_states of `bert.layer`), loaded once per process and shared,
-    and again when the model's files change (keyed by their fingerprint, not the model's name).
+    and again when the model's files change (keyed by their hash, not the model's name).
 
     Layers above the one we read cannot change it, so they are cut off: upstream's
     hidden_states[-3] of a 6-layer model skips a third of the compute this way."""
     import torch
 
     _, auto_model = _transformers()
-    key = (fingerprint(root, bert), bert.layer, device)
+    key = (model_hash(root, bert), bert.layer, device)
     with _lock:
         if key not in _models:
             # No remote code: a model that needs it is refused by transformers.

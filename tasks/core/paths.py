@@ -9,7 +9,7 @@ TEXT = "data/text"
 BERT = "data/bert"
 SPEC = "data/spec"
 REPORTS = "reports"  # `stats`
-TRAIN_MANIFEST = "train/manifest.json"
+RUN_RECORD = "train/run.json"
 EVAL = "eval"
 
 # The four data stages' outs, as the training corpus (tasks.training.corpus.Corpus.open) takes them.

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import numpy as np
 import orjson
 
-MANIFEST = "shards.json"
+SHARD_TABLE = "shards.json"
 
 
 def _cuts_after(cut_key: str, nbytes: int, gap: int) -> bool:
@@ -56,10 +56,10 @@ class ShardWriter:
         self.gap = max(1, target_bytes - self.min_bytes)  # mean bytes from the minimum to a cut
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.names: list[str] = []
-        self.manifest: dict[str, dict[str, Any]] = {}
+        self.table: dict[str, dict[str, Any]] = {}
         self.reused = 0
         self.reuse_from = Path(reuse_from) if reuse_from else None
-        self._previous = _read_manifest(self.reuse_from) if self.reuse_from else {}
+        self._previous = _read_table(self.reuse_from) if self.reuse_from else {}
         self._records: list[tuple[int, Callable[[], bytes], Optional[str]]] = []  # the open shard's
         self._size = 0
 
@@ -97,10 +97,10 @@ class ShardWriter:
         if all(key is not None for _, _, key in self._records):
             recipe = hashlib.sha256("".join(f"{key}:{n}\n" for n, _, key in self._records).encode()).hexdigest()
         if recipe and previous.get("recipe") == recipe and previous.get("bytes") == self._size and self._link_previous(name):
-            self.manifest[name] = previous
+            self.table[name] = previous
             self.reused += 1
         else:
-            self.manifest[name] = self._write(name, recipe, previous)
+            self.table[name] = self._write(name, recipe, previous)
         self._records, self._size = [], 0
 
     def _write(self, name: str, recipe: Optional[str], previous: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +136,7 @@ class ShardWriter:
         self._finish_shard()
         from tasks.core.storage import atomic_write_bytes
 
-        atomic_write_bytes(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        atomic_write_bytes(self.out_dir / SHARD_TABLE, json.dumps(self.table, indent=1, sort_keys=True).encode())
         return list(self.names)
 
     def __enter__(self) -> "ShardWriter":
@@ -147,9 +147,9 @@ class ShardWriter:
             self.close()
 
 
-def _read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+def _read_table(out_dir: Path) -> dict[str, dict[str, Any]]:
     try:
-        return json.loads((out_dir / MANIFEST).read_text())
+        return json.loads((out_dir / SHARD_TABLE).read_text())
     except (OSError, ValueError):
         return {}
 

@@ -1,7 +1,7 @@
 """Stage `evaluate`: objective metrics of the trained voice on the val split, and the promotion gate.
 
     result = evaluate(params, root)                 # eval/metrics.json, report.md, samples/, plots/
-    decision = promote(params, root, manifest, result["metrics"])
+    decision = promote(params, root, run_record, result["metrics"])
 
 What `evaluate` measures, per val utterance (the first `eval.max_utterances`, or all):
 - free-running synthesis of the utterance's transcript (`Voice.synthesize`: the inference path,
@@ -72,18 +72,18 @@ def _safe_name(utt_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", utt_id).strip("._") or "utt"
 
 
-def read_manifest(root: Path, manifest_path: PathLike) -> dict:
-    path = resolve_local(Path(root), os.fspath(manifest_path))
+def read_run_record(root: Path, run_path: PathLike) -> dict:
+    path = resolve_local(Path(root), os.fspath(run_path))
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: train manifest not found; run the train stage first")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(manifest, dict) or "uri" not in (manifest.get("checkpoint") or {}):
-        raise EvalError(f"{path}: not a train manifest (no checkpoint.uri)")
-    return manifest
+        raise FileNotFoundError(f"{path}: run record not found; run the train stage first")
+    run_record = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(run_record, dict) or "uri" not in (run_record.get("checkpoint") or {}):
+        raise EvalError(f"{path}: not a run record (no checkpoint.uri)")
+    return run_record
 
 
 def _checkpoint_ref(uri: str, root: Path) -> str:
-    """The manifest's checkpoint URI with a relative file:// path (file://storage/...) made absolute
+    """The run_record's checkpoint URI with a relative file:// path (file://storage/...) made absolute
     against the repo root, so loading does not depend on the current folder."""
     if uri.startswith("s3://"):
         return uri
@@ -168,9 +168,9 @@ def markdown_report(metrics: dict) -> str:
     return "".join(lines)
 
 
-def evaluate(params: Params, root: PathLike, manifest_path: PathLike = paths.TRAIN_MANIFEST,
+def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECORD,
              out_dir: PathLike = paths.EVAL, params_path: Optional[PathLike] = None, device: str = "cpu") -> dict:
-    """Evaluate the train manifest's checkpoint on the val split; write `out_dir`/metrics.json,
+    """Evaluate the run record's checkpoint on the val split; write `out_dir`/metrics.json,
     report.md, samples/ (reference and synthesis WAVs) and plots/ (per_utterance.json for DVC plots,
     images/: one PNG per sample with mels, alignment and F0). `params_path` is the params
     file the voice's text frontends come from (default: `root`/params.yaml; it should be the file
@@ -187,8 +187,8 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = paths.TRA
     root = Path(root)
     cfg = params.eval
     out = resolve_local(root, os.fspath(out_dir))
-    manifest = read_manifest(root, manifest_path)
-    ref = _checkpoint_ref(manifest["checkpoint"]["uri"], root)
+    run_record = read_run_record(root, run_path)
+    ref = _checkpoint_ref(run_record["checkpoint"]["uri"], root)
     voice = load_voice(ref, params_path if params_path is not None else root / "params.yaml", device)
     if voice.stft is None:
         raise EvalError(f"{ref}: the model records no STFT; evaluation needs a checkpoint bundle")
@@ -257,9 +257,9 @@ def evaluate(params: Params, root: PathLike, manifest_path: PathLike = paths.TRA
                "judges": judged,
                **groups, "failed": failed, "eval_set": eval_set,
                "settings": {**knobs, "seed": cfg.seed, "max_utterances": cfg.max_utterances},
-               "model": {"run_id": manifest.get("run_id") or voice.info.get("run_id"),
-                         "step": manifest["checkpoint"].get("step", voice.info.get("step")),
-                         "checkpoint": manifest["checkpoint"]["uri"]}}
+               "model": {"run_id": run_record.get("run_id") or voice.info.get("run_id"),
+                         "step": run_record["checkpoint"].get("step", voice.info.get("step")),
+                         "checkpoint": run_record["checkpoint"]["uri"]}}
     markdown = markdown_report(metrics)
     atomic_write_bytes(out / "metrics.json", _json(metrics))
     atomic_write_bytes(plot_dir / "per_utterance.json", _json(rows))
@@ -310,16 +310,16 @@ def _decide(cfg, candidate: dict, production: Optional[dict]) -> tuple[bool, str
                      f"(allowed +{cfg.max_f0_rmse_regression_cents:g})"))
 
 
-def promote(params: Params, root: PathLike, manifest: dict, metrics: dict,
+def promote(params: Params, root: PathLike, run_record: dict, metrics: dict,
             now: Optional[_dt.datetime] = None) -> dict:
-    """The promotion gate (module docstring). `manifest`: the train manifest (run_id, checkpoint
+    """The promotion gate (module docstring). `run_record`: the run record (run_id, checkpoint
     {uri, step}, lineage); `metrics`: evaluate()'s metrics. Returns {"promoted": True, "pointer",
     "key", "reason"} after writing the pointer, or {"promoted": False, "reason", "production"}."""
     cfg = params.eval.promotion
     storage = storage_from_config(params.storage, Path(root))
     key = production_key(cfg.model_name)
     production = json.loads(storage.read_bytes(key).decode("utf-8")) if storage.exists(key) else None
-    checkpoint = manifest["checkpoint"]
+    checkpoint = run_record["checkpoint"]
     if production is not None and production.get("checkpoint", {}).get("uri") == checkpoint["uri"]:
         return {"promoted": False, "reason": f"{checkpoint['uri']} is already production", "key": key,
                 "production": production}
@@ -330,10 +330,10 @@ def promote(params: Params, root: PathLike, manifest: dict, metrics: dict,
         logger.info("not promoted to %s: %s", storage.describe(key), reason)
         return {"promoted": False, "reason": reason, "key": key, "production": production}
     stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
-    pointer = {"model_name": cfg.model_name, "run_id": manifest.get("run_id"),
+    pointer = {"model_name": cfg.model_name, "run_id": run_record.get("run_id"),
                "checkpoint": {"uri": checkpoint["uri"], "step": checkpoint.get("step")},
                "metrics": {k: _finite(metrics.get(k)) for k in HEADLINE} | {"utterances": metrics.get("utterances")},
-               "eval_set": metrics.get("eval_set"), "lineage": manifest.get("lineage") or {},
+               "eval_set": metrics.get("eval_set"), "lineage": run_record.get("lineage") or {},
                "promoted_at": stamp, "reason": reason,
                "previous": None if production is None else {"checkpoint": production.get("checkpoint"),
                                                             "promoted_at": production.get("promoted_at")}}
@@ -343,4 +343,4 @@ def promote(params: Params, root: PathLike, manifest: dict, metrics: dict,
 
 
 __all__ = ["EvalError", "HEADLINE", "NOT_COMPUTED_NOTE", "OPTIONAL", "evaluate", "markdown_report", "promote",
-           "production_key", "read_manifest", "read_production"]
+           "production_key", "read_run_record", "read_production"]

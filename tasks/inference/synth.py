@@ -16,7 +16,7 @@ What a model reference can be, and where each piece comes from:
   supplies the BERT batch shape (features.bert) and a language config the export lacks.
 - a checkpoint bundle (`file://…/runs/<id>/step_N`, `s3://…/runs/<id>/step_N`, a local path to
   such a folder, or the run folder `…/runs/<id>` for its latest bundle, or the train stage's
-  `train/manifest.json`): the generator's weights, symbol table, speaker list, model section,
+  `train/run.json`): the generator's weights, symbol table, speaker list, model section,
   sample rate and STFT come from the bundle (state.pt, as the trainer saved them); the BERT width
   from the weights. The text frontends and BERT models (params `languages`), the BERT batch shape
   (`features.bert`) and the S3 endpoint come from `params_path` (default: params.yaml
@@ -304,7 +304,7 @@ def _load_checkpoint(ref: str, params_path: Optional[PathLike], device: str) -> 
     if loc is None:
         raise SynthError(f"{ref}: not a model reference: expected an export folder (with config.json), a "
                          "checkpoint bundle …/runs/<run_id>/step_N, a run folder …/runs/<run_id> or a train "
-                         "manifest (train/manifest.json)")
+                         "manifest (train/run.json)")
     storage_root, run_id, step = loc
     params = _params(params_path, True, "a checkpoint bundle takes its text frontends and BERT models "
                                         "from the params `languages` (pass --params)")
@@ -341,7 +341,7 @@ def _load_checkpoint(ref: str, params_path: Optional[PathLike], device: str) -> 
 
 def load_voice(model_ref: PathLike, params_path: Optional[PathLike] = None, device: str = "cpu") -> Voice:
     """A Voice from an export folder, a checkpoint bundle, a run folder (its latest bundle) or the
-    train stage's manifest (see the module docstring for what each provides)."""
+    train stage's run record (see the module docstring for what each provides)."""
     ref = os.fspath(model_ref)
     if not ref.startswith("s3://"):
         local = Path(ref.removeprefix("file://")).expanduser()
@@ -351,7 +351,7 @@ def load_voice(model_ref: PathLike, params_path: Optional[PathLike] = None, devi
             try:
                 uri = json.loads(local.read_text(encoding="utf-8"))["checkpoint"]["uri"]
             except (ValueError, KeyError, TypeError):
-                raise SynthError(f"{ref}: not a train manifest (no checkpoint.uri)") from None
+                raise SynthError(f"{ref}: not a run record (no checkpoint.uri)") from None
             return _load_checkpoint(uri, params_path, device)
         if not local.exists() and _checkpoint_location(ref) is None:
             raise SynthError(f"{ref}: no such model (not a folder, file or checkpoint URI)")

@@ -99,20 +99,20 @@ def dataset_changes(params: Params, root: Path) -> dict[str, dict]:
     "removed", "changed", "recorded", "missing"}}; `recorded` is False before the first `dvc repro`;
     `missing`: a local folder that is not there (yet: the demo corpus is made by a stage)."""
     from tasks.core.cache import FileHashes
-    from tasks.prep.datasets import DatasetError, file_fingerprint, fingerprint_dataset
+    from tasks.prep.datasets import DatasetError, file_identity, fingerprint_dataset
 
     out = {}
     memo = FileHashes.in_dir(resolve_local(root, params.runtime.cache_dir))
     for ds in params.datasets:
         try:
-            now = {f["path"]: file_fingerprint(f) for f in fingerprint_dataset(ds, root, memo)["files"]}
+            now = {f["path"]: file_identity(f) for f in fingerprint_dataset(ds, root, memo)["files"]}
         except DatasetError:
             if ds.path.startswith("s3://"):
                 raise
             now = None  # a local folder a stage makes (the demo corpus), or not there yet: dvc repro says
         recorded_path = resolve_local(root, f"{paths.SOURCES}/{ds.name}.json")
         recorded = json.loads(recorded_path.read_text(encoding="utf-8"))["files"] if recorded_path.is_file() else []
-        before = {f["path"]: file_fingerprint(f) for f in recorded}
+        before = {f["path"]: file_identity(f) for f in recorded}
         if now is None:
             out[ds.name] = {"files": 0, "recorded": recorded_path.is_file(), "missing": True,
                             "added": [], "removed": [], "changed": []}

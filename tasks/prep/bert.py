@@ -29,7 +29,7 @@ import numpy as np
 
 from tasks.core.cache import Entry, ResultCache, cache_key_with
 from tasks.core.config import BertConfig, BertStageConfig, Params, resolve_local
-from tasks.core.hf import encoder_for, fingerprint, tokenizer_for
+from tasks.core.hf import encoder_for, model_hash, tokenizer_for
 from tasks.core.shards import ShardWriter, read_jsonl, write_jsonl
 from tasks.core.storage import atomic_write_bytes
 from tasks.prep.datasets import Reject
@@ -64,7 +64,7 @@ def read_text_rows(text_dir: Path) -> Iterable[dict[str, Any]]:
 
 def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device: str) -> list[BertItem]:
     memo = resolve_local(root, params.runtime.cache_dir)  # model files' hashes are remembered there
-    deps = {code: {"model": fingerprint(root, lang.bert, memo=memo), "layer": lang.bert.layer}
+    deps = {code: {"model": model_hash(root, lang.bert, memo=memo), "layer": lang.bert.layer}
             for code, lang in params.languages.items()}
     from importlib.metadata import version
 
@@ -162,7 +162,7 @@ def assemble(items: list[BertItem], cache: ResultCache, out_dir: Path, params: P
             "dims": {slot: dims.get(slot) for slot in SLOTS},
             "languages": {code: {"slot": slot_of(params, code), "model": lang.bert.model,
                                  "revision": lang.bert.revision, "layer": lang.bert.layer,
-                                 "fingerprint": fingerprint(root, lang.bert, memo=memo)}
+                                 "fingerprint": model_hash(root, lang.bert, memo=memo)}
                           for code, lang in params.languages.items()}}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     summary = {"utterances": len(rows), "rejects": len(rejects),

@@ -153,7 +153,7 @@ def fingerprint_dataset(ds: DatasetConfig, root: Path, memo: Optional["FileHashe
     return {"dataset": ds.name, "format": ds.format, "files": files}
 
 
-def file_fingerprint(entry: dict) -> str:
+def file_identity(entry: dict) -> str:
     """The content fingerprint of one `fingerprint_dataset` file entry (sha256 or S3 ETag)."""
     return entry.get("sha256") or f"etag:{entry['etag']}"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from tasks.core.cache import Entry, ResultCache, cache_key_with
 from tasks.core.config import LanguageConfig, Params
-from tasks.core.hf import fingerprint, tokenizer_for
+from tasks.core.hf import model_hash, tokenizer_for
 from tasks.core.shards import ShardWriter, jsonl_row, write_jsonl
 from tasks.core.storage import atomic_write_bytes
 from tasks.frontends import backend_info, g2p, normalize, normalizer_version
@@ -50,7 +50,7 @@ def plan_text(rows: list[dict[str, Any]], params: Params, root: Path) -> list[Te
     for code, lang in params.languages.items():
         deps[code] = {"normalizer": lang.normalizer, "g2p": lang.g2p, "g2p_options": lang.g2p_options,
                       "versions": [backend_info(lang.g2p)[1], normalizer_version(lang.normalizer)],
-                      "tokenizer": fingerprint(root, lang.bert, tokenizer_only=True)}
+                      "tokenizer": model_hash(root, lang.bert, tokenizer_only=True)}
     keyers = {code: cache_key_with(stage=VERSION, libs=libs, **d) for code, d in deps.items()}
     return [TextItem(row, keyers[row["language"]](text=row["text"])) for row in rows]
 

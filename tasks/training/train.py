@@ -84,7 +84,7 @@ class TrainResult:
 # ----------------------------------------------------------------------------- run identity
 
 
-def data_fingerprint(root: Path) -> str:
+def data_hash(root: Path) -> str:
     """sha256 over the small index/meta files of the four data stages (their content hashes cover the shards)."""
     h = hashlib.sha256()
     for key, rel in DATA_DIRS.items():
@@ -103,7 +103,7 @@ def run_id_for(params: Params, root: Path) -> str:
         return params.train.run_id
     what = {"model": params.model.model_dump(mode="json"),
             "train": params.train.model_dump(mode="json", exclude=HOW_ONLY),
-            "spec": params.features.spec.model_dump(mode="json"), "data": data_fingerprint(root)}
+            "spec": params.features.spec.model_dump(mode="json"), "data": data_hash(root)}
     digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
     return f"{params.model.variant}-{digest[:12]}"
 

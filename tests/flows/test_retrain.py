@@ -117,7 +117,7 @@ def test_a_retrain_run_trains_on_the_gpu_pool_evaluates_promotes_and_publishes_a
     assert (gpu_machine / "data/bert/meta.json").is_file()  # it pulled the data version from the DVC remote
 
     # the checkpoint and its manifest on S3, the promoted production pointer, the DVC remote
-    manifest = json.loads((project / "train/manifest.json").read_text())
+    manifest = json.loads((project / "train/run.json").read_text())
     s3 = boto3.client("s3")
     keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
             for o in page.get("Contents", [])}

@@ -45,7 +45,7 @@ def vitsflow_train(project: Path, prefect_server: str) -> subprocess.CompletedPr
 @pytest.mark.slow
 def test_the_train_flow_runs_torchrun_writes_the_manifest_and_resumes(project, prefect_server):
     first = vitsflow_train(project, prefect_server)
-    manifest = json.loads((project / "train/manifest.json").read_text())
+    manifest = json.loads((project / "train/run.json").read_text())
     run_id = manifest["run_id"]
     assert run_id.startswith("bert-vits2-2.3-") and manifest["checkpoint"]["step"] == 2
     assert manifest["checkpoint"]["uri"] == f"file://storage/runs/{run_id}/step_00000002/"
@@ -58,7 +58,7 @@ def test_the_train_flow_runs_torchrun_writes_the_manifest_and_resumes(project, p
 
     second = vitsflow_train(project, prefect_server)
     assert f"resumed run {run_id} at step 2" in second.stdout + second.stderr
-    assert json.loads((project / "train/manifest.json").read_text()) == manifest
+    assert json.loads((project / "train/run.json").read_text()) == manifest
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_two_nodes_train_one_run_the_flow_on_one_and_train_node_on_the_other(pro
     assert flow.returncode == 0, flow.stdout[-4000:] + flow.stderr[-4000:]
     assert node.returncode == 0, node_out[-4000:]
     assert "--rdzv_id=two-nodes" in flow.stdout + flow.stderr and "--rdzv_id=two-nodes" in node_out
-    manifest = json.loads((project / "train/manifest.json").read_text())
+    manifest = json.loads((project / "train/run.json").read_text())
     assert manifest["checkpoint"]["step"] == 2
     _, state, _ = CheckpointStore(open_storage("file://storage", project), manifest["run_id"]).load()
     assert state["world_size"] == 2 and len(state["rng"]) == 2  # one rank on each "machine"

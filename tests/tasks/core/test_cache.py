@@ -110,18 +110,18 @@ def test_file_hashes_are_remembered_until_the_file_changes(tmp_path):
 
 def test_a_model_fingerprint_is_the_same_with_and_without_the_memo(tmp_path):
     from tasks.core.config import BertConfig
-    from tasks.core.hf import _folder_hashes, fingerprint
+    from tasks.core.hf import _folder_hashes, model_hash
 
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "vocab.txt").write_text("a\nb\n")
     bert = BertConfig(model=str(model))
-    plain = fingerprint(tmp_path, bert)
+    plain = model_hash(tmp_path, bert)
     _folder_hashes.clear()  # the process remembers a folder's hash: make the memo path compute it
-    assert fingerprint(tmp_path, bert, memo=tmp_path / "cache") == plain
+    assert model_hash(tmp_path, bert, memo=tmp_path / "cache") == plain
     (model / "config.json").write_text('{"changed": 1}')
-    assert fingerprint(tmp_path, bert, memo=tmp_path / "cache") != plain
+    assert model_hash(tmp_path, bert, memo=tmp_path / "cache") != plain
 
 
 def test_keys_with_fixed_parts_are_the_keys_of_all_parts():

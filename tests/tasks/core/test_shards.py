@@ -7,7 +7,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from tasks.core.shards import MANIFEST, ShardWriter, read_record
+from tasks.core.shards import SHARD_TABLE, ShardWriter, read_record
 
 TARGET = 64 * 1024
 
@@ -27,7 +27,7 @@ def test_records_read_back_and_shards_stay_between_an_eighth_and_four_times_the_
     recs = records(400)
     w, locs = write(tmp_path / "a", recs)
     assert [read_record(tmp_path / "a", loc) for loc in locs] == [data for _, data in recs]
-    sizes = [entry["bytes"] for entry in json.loads((tmp_path / "a" / MANIFEST).read_text()).values()]
+    sizes = [entry["bytes"] for entry in json.loads((tmp_path / "a" / SHARD_TABLE).read_text()).values()]
     assert len(sizes) > 10 and all(TARGET // 8 <= s <= 4 * TARGET for s in sizes[:-1])
     assert 0.6 * TARGET < np.mean(sizes) < 1.6 * TARGET
 
@@ -37,8 +37,8 @@ def test_inserting_records_early_changes_only_the_shards_they_land_in(tmp_path):
     inserted = recs[:30] + records(4, seed=9, prefix="new") + recs[30:]
     before, _ = write(tmp_path / "a", recs)
     after, _ = write(tmp_path / "b", inserted)
-    same = set(e["sha256"] for e in before.manifest.values()) & set(e["sha256"] for e in after.manifest.values())
-    assert len(same) >= len(before.manifest) - 2  # the shard with the insertion, and at most one more
+    same = set(e["sha256"] for e in before.table.values()) & set(e["sha256"] for e in after.table.values())
+    assert len(same) >= len(before.table) - 2  # the shard with the insertion, and at most one more
 
 
 def test_adding_a_block_of_records_rewrites_one_or_two_shards_not_a_cascade(tmp_path):
@@ -52,8 +52,8 @@ def test_adding_a_block_of_records_rewrites_one_or_two_shards_not_a_cascade(tmp_
         at = 100 + 35 * seed
         before, _ = write(tmp_path / f"a{seed}", recs)
         after, _ = write(tmp_path / f"b{seed}", recs[:at] + block + recs[at:])
-        kept = {e["sha256"] for e in before.manifest.values()} & {e["sha256"] for e in after.manifest.values()}
-        changed.append(len(before.manifest) - len(kept))
+        kept = {e["sha256"] for e in before.table.values()} & {e["sha256"] for e in after.table.values()}
+        changed.append(len(before.table) - len(kept))
     assert max(changed) <= 2 and sum(changed) <= 12 * 1.5, changed
 
 
@@ -73,15 +73,15 @@ def test_unchanged_shards_are_hard_linked_from_the_previous_outs_and_changed_one
     assert read_record(tmp_path / "third", locs[300]) == changed[300][1]
     # the layout does not depend on what was reused: a fresh build gives the same bytes
     fresh, _ = write(tmp_path / "fresh", changed)
-    assert fresh.manifest == third.manifest
-    assert (tmp_path / "fresh" / MANIFEST).read_bytes() == (tmp_path / "third" / MANIFEST).read_bytes()
+    assert fresh.table == third.table
+    assert (tmp_path / "fresh" / SHARD_TABLE).read_bytes() == (tmp_path / "third" / SHARD_TABLE).read_bytes()
 
 
 def test_a_tampered_previous_shard_is_not_reused(tmp_path):
     recs = records(200)
     first, _ = write(tmp_path / "out", recs)
     victim = tmp_path / "out" / first.names[0]
-    victim.write_bytes(victim.read_bytes()[:-1])  # not the size its manifest records
+    victim.write_bytes(victim.read_bytes()[:-1])  # not the size its shard table records
     again, locs = write(tmp_path / "again", recs, reuse_from=tmp_path / "out")
     assert again.reused == len(first.names) - 1
     assert read_record(tmp_path / "again", locs[0]) == recs[0][1]
@@ -123,7 +123,7 @@ def test_cached_records_of_an_unchanged_shard_are_never_fetched(tmp_path):
     assert len(fetched) < 404 * 3 / len(first.names)  # only the records of the shards that changed
     assert [read_record(tmp_path / "next", loc) for loc in locs] == [data for _, data in inserted]
     fresh, _, _ = write_cached(tmp_path / "fresh", inserted)
-    assert (tmp_path / "fresh" / MANIFEST).read_bytes() == (tmp_path / "next" / MANIFEST).read_bytes()
+    assert (tmp_path / "fresh" / SHARD_TABLE).read_bytes() == (tmp_path / "next" / SHARD_TABLE).read_bytes()
 
 
 def test_a_cached_record_of_another_size_than_announced_is_an_error(tmp_path):

@@ -1,5 +1,5 @@
 """tasks/evaluation/evaluate.py: the evaluate stage on the tiny corpus (tests/train_corpus.py) with a random-weight
-checkpoint bundle (tests/tasks/inference/test_synth.build_models) and a train manifest pointing at it, and the
+checkpoint bundle (tests/tasks/inference/test_synth.build_models) and a run record pointing at it, and the
 promotion gate on the storage of params.
 
 Random weights: the tests check that every metric is computed, finite and written where DVC and the

@@ -82,15 +82,15 @@ def test_a_long_lived_process_reloads_an_encoder_whose_files_changed(tmp_path, m
     import shutil
 
     from tasks.core.config import BertConfig
-    from tasks.core.hf import encoder_for, fingerprint
+    from tasks.core.hf import encoder_for, model_hash
 
     shutil.copytree(minilm_path, tmp_path / "bert")
     bert = BertConfig(model=str(tmp_path / "bert"), layer=-3)
     first, again = encoder_for(tmp_path, bert, "cpu"), encoder_for(tmp_path, bert, "cpu")
     assert again[0] is first[0]
-    before = fingerprint(tmp_path, bert)
+    before = model_hash(tmp_path, bert)
     (tmp_path / "bert" / "README.md").write_text("retrained\n")
-    assert fingerprint(tmp_path, bert) != before
+    assert model_hash(tmp_path, bert) != before
     assert encoder_for(tmp_path, bert, "cpu")[0] is not first[0]
 
 
