@@ -48,11 +48,11 @@ def demo_sources(demo: Path) -> list[dict]:
     return [{**ds, "path": str(demo / Path(ds["path"]).name)} for ds in params["datasets"]]
 
 
-def shared_sources(work: Path, shared_speech: Path = REPO.parent / "shared" / "data" / "speech") -> list[dict]:
-    """Real recordings (../shared/data/speech: LJSpeech, Common Voice ja, AISHELL-3; 70 clips of
+def real_sources(work: Path, shared_speech: Path = REPO / "tests" / "data" / "speech") -> list[dict]:
+    """Real recordings (tests/data/speech: LJSpeech, Common Voice ja, AISHELL-3; 70 clips of
     1.5-10 s with their transcripts) as datasets, the AISHELL part as an upstream bv2_list."""
     if not shared_speech.is_dir():
-        raise SystemExit(f"{shared_speech}: shared speech data not found")
+        raise SystemExit(f"{shared_speech}: real speech test data not found")
     aishell = work / "aishell"
     (aishell / "wavs").mkdir(parents=True, exist_ok=True)
     lines = []

@@ -35,7 +35,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.bench_data import build_demo, demo_sources, dithered_copies, shared_sources  # noqa: E402
+from benchmarks.bench_data import build_demo, demo_sources, dithered_copies, real_sources  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -126,9 +126,9 @@ def shard_inodes(project: Path) -> dict[str, dict[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=9)
-    ap.add_argument("--corpus", choices=["demo", "shared"], default="demo",
+    ap.add_argument("--corpus", choices=["demo", "real"], default="demo",
                     help="copies of the demo corpus (120 espeak-ng clips, 2.5 s on average) or of the real "
-                    "recordings in ../shared/data/speech (70 clips, LJSpeech, Common Voice ja, AISHELL-3)")
+                    "recordings in tests/data/speech (70 clips, LJSpeech, Common Voice ja, AISHELL-3)")
     ap.add_argument("--dataset-per-copy", action="store_true",
                     help="each copy its own dataset (5 x copies datasets) instead of 5 datasets holding all copies")
     args = ap.parse_args()
@@ -141,7 +141,7 @@ def main() -> None:
         for name in ["dvc.yaml", ".gitignore"]:
             shutil.copy(REPO / name, project)
         params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-        sources = demo_sources(build_demo(work)) if args.corpus == "demo" else shared_sources(work)
+        sources = demo_sources(build_demo(work)) if args.corpus == "demo" else real_sources(work)
         params["datasets"] = dithered_copies(sources, work, args.copies, merged=not args.dataset_per_copy,
                                              unique_text=True)
         (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")

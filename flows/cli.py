@@ -178,11 +178,12 @@ def evaluate(params: str = PARAMS,
 def remote(params: str = PARAMS) -> None:
     """Point DVC's default remote at params.yaml `storage` (s3:// or file://); no credentials stored."""
     from tasks.core.config import ConfigError, find_repo_root, load_params
+    from tasks.core.tools import ToolNotFound
     from tasks.orchestration.remote import configure_dvc_remote
 
     try:
         typer.echo(json.dumps(configure_dvc_remote(load_params(params), find_repo_root(Path(params)))))
-    except (ConfigError, RuntimeError) as err:
+    except (ConfigError, RuntimeError, ToolNotFound) as err:
         _fail(str(err))
 
 
@@ -332,6 +333,7 @@ def server(host: str = typer.Option("127.0.0.1", help="The address to listen on.
                                                       help="postgresql+asyncpg://user@host/db (password from "
                                                       "the environment); default: SQLite in PREFECT_HOME.")) -> None:
     """Start a Prefect server (API + UI) for the pipeline's flow runs, deployments and schedules."""
+    import signal
     import subprocess
 
     if database_url and not database_url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
@@ -341,9 +343,26 @@ def server(host: str = typer.Option("127.0.0.1", help="The address to listen on.
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     typer.echo(f"Prefect UI: http://{host}:{port}  (then: export PREFECT_API_URL=http://{host}:{port}/api)")
-    exe = Path(sys.executable).with_name("prefect")
-    raise typer.Exit(subprocess.call([str(exe) if exe.exists() else "prefect", "server", "start", "--host", host,
-                                      "--port", str(port)], env=env))
+    from tasks.core.tools import ToolNotFound, executable
+
+    try:
+        child = subprocess.Popen([executable("prefect"), "server", "start", "--host", host, "--port", str(port)],
+                                 env=env)
+    except ToolNotFound as err:
+        _fail(str(err))
+
+    def stop(signum, frame):  # a service manager's SIGTERM (or Ctrl-C) stops the server too, not only us
+        child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        code = child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -379,11 +398,12 @@ def retrain(params: str = PARAMS) -> None:
     """Run the `retrain` flow once, now: new data → dvc repro → push → train → evaluate → promote."""
     from flows.retrain import retrain_flow
     from tasks.core.config import ConfigError
+    from tasks.core.tools import ToolNotFound
     from tasks.orchestration.workspace import DvcError, WorkspaceBusy
 
     try:
         summary = retrain_flow(params_path=params)
-    except (ConfigError, DvcError, WorkspaceBusy) as err:
+    except (ConfigError, DvcError, WorkspaceBusy, ToolNotFound) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, default=str))
 

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"  # everything the suite reads (tests/data/README.md)
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +27,11 @@ def minilm_tokenizer(minilm_path):
 
 
 @pytest.fixture(scope="session")
-def shared_speech() -> Path:
-    path = SHARED_DATA / "speech"
-    if not path.is_dir():
-        pytest.skip(f"shared speech data not found at {path}")
+def real_speech() -> Path:
+    """Small real recorded speech sets (LJSpeech, Common Voice ja, AISHELL-3) in the repository."""
+    path = TEST_DATA / "speech"
+    assert all((path / name / "metadata.csv").is_file() for name in ("en_ljspeech", "ja_commonvoice", "zh_aishell3")), \
+        f"test data missing under {path}"
     return path
 
 
@@ -127,3 +128,61 @@ def train_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train_corpus")
     build(root)
     return root
+
+
+# --- no leaks: the suite ends with no process it started -----------------------------------------
+
+def _our_processes() -> dict[int, str]:
+    """pid -> command line of the live processes this run started: descendants of this process,
+    and orphans (their parent gone) of this Unix session. Other processes of the session (a
+    benchmark in another shell) are not ours."""
+    sid, me, procs = os.getsid(0), os.getpid(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if fields[0] != "Z":  # state, ppid, pgrp, session
+            procs[int(entry.name)] = (int(fields[1]), int(fields[3]), cmdline)
+    out = {}
+    for pid, (ppid, psid, cmdline) in procs.items():
+        chain, parent = set(), ppid
+        while parent in procs and parent != me and parent not in chain:
+            chain.add(parent)
+            parent = procs[parent][0]
+        if parent == me or (psid == sid and parent not in procs):
+            out[pid] = cmdline
+    return out
+
+
+_BEFORE: set[int] = set()
+
+
+def pytest_sessionstart(session):
+    _BEFORE.update(_our_processes())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a process the suite started is still running (and stop it)."""
+    import time
+    from multiprocessing import forkserver, resource_tracker
+
+    forkserver._forkserver._stop()  # spec workers' fork server (in-process stage tests): it is ours to stop
+    resource_tracker._resource_tracker._stop()  # multiprocessing's, started with the process pools
+    deadline = time.time() + 15  # give finalisers' terminate() a moment to take effect
+    leaked = {p: c for p, c in _our_processes().items() if p not in _BEFORE}
+    while leaked and time.time() < deadline:
+        time.sleep(0.5)
+        leaked = {p: c for p, c in _our_processes().items() if p not in _BEFORE}
+    if leaked:
+        print("\nprocesses the test suite started are still running (stopped now):\n  "
+              + "\n  ".join(f"{p} {c[:160]}" for p, c in sorted(leaked.items())))
+        for pid in leaked:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        session.exitstatus = 1

@@ -32,9 +32,9 @@ def write_params(root: Path, datasets: list[dict], **sections: Any) -> Path:
     return path
 
 
-def ljspeech_subset(shared_speech: Path, dest: Path, n: int) -> list[str]:
+def ljspeech_subset(real_speech: Path, dest: Path, n: int) -> list[str]:
     """The first `n` LJSpeech clips with their transcripts as an ljspeech-format dataset."""
-    src = shared_speech / "en_ljspeech"
+    src = real_speech / "en_ljspeech"
     lines = (src / "metadata.csv").read_text(encoding="utf-8").splitlines()[:n]
     (dest / "wavs").mkdir(parents=True, exist_ok=True)
     for line in lines:
@@ -43,9 +43,9 @@ def ljspeech_subset(shared_speech: Path, dest: Path, n: int) -> list[str]:
     return [line.split("|")[0] for line in lines]
 
 
-def aishell_bv2_list(shared_speech: Path, dest: Path, n: int) -> None:
+def aishell_bv2_list(real_speech: Path, dest: Path, n: int) -> None:
     """AISHELL-3 clips (44.1 kHz, one speaker each) as an upstream bv2_list dataset."""
-    src = shared_speech / "zh_aishell3"
+    src = real_speech / "zh_aishell3"
     rows = (src / "metadata_with_speaker.csv").read_text(encoding="utf-8").splitlines()[:n]
     (dest / "wavs").mkdir(parents=True, exist_ok=True)
     out = []

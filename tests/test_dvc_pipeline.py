@@ -41,9 +41,9 @@ def make_project(root: Path, corpus: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_speech) -> Path:
+def corpus(tmp_path_factory, real_speech) -> Path:
     path = tmp_path_factory.mktemp("aishell")  # outside the repo, as users' corpora usually are
-    aishell_bv2_list(shared_speech, path, 4)
+    aishell_bv2_list(real_speech, path, 4)
     return path
 
 
@@ -149,8 +149,8 @@ def test_dvc_push_and_pull_through_s3(project, first_repro, env, s3_endpoint):
     assert "up to date" in run(["dvc", "status"], project, env)
 
 
-def test_adding_an_utterance_computes_only_it(project, first_repro, env, corpus, shared_speech):
-    src = shared_speech / "zh_aishell3"
+def test_adding_an_utterance_computes_only_it(project, first_repro, env, corpus, real_speech):
+    src = real_speech / "zh_aishell3"
     utt, speaker, text = (src / "metadata_with_speaker.csv").read_text(encoding="utf-8").splitlines()[5].split("|", 2)
     shutil.copy(src / "wavs" / f"{utt}.wav", corpus / "wavs")
     with open(corpus / "filelist.list", "a", encoding="utf-8") as f:

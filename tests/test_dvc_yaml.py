@@ -27,3 +27,29 @@ def test_stage_outs_and_commands_use_the_folders_of_tasks_core_paths():
     for name in ("train", "evaluate"):
         assert set(paths.DATA_DIRS.values()) <= set(stages[name]["deps"])
     assert stages["source"]["do"]["outs"] == [paths.SOURCES + "/${item.name}.json"]
+
+
+# The modules each stage command runs; the frontend registry loads its backends by name, so the
+# stages that convert text name them too.
+def _stage_modules() -> dict[str, tuple[list[str], list[str]]]:
+    from tasks.frontends import G2P_BACKENDS, NORMALIZERS
+
+    frontends = sorted(set(G2P_BACKENDS.values()) | set(NORMALIZERS.values()))
+    data_flow = ["flows/stages.py", "flows/fanout.py"]
+    return {"demo": (["tasks.prep.demo"], ["flows/stages.py"]),
+            "ingest": (["tasks.prep.ingest"], data_flow), "text": (["tasks.prep.text", *frontends], data_flow),
+            "bert": (["tasks.prep.bert"], data_flow), "spec": (["tasks.prep.spec"], data_flow),
+            "stats": (["tasks.prep.stats"], ["flows/stages.py"]), "train": (["tasks.training.train"], ["flows/train.py"]),
+            "evaluate": (["tasks.evaluation.evaluate", *frontends], ["flows/evaluate.py"])}
+
+
+def test_each_stage_lists_every_repository_file_its_code_imports_as_a_dvc_dep():
+    """So an edit to any of them re-runs the stage (whose cache keys then hash the new code)."""
+    from tasks.core.code import ROOT, code_files
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    for name, (modules, flow_files) in _stage_modules().items():
+        deps = [Path(d) for d in stages[name]["deps"]]
+        needed = [f.relative_to(ROOT) for f in code_files(*modules)] + [Path(f) for f in flow_files]
+        uncovered = [str(f) for f in needed if not any(f == d or d in f.parents for d in deps)]
+        assert uncovered == [], (name, uncovered)

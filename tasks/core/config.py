@@ -101,6 +101,10 @@ class DatasetConfig(Strict):
     # The value the list's language column must hold (bv2_list, jsonl); default: `language` in
     # upper case. Upstream lists write JP for Japanese.
     language_field: Optional[str] = None
+    # The folder the list's audio paths are relative to, and that every one must stay inside
+    # (absolute paths in the list too); default `path`. An upstream Bert-VITS2 list
+    # (`Data/<name>/wavs/x.wav|...`) imports unchanged with `audio_root` = upstream's checkout.
+    audio_root: Optional[str] = None
 
     @field_validator("name")
     @classmethod
@@ -115,6 +119,15 @@ class DatasetConfig(Strict):
         check_path_text(v)
         if "://" in v and not v.startswith(("s3://", "file://")):
             raise ValueError("expected a local folder, file:// or s3:// prefix")
+        return v
+
+    @field_validator("audio_root")
+    @classmethod
+    def _audio_root(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            check_path_text(v)
+            if "://" in v:
+                raise ValueError("expected a local folder (S3 datasets keep their audio under `path`)")
         return v
 
     @field_validator("list_file")
@@ -144,6 +157,9 @@ class AudioConfig(Strict):
     trim_db: Optional[float] = Field(40.0, gt=0, le=120)
     min_seconds: float = Field(0.5, ge=0)
     max_seconds: float = Field(20.0, gt=0)
+    # A clip whose loudest 20 ms stay below this level (dBFS, before any gain) is near-silence, not
+    # speech: loudness normalisation would only turn its noise floor up. Speech peaks at -25..0 dBFS.
+    silence_floor_dbfs: Optional[float] = Field(-50.0, ge=-120, le=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> "AudioConfig":
@@ -166,6 +182,20 @@ class DemoConfig(Strict):
 class StageConfig(Strict):
     shard_mb: int = Field(64, ge=1, le=4096)  # target shard size; files grow with shards, not utterances
     chunk_size: int = Field(16, ge=1, le=4096)  # utterances per task in the fan-out
+
+
+class TextStageConfig(StageConfig):
+    # Spoken phones (no `_`, no punctuation) per second of audio outside these bounds means the
+    # transcript does not belong to the clip (read speech: 10-20 phones/s in every base language).
+    min_phones_per_second: float = Field(1.0, ge=0)
+    max_phones_per_second: float = Field(40.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "TextStageConfig":
+        if self.min_phones_per_second >= self.max_phones_per_second:
+            raise ValueError(f"min_phones_per_second ({self.min_phones_per_second}) must be below "
+                             f"max_phones_per_second ({self.max_phones_per_second})")
+        return self
 
 
 class RuntimeConfig(Strict):
@@ -461,7 +491,7 @@ class Params(Strict):
     audio: AudioConfig = AudioConfig()
     split: SplitConfig = SplitConfig()
     ingest: StageConfig = StageConfig()
-    text: StageConfig = StageConfig()
+    text: TextStageConfig = TextStageConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     features: FeaturesConfig = FeaturesConfig()
     storage: StorageConfig = StorageConfig()

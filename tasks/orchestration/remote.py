@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from tasks.core.config import Params, resolve_local
+from tasks.core.tools import env_with_bin_dir, executable
 
 REMOTE_NAME = "storage"
 
@@ -29,7 +30,8 @@ def endpoint_url(params: Params) -> Optional[str]:
 
 
 def _dvc(root: Path, *args: str) -> None:
-    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run([executable("dvc"), *args], cwd=root, capture_output=True, text=True,
+                          env=env_with_bin_dir(dict(os.environ)))
     if proc.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
 

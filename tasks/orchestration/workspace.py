@@ -16,13 +16,13 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 from tasks.core import paths
 from tasks.core.config import Params, resolve_local
+from tasks.core.tools import env_with_bin_dir, executable
 
 logger = logging.getLogger("vitsflow.workspace")
 
@@ -60,20 +60,12 @@ def workspace_lock(root: Path, holder: str = "retrain") -> Iterator[Path]:
         os.close(fd)  # closing the descriptor releases the flock
 
 
-def _dvc_executable() -> str:
-    """The `dvc` next to this interpreter (the project's venv), else the one on PATH."""
-    local = Path(sys.executable).with_name("dvc")
-    return str(local) if local.exists() else "dvc"
-
-
 def dvc(root: Path, *args: str, env: Optional[dict] = None, log: Optional[logging.Logger] = None) -> str:
     """Run `dvc ARGS` in `root`, streaming its output lines to `log`; return the output. The
     environment is inherited (PREFECT_API_URL: each stage's flow run reports to the same server)."""
     log = log or logger
-    bin_dir = str(Path(sys.executable).parent)
-    full_env = dict(os.environ, **(env or {}))
-    full_env["PATH"] = os.pathsep.join([bin_dir, full_env.get("PATH", "")])  # stage commands: `vitsflow`
-    cmd = [_dvc_executable(), *args]
+    full_env = env_with_bin_dir(dict(os.environ, **(env or {})))  # its stage commands: `vitsflow`
+    cmd = [executable("dvc"), *args]
     log.info("$ %s", " ".join(["dvc", *args]))
     proc = subprocess.Popen(cmd, cwd=root, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)

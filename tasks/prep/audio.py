@@ -28,6 +28,26 @@ def wav_format_tag(data: bytes) -> int | None:
     return None
 
 
+def wav_data_frames(data: bytes) -> tuple[int, int] | None:
+    """(frames the `data` chunk's header declares, frames its bytes hold) of a PCM RIFF/WAVE file;
+    None for other files (libsndfile reads a cut WAV as if whole, silently)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, block = 12, None
+    while pos + 8 <= len(data):
+        kind, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if kind == b"fmt " and pos + 22 <= len(data):
+            channels = int.from_bytes(data[pos + 10:pos + 12], "little")
+            bits = int.from_bytes(data[pos + 22:pos + 24], "little")
+            block = channels * max(bits, 8) // 8
+        elif kind == b"data":
+            if not block or size == 0xFFFFFFFF:  # no fmt yet, or a streamed WAV of unknown length
+                return None
+            return size // block, max(0, len(data) - pos - 8) // block
+        pos += 8 + size + (size & 1)
+    return None
+
+
 class AudioError(ValueError):
     """This clip cannot be used; the message is the reason written to the rejects report."""
 
@@ -43,7 +63,9 @@ def decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
     if not data:
         raise AudioError("empty file (0 bytes)")
     try:
-        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            declared, sr = f.frames, f.samplerate
+            samples = f.read(dtype="float32", always_2d=True)
     except sf.LibsndfileError as err:
         text = err.error_string  # str(err) names the BytesIO's address: not reproducible
         tag = wav_format_tag(data)
@@ -54,6 +76,11 @@ def decode(data: bytes, name: str) -> tuple[np.ndarray, int]:
         raise AudioError(f"not a readable audio file: {err}") from None
     if samples.shape[0] == 0:
         raise AudioError("audio stream has no samples")
+    held = wav_data_frames(data)
+    if held is not None and held[0] > held[1]:
+        raise AudioError(f"truncated: the header says {held[0]} frames, the file holds {held[1]}")
+    if samples.shape[0] < declared:
+        raise AudioError(f"truncated: the header says {declared} frames, {samples.shape[0]} decode")
     if not np.isfinite(samples).all():
         raise AudioError("audio contains NaN or infinite samples")
     return samples.mean(axis=1), int(sr)  # downmix: the mean keeps the level of a centred voice
@@ -78,6 +105,14 @@ def trim_silence(x: np.ndarray, sr: int, top_db: float, frame_ms: float = 20.0) 
     loud = np.flatnonzero(db > -top_db)
     start, end = loud[0] * frame, min(len(x), (loud[-1] + 1) * frame)
     return x[start:end]
+
+
+def loudest_frame_dbfs(x: np.ndarray, sr: int, frame_ms: float = 20.0) -> float:
+    """RMS level of the loudest `frame_ms` frame, in dB relative to full scale."""
+    frame = max(1, int(sr * frame_ms / 1000))
+    n = max(1, len(x) // frame)
+    frames = x[: n * frame].reshape(n, -1) if len(x) >= frame else x.reshape(1, -1)
+    return float(20 * np.log10(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)).max() + 1e-12))
 
 
 def normalize_loudness(x: np.ndarray, sr: int, target_lufs: float) -> np.ndarray:
@@ -106,6 +141,7 @@ class AudioSettings:
     trim_db: Optional[float]
     min_seconds: float
     max_seconds: float
+    silence_floor_dbfs: Optional[float] = None
 
 
 def condition(data: bytes, name: str, s: AudioSettings) -> np.ndarray:
@@ -113,6 +149,11 @@ def condition(data: bytes, name: str, s: AudioSettings) -> np.ndarray:
     x, sr = decode(data, name)
     if float(np.abs(x).max()) == 0.0:
         raise AudioError("silent clip (every sample is zero)")
+    if s.silence_floor_dbfs is not None:
+        loudest = loudest_frame_dbfs(x, sr)
+        if loudest < s.silence_floor_dbfs:
+            raise AudioError(f"near-silent: the loudest 20 ms is at {loudest:.1f} dBFS, below "
+                             f"audio.silence_floor_dbfs {s.silence_floor_dbfs:g}")
     x = resample(x, sr, s.sample_rate)
     if s.trim_db is not None:
         x = trim_silence(x, s.sample_rate, s.trim_db)

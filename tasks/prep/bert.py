@@ -28,13 +28,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from tasks.core.cache import Entry, ResultCache, cache_key_with
+from tasks.core.code import code_hash
 from tasks.core.config import BertConfig, BertStageConfig, Params, resolve_local
 from tasks.core.hf import encoder_for, model_hash, tokenizer_for
 from tasks.core.shards import ShardWriter, read_jsonl, write_jsonl
 from tasks.core.storage import atomic_write_bytes
 from tasks.prep.datasets import Reject
 
-VERSION = "bert-1"
 SLOTS = ("zh", "ja", "en")  # the network's three BERT inputs, as upstream 2.3
 FILL = "zeros"  # what the slots of the other languages hold, in training and inference alike
 
@@ -71,7 +71,7 @@ def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device
     libs = {"torch": version("torch"), "transformers": version("transformers"),
             "device": device, "batch": params.features.bert.batch_size,
             "bucket": params.features.bert.length_bucket}
-    keyers = {code: cache_key_with(stage=VERSION, libs=libs, **d) for code, d in deps.items()}
+    keyers = {code: cache_key_with(code=code_hash(__name__), libs=libs, **d) for code, d in deps.items()}
     items = []
     for row in rows:
         key = keyers[row["language"]](text=row["norm_text"], word2ph=row["word2ph"])

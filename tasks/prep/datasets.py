@@ -1,8 +1,9 @@
 """Dataset list readers: bv2_list, ljspeech and jsonl, from a local folder or an s3:// prefix.
 
-Reading a list is all-or-nothing: a list that is missing or does not parse stops the stage before
-any audio work, with the file and line. Problems of single utterances (an empty transcript, a
-language field that disagrees) are not fatal: they come back as rejects.
+A list that is missing stops the stage before any audio work, naming the file. A bad line does
+not: a line that is not UTF-8, does not parse, or names an audio path outside the dataset's audio
+root (absolute, or climbing out with `..`) comes back as a reject with the list file and line
+number, as do single utterances' problems (an empty transcript, a language field that disagrees).
 """
 from __future__ import annotations
 
@@ -65,60 +66,126 @@ def _stem(audio: str) -> str:
     return str(PurePosixPath(a).with_suffix("")).lstrip("/")
 
 
-def _parse_bv2_list(ds: DatasetConfig, lines: list[str], where: str):
-    for n, line in enumerate(lines, 1):
-        fields = line.split("|", 3)
-        if len(fields) != 4:
-            raise DatasetError(f"{where}:{n}: expected `wav|speaker|language|text` (4 fields), "
-                               f"got {len(fields)}: {line[:120]!r}")
-        yield n, fields[0].strip(), fields[1].strip(), fields[2].strip(), fields[3].strip()
+class BadLine(ValueError):
+    """One list line that cannot be read; it becomes a reject, the rest of the list goes on."""
 
 
-def _parse_ljspeech(ds: DatasetConfig, lines: list[str], where: str):
-    for n, line in enumerate(lines, 1):
-        fields = line.split("|")
-        if len(fields) not in (2, 3) or not fields[0].strip():
-            raise DatasetError(f"{where}:{n}: expected `id|text[|normalized text]`, got {line[:120]!r}")
-        yield n, f"wavs/{fields[0].strip()}.wav", ds.speaker, None, fields[1].strip()
+def _parse_bv2_list(ds: DatasetConfig, line: str):
+    fields = line.split("|", 3)
+    if len(fields) != 4:
+        raise BadLine(f"expected `wav|speaker|language|text` (4 fields), got {len(fields)}: {line[:120]!r}")
+    return fields[0].strip(), fields[1].strip(), fields[2].strip(), fields[3].strip()
 
 
-def _parse_jsonl(ds: DatasetConfig, lines: list[str], where: str):
-    for n, line in enumerate(lines, 1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"{where}:{n}: not valid JSON: {err}") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("audio"), str) or "text" not in obj:
-            raise DatasetError(f"{where}:{n}: expected an object with string `audio` and `text`")
-        if ds.speaker is None and not isinstance(obj.get("speaker"), str):
-            raise DatasetError(f"{where}:{n}: no `speaker` and the dataset sets no fixed speaker")
-        yield n, obj["audio"], obj.get("speaker"), obj.get("language"), str(obj["text"] or "").strip()
+def _parse_ljspeech(ds: DatasetConfig, line: str):
+    fields = line.split("|")
+    if len(fields) not in (2, 3) or not fields[0].strip():
+        raise BadLine(f"expected `id|text[|normalized text]`, got {line[:120]!r}")
+    return f"wavs/{fields[0].strip()}.wav", ds.speaker, None, fields[1].strip()
+
+
+def _parse_jsonl(ds: DatasetConfig, line: str):
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BadLine(f"not valid JSON: {err}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("audio"), str) or "text" not in obj:
+        raise BadLine("expected an object with string `audio` and `text`")
+    if ds.speaker is None and not isinstance(obj.get("speaker"), str):
+        raise BadLine("no `speaker` and the dataset sets no fixed speaker")
+    return obj["audio"], obj.get("speaker"), obj.get("language"), str(obj["text"] or "").strip()
 
 
 PARSERS = {"bv2_list": _parse_bv2_list, "ljspeech": _parse_ljspeech, "jsonl": _parse_jsonl}
 
 
+def _inside(path: str, root: str) -> bool:
+    import os
+
+    return os.path.commonpath([os.path.normpath(path), root]) == root
+
+
+def relative_audio(audio: str, root: Optional[str]) -> str:
+    """A list's audio path as a key of the audio root's storage (absolute paths inside the root
+    become relative to it)."""
+    import os
+
+    a = audio.replace("\\", "/")
+    if root is not None and a.startswith("/"):
+        return os.path.relpath(os.path.normpath(a), root).replace(os.sep, "/")
+    return a
+
+
+def list_lines(raw: bytes) -> list[tuple[int, str | None, str]]:
+    """(line number, text or None, why not) for every non-blank line: a line that is not UTF-8 is
+    (n, None, reason) and the others are still read."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    out = []
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            continue
+        try:
+            out.append((n, line.decode("utf-8"), ""))
+        except UnicodeDecodeError as err:
+            out.append((n, None, f"not UTF-8 text: byte 0x{line[err.start]:02x} at column {err.start + 1}"))
+    return out
+
+
+def audio_path_problem(audio: str, root: Optional[str] = None) -> Optional[str]:
+    """Why a list's audio path may not be read: it is absolute (outside `root`, a local audio
+    root, when one is given) or climbs out of the audio root."""
+    a = audio.replace("\\", "/")
+    if a.startswith("/") or (len(a) > 1 and a[1] == ":") or a.startswith("~"):
+        if root is not None and a.startswith("/") and _inside(a, root):
+            return None
+        return (f"audio path {audio!r} is absolute and not inside the audio root {root}" if root else
+                f"audio path {audio!r} is absolute: paths are relative to the dataset's audio root")
+    depth = 0
+    for part in a.split("/"):
+        depth += -1 if part == ".." else (0 if part in ("", ".") else 1)
+        if depth < 0:
+            return f"audio path {audio!r} leaves the dataset's audio root"
+    return None
+
+
 def read_dataset(ds: DatasetConfig, root: Path) -> tuple[Storage, list[SourceUtterance], list[Reject]]:
-    """Parse a dataset's list: (its storage, utterances to ingest, utterances rejected up front)."""
+    """Parse a dataset's list: (the storage its audio is read from, utterances to ingest,
+    utterances rejected up front)."""
     storage = dataset_storage(ds, root)
     where = storage.describe(ds.list_name)
+    audio_root = None
+    if ds.audio_root is not None:
+        folder = resolve_local(root, ds.audio_root)
+        if not folder.is_dir():
+            raise DatasetError(f"dataset {ds.name!r}: audio_root {folder} does not exist or is not a folder")
+        audio_root = str(folder.resolve())
     try:
         raw = storage.read_bytes(ds.list_name)
     except FileNotFoundError:
         raise DatasetError(f"dataset {ds.name!r}: list file {where} not found") from None
-    try:
-        lines = [ln for ln in raw.decode("utf-8-sig").splitlines() if ln.strip()]
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"{where}: not UTF-8 text: {err}") from None
     codes = {(ds.language_field or ds.language).upper()}
     utterances, rejects, seen = [], [], set()
-    for n, audio, speaker, lang, text in PARSERS[ds.format](ds, lines, where):
+    for n, line, why in list_lines(raw):
         # Relative to the dataset, not the machine, so the outs are identical in every clone.
+        if line is None:
+            rejects.append(Reject(f"{ds.name}:{ds.list_name}:{n}", why))
+            continue
+        try:
+            audio, speaker, lang, text = PARSERS[ds.format](ds, line)
+        except BadLine as err:
+            rejects.append(Reject(f"{ds.name}:{ds.list_name}:{n}", str(err)))
+            continue
+        reason = audio_path_problem(audio, audio_root)
+        if not reason:
+            audio = relative_audio(audio, audio_root)  # no machine paths in the outs
         source = f"{ds.name}:{ds.list_name}:{n} ({audio})"
         utt_id = f"{ds.name}/{_stem(audio)}"
         speaker = ds.speaker or (speaker or "").strip()
-        reason = None
-        if utt_id in seen:
+        if reason:
+            pass
+        elif utt_id in seen:
             reason = f"duplicate utterance id {utt_id!r} in the list"
         elif not text:
             reason = "empty transcript"
@@ -131,7 +198,7 @@ def read_dataset(ds: DatasetConfig, root: Path) -> tuple[Storage, list[SourceUtt
             continue
         seen.add(utt_id)
         utterances.append(SourceUtterance(utt_id, ds.name, audio, source, speaker, ds.language, text))
-    return storage, utterances, rejects
+    return (storage if audio_root is None else open_storage(audio_root)), utterances, rejects
 
 
 def fingerprint_dataset(ds: DatasetConfig, root: Path, memo: Optional["FileHashes"] = None) -> dict:

@@ -18,15 +18,12 @@ from typing import Any
 import numpy as np
 
 from tasks.core.cache import Entry, FileHashes, ResultCache, cache_key_with
+from tasks.core.code import code_hash
 from tasks.core.config import Params, resolve_local
 from tasks.core.shards import ShardWriter, read_jsonl, write_jsonl
 from tasks.core.storage import Storage, atomic_write_bytes
 from tasks.prep.audio import AudioError, AudioSettings, condition
 from tasks.prep.datasets import Reject, SourceUtterance, read_dataset, reason_kind
-
-
-# Bump when the conditioning code changes what it writes: every cached result is recomputed.
-VERSION = "ingest-1"
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ def plan_ingest(params: Params, root: Path) -> IngestPlan:
     Raises before any audio work if a dataset path or list is unusable; a file that cannot be read
     is a reject here."""
     storages, items, rejects = {}, [], []
-    key = cache_key_with(stage=VERSION, audio=asdict(audio_settings(params)), libs=library_versions())
+    key = cache_key_with(code=code_hash(__name__), audio=asdict(audio_settings(params)), libs=library_versions())
     memo = FileHashes.in_dir(resolve_local(root, params.runtime.cache_dir))  # unchanged files are not re-read
     for ds in params.datasets:
         storage, utts, bad = read_dataset(ds, root)
@@ -81,7 +78,8 @@ def plan_ingest(params: Params, root: Path) -> IngestPlan:
 
 def audio_settings(params: Params) -> AudioSettings:
     a = params.audio
-    return AudioSettings(a.sample_rate, a.loudness_lufs, a.trim_db, a.min_seconds, a.max_seconds)
+    return AudioSettings(a.sample_rate, a.loudness_lufs, a.trim_db, a.min_seconds, a.max_seconds,
+                         a.silence_floor_dbfs)
 
 
 def ingest_one(storage: Storage, utt: SourceUtterance, settings: AudioSettings) -> Entry:

@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from tasks.core.cache import Entry, ResultCache, cache_key_with
+from tasks.core.code import code_hash
 from tasks.core.config import Params
 from tasks.core.shards import RecordReader, ShardWriter, read_record, write_jsonl
 from tasks.core.storage import atomic_write_bytes
-
-VERSION = "spec-1"
 
 
 def stft_settings(params: Params) -> dict[str, Any]:
@@ -51,7 +50,7 @@ class SpecItem:
 def plan_spec(rows: list[dict[str, Any]], params: Params) -> list[SpecItem]:
     from importlib.metadata import version
 
-    key = cache_key_with(stage=VERSION, stft=stft_settings(params), torch=version("torch"))
+    key = cache_key_with(code=code_hash(__name__), stft=stft_settings(params), torch=version("torch"))
     return [SpecItem(row, key(audio=row["sha256"])) for row in rows]
 
 

@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.cache import Entry, ResultCache, cache_key_with
+from tasks.core.code import code_hash
 from tasks.core.config import LanguageConfig, Params
 from tasks.core.hf import model_hash, tokenizer_for
 from tasks.core.shards import ShardWriter, jsonl_row, write_jsonl
 from tasks.core.storage import atomic_write_bytes
-from tasks.frontends import backend_info, g2p, normalize, normalizer_version
-from tasks.frontends.symbols import BASE_LANGUAGE_IDS, BASE_SYMBOLS, SymbolTable
+from tasks.frontends import G2P_BACKENDS, NORMALIZERS, backend_info, g2p, normalize, normalizer_version
+from tasks.frontends.symbols import BASE_LANGUAGE_IDS, BASE_SYMBOLS, PUNCTUATION, SymbolTable
 from tasks.prep.datasets import Reject, reason_kind
-
-# Bump when the stage's own logic changes its outputs (frontends carry their own VERSION).
-VERSION = "text-1"
 
 
 @dataclass(frozen=True)
@@ -48,10 +46,11 @@ def plan_text(rows: list[dict[str, Any]], params: Params, root: Path) -> list[Te
     libs = library_versions()
     deps = {}
     for code, lang in params.languages.items():
-        deps[code] = {"normalizer": lang.normalizer, "g2p": lang.g2p, "g2p_options": lang.g2p_options,
+        deps[code] = {"code": code_hash(__name__, NORMALIZERS[lang.normalizer], G2P_BACKENDS[lang.g2p]),
+                      "normalizer": lang.normalizer, "g2p": lang.g2p, "g2p_options": lang.g2p_options,
                       "versions": [backend_info(lang.g2p)[1], normalizer_version(lang.normalizer)],
                       "tokenizer": model_hash(root, lang.bert, tokenizer_only=True)}
-    keyers = {code: cache_key_with(stage=VERSION, libs=libs, **d) for code, d in deps.items()}
+    keyers = {code: cache_key_with(libs=libs, **d) for code, d in deps.items()}
     return [TextItem(row, keyers[row["language"]](text=row["text"])) for row in rows]
 
 
@@ -112,6 +111,23 @@ def symbol_table(params: Params, phones_by_language: dict[str, set[str]]) -> Sym
     return table
 
 
+def implausible_length(phones: list[str], num_samples: int, params: Params) -> str | None:
+    """Why a transcript cannot belong to its clip, or None: spoken phones per second outside the
+    params bounds, or more tokens (with blanks, as the model sees them) than spectrogram frames,
+    which the monotonic alignment cannot fit. Checked here, not cached: it depends on params only."""
+    seconds = num_samples / params.audio.sample_rate
+    spoken = sum(1 for p in phones if p != "_" and p not in PUNCTUATION)
+    rate, cfg = spoken / seconds, params.text
+    if not cfg.min_phones_per_second <= rate <= cfg.max_phones_per_second:
+        return (f"implausible transcript length: {spoken} phones in {seconds:.2f} s = {rate:.1f} phones/s, "
+                f"outside text.min/max_phones_per_second {cfg.min_phones_per_second:g}..{cfg.max_phones_per_second:g}")
+    tokens = 2 * len(phones) + 1 if params.model.add_blank else len(phones)
+    frames = num_samples // params.features.spec.hop_length
+    if tokens > frames:
+        return f"implausible transcript length: {tokens} tokens (blanks included) but {frames} spectrogram frames"
+    return None
+
+
 def assemble(items: list[TextItem], cache: ResultCache, out_dir: Path, params: Params) -> dict[str, Any]:
     """Write the outs from cached results in index order; built under `<out>.partial`, then renamed."""
     tmp = out_dir.with_name(out_dir.name + ".partial")
@@ -120,8 +136,9 @@ def assemble(items: list[TextItem], cache: ResultCache, out_dir: Path, params: P
     with ShardWriter(tmp, "text", ".jsonl", params.text.shard_mb * 2**20, reuse_from=out_dir) as shards:
         for item, (_, entry) in zip(items, cache.iter_entries(i.key for i in items)):
             row, meta = item.row, entry.meta
-            if "reject" in meta:
-                rejects.append(Reject(row["source"], meta["reject"], row["id"], "text"))
+            reason = meta.get("reject") or implausible_length(meta["phones"], row["num_samples"], params)
+            if reason:
+                rejects.append(Reject(row["source"], reason, row["id"], "text"))
                 continue
             counts[row["language"]] += 1
             phones_by_language.setdefault(row["language"], set()).update(meta["phones"])

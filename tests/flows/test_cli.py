@@ -70,7 +70,7 @@ def test_the_console_script_is_installed():
 
 
 @pytest.mark.slow
-def test_vitsflow_server_serves_the_prefect_api_on_the_given_port(tmp_path):
+def test_vitsflow_server_started_by_path_without_the_venv_on_path_serves_and_stops_its_child_on_sigterm(tmp_path):
     import socket
     import time
     import urllib.request
@@ -78,7 +78,9 @@ def test_vitsflow_server_serves_the_prefect_api_on_the_given_port(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # as a service manager starts it: by absolute path, no activated venv, a bare PATH
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path), PREFECT_SERVER_ANALYTICS_ENABLED="false", PATH="/usr/bin:/bin")
+    env.pop("VIRTUAL_ENV", None)
     proc = subprocess.Popen([str(Path(sys.executable).with_name("vitsflow")), "server", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -93,6 +95,12 @@ def test_vitsflow_server_serves_the_prefect_api_on_the_given_port(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+    deadline, closed = time.time() + 30, False
+    while time.time() < deadline and not closed:  # the prefect server child stopped with it
+        with socket.socket() as s:
+            closed = s.connect_ex(("127.0.0.1", port)) != 0
+        time.sleep(0.5)
+    assert closed, "vitsflow server's prefect child still serves after SIGTERM"
 
 
 def test_vitsflow_server_refuses_a_database_url_prefect_cannot_use_without_echoing_it():

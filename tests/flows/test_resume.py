@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.cache import ResultCache
+from tasks.core.cache import Entry, ResultCache
 from tests.helpers import aishell_bv2_list, sigkill_once_cached, write_params
 
 pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
@@ -31,12 +31,12 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, shared_speech, prefect_server):
+def project(tmp_path_factory, real_speech, prefect_server):
     root = tmp_path_factory.mktemp("resume")
-    aishell_bv2_list(shared_speech, root / "zh", 30)
-    datasets = [{"name": "lj", "language": "en", "path": str(shared_speech / "en_ljspeech"),
+    aishell_bv2_list(real_speech, root / "zh", 30)
+    datasets = [{"name": "lj", "language": "en", "path": str(real_speech / "en_ljspeech"),
                  "format": "ljspeech", "speaker": "lj"},
-                {"name": "cv", "language": "ja", "path": str(shared_speech / "ja_commonvoice"),
+                {"name": "cv", "language": "ja", "path": str(real_speech / "ja_commonvoice"),
                  "format": "ljspeech", "speaker": "cv"},
                 {"name": "aishell", "language": "zh", "path": "zh", "format": "bv2_list"}]
     runtime = {"workers": 1, "in_flight_chunks": 1}
@@ -50,21 +50,59 @@ def project(tmp_path_factory, shared_speech, prefect_server):
     return root, env
 
 
-def test_a_killed_bert_stage_resumes_and_matches_an_uninterrupted_run(project):
+# stage, the folder it reads (`--in`), what a killed run keeps at least before the kill
+KILLED = [("ingest", None, 5), ("text", "data/ingest", 5), ("bert", "data/text", 5), ("spec", "data/ingest", 5)]
+
+
+@pytest.mark.parametrize("stage, source, at", KILLED)
+def test_a_stage_killed_half_way_resumes_and_writes_the_bytes_of_an_uninterrupted_run(project, stage, source, at):
     root, env = project
-    finish(vitsflow(["bert", "--params", "params.yaml", "--out", "data/bert_reference"], root, env))
-    total = len((root / "data/bert_reference/index.jsonl").read_text().splitlines())
+    src = ["--in", source] if source else []
+    ref = root / f"data/{stage}_reference"
+    if not ref.exists():
+        finish(vitsflow([stage, "--params", "params.yaml", *src, "--out", str(ref.relative_to(root))], root, env))
+    total = len((ref / "index.jsonl").read_text().splitlines())
 
-    proc = vitsflow(["bert", "--params", "killed.yaml", "--out", "data/bert"], root, env)
-    db = root / ".cache/killed/bert.sqlite"
-    done = sigkill_once_cached(proc, db, 5)
-    assert proc.returncode == -signal.SIGKILL and 5 <= done < total, (proc.returncode, done, total)
-    assert not (root / "data/bert").exists()  # nothing half-written under the real name
+    out_dir = root / f"data/{stage}_killed"
+    proc = vitsflow([stage, "--params", "killed.yaml", *src, "--out", str(out_dir.relative_to(root))], root, env)
+    db = root / f".cache/killed/{stage}.sqlite"
+    done = sigkill_once_cached(proc, db, at)
+    assert proc.returncode == -signal.SIGKILL and at <= done < total, (proc.returncode, done, total)
+    assert not out_dir.exists()  # nothing half-written under the real name
 
-    out = finish(vitsflow(["bert", "--params", "killed.yaml", "--out", "data/bert"], root, env))
+    out = finish(vitsflow([stage, "--params", "killed.yaml", *src, "--out", str(out_dir.relative_to(root))], root, env))
     reused = len(ResultCache(db)) - int(out.split("utterances (")[1].split(" computed")[0])
     assert reused >= done  # the finished part was not recomputed
-    assert digests(root / "data/bert") == digests(root / "data/bert_reference")
+    assert digests(out_dir) == digests(ref)
+
+
+def test_a_payload_file_cut_by_sigkill_mid_write_is_recomputed_and_read_whole(tmp_path):
+    """Spectrograms and audio of 64 KiB and more are files beside the cache database: a process
+    killed while writing one leaves only a temp file, never a short payload under the entry's name."""
+    import textwrap
+    import time
+
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from tasks.core.cache import Entry, ResultCache
+        ResultCache(Path({str(tmp_path / "c.sqlite")!r})).put_many([("k", Entry({{"n": 1}}, b"x" * (400 << 20)))])
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    blobs = tmp_path / "c.blobs"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        partial = [p for p in blobs.rglob("*.tmp") if p.stat().st_size > 0] if blobs.exists() else []
+        if partial:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed mid-write"
+    cache = ResultCache(tmp_path / "c.sqlite")
+    assert cache.missing(["k"]) == {"k"}  # not committed: the stage computes it again
+    assert not [p for p in blobs.rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
+    cache.put_many([("k", Entry({"n": 1}, b"y" * (1 << 20)))])
+    assert cache.get("k").data == b"y" * (1 << 20)
 
 
 def test_spec_from_two_worker_processes_matches_the_one_thread_stage(project):

@@ -83,16 +83,19 @@ def _wait_for(server: str, flow_run_id: str, timeout: float, logs: list[Path]) -
     pytest.fail(f"retrain flow run {flow_run_id} did not finish in {timeout} s\n{tails}")
 
 
-def test_a_retrain_run_trains_on_the_gpu_pool_evaluates_promotes_and_publishes_a_summary(
+def test_a_retrain_run_started_without_the_venv_on_path_trains_on_the_gpu_pool_evaluates_promotes_and_publishes_a_summary(
         project, deployed, env, prefect_server, tmp_path_factory):
     gpu_machine = tmp_path_factory.mktemp("gpu_machine") / "vitsflow"
     run(["git", "clone", "-q", str(project), str(gpu_machine)], project.parent)  # code only: no data, no dvc.lock
-    full_env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env)
+    # Both started by absolute path with a PATH that lacks the venv, as a service manager starts them:
+    # every tool the runs need (dvc, torchrun, prefect) is found from the interpreter's environment.
+    full_env = dict(os.environ, PATH="/usr/bin:/bin", **env)
+    full_env.pop("VIRTUAL_ENV", None)
     logs = [tmp_path_factory.mktemp("logs") / name for name in ("worker.log", "serve.log")]
     worker = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", POOL,
                                "--type", "process"], cwd=gpu_machine, env=dict(full_env, VITSFLOW_WORKSPACE=str(
                                    gpu_machine)), stdout=logs[0].open("w"), stderr=subprocess.STDOUT)
-    runner = subprocess.Popen(["vitsflow", "serve"], cwd=project, env=full_env, stdout=logs[1].open("w"),
+    runner = subprocess.Popen([str(Path(sys.executable).with_name("vitsflow")), "serve"], cwd=project, env=full_env, stdout=logs[1].open("w"),
                               stderr=subprocess.STDOUT)
     try:  # "run now", as the UI's button does
         flow_run = api(prefect_server, f"/deployments/{deployed['retrain']['id']}/create_flow_run", {})

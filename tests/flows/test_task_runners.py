@@ -28,12 +28,12 @@ def run_stages(root: Path, prefect_server: str) -> str:
 
 
 def test_a_two_worker_dask_cluster_gives_the_same_ingest_and_text_outputs_as_threads(
-        tmp_path, shared_speech, prefect_server):
+        tmp_path, real_speech, prefect_server):
     outs = {}
     for runner in ["thread", "dask"]:
         root = tmp_path / runner
-        ljspeech_subset(shared_speech, root / "lj", 6)
-        aishell_bv2_list(shared_speech, root / "aishell", 4)
+        ljspeech_subset(real_speech, root / "lj", 6)
+        aishell_bv2_list(real_speech, root / "aishell", 4)
         write_params(root, [{"name": "lj", "language": "en", "path": "lj", "format": "ljspeech", "speaker": "lj"},
                             {"name": "aishell", "language": "zh", "path": "aishell", "format": "bv2_list"}],
                      ingest={"shard_mb": 1, "chunk_size": 2}, text={"shard_mb": 1, "chunk_size": 2},

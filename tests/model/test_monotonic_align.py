@@ -197,8 +197,7 @@ def test_dtype_preserved_and_no_grad(backend, dtype):
 
 
 def test_backends_agree_at_training_size():
-    if not ma.HAVE_NUMBA:
-        pytest.skip("numba not installed")
+    assert ma.HAVE_NUMBA, "numba is a dependency (requirements.lock)"
     g = torch.Generator().manual_seed(11)
     t_text = torch.randint(20, 120, (8,), generator=g)
     t_spec = t_text * 3 + torch.randint(0, 60, (8,), generator=g)
@@ -236,8 +235,7 @@ def _child_runs_mas(queue):
 
 def test_thread_pool_survives_fork():
     """A trainer forks data-loader workers after MAS has run: a child must still be able to run it."""
-    if not ma.HAVE_NUMBA:
-        pytest.skip("numba not installed")
+    assert ma.HAVE_NUMBA, "numba is a dependency (requirements.lock)"
     neg = torch.randn(4, 30, 10)
     maximum_path(neg, torch.ones_like(neg), num_threads=3)  # the parent's pool now exists
     ctx = mp.get_context("fork")

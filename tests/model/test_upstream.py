@@ -14,23 +14,19 @@ from model.upstream import (StateDictMismatchError, from_upstream_state_dict, ge
                             load_generator, load_state_dict_strict, read_checkpoint, save_upstream_checkpoint,
                             save_upstream_config, to_upstream_state_dict)
 
-CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "conformance"
+CONFORMANCE = Path(__file__).resolve().parents[1] / "data" / "conformance"
 TINY_DIR = CONFORMANCE / "bv2_23_tiny"
 
 
 
 @pytest.fixture(scope="module")
 def shapes_json() -> dict:
-    path = CONFORMANCE / "bv2_23_state_dict_shapes.json"
-    if not path.is_file():
-        pytest.skip(f"conformance data not found at {path}")
-    return json.loads(path.read_text())
+    return json.loads((CONFORMANCE / "bv2_23_state_dict_shapes.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def tiny_dir() -> Path:
-    if not (TINY_DIR / "G_0.pth").is_file():
-        pytest.skip(f"conformance data not found at {TINY_DIR}")
+    assert (TINY_DIR / "G_0.pth").is_file(), f"conformance data missing at {TINY_DIR}"
     return TINY_DIR
 
 

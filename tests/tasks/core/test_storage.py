@@ -23,9 +23,9 @@ def test_s3_storage_round_trips_against_a_real_endpoint(s3_endpoint):
     assert list(store.list()) == ["x/y.json"] and store.exists("x/y.json") and not store.exists("nope")
 
 
-def ljspeech_in_bucket(shared_speech, tmp_path, bucket: str):
+def ljspeech_in_bucket(real_speech, tmp_path, bucket: str):
     """Three LJSpeech clips as an ljspeech dataset under s3://<bucket>/lj; returns (ids, s3 client)."""
-    ids = ljspeech_subset(shared_speech, tmp_path / "lj", 3)
+    ids = ljspeech_subset(real_speech, tmp_path / "lj", 3)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
     for path in (tmp_path / "lj").rglob("*"):
@@ -34,8 +34,8 @@ def ljspeech_in_bucket(shared_speech, tmp_path, bucket: str):
     return ids, s3
 
 
-def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, shared_speech):
-    ids, _ = ljspeech_in_bucket(shared_speech, tmp_path, "vf-corpus")
+def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, real_speech):
+    ids, _ = ljspeech_in_bucket(real_speech, tmp_path, "vf-corpus")
     params = write_params(tmp_path, [{"name": "lj", "language": "en", "path": "s3://vf-corpus/lj",
                                       "format": "ljspeech", "speaker": "lj"}])
     plan = plan_ingest(load_params(params), tmp_path)
@@ -44,11 +44,11 @@ def test_ingest_plans_a_dataset_from_an_s3_prefix(s3_endpoint, tmp_path, shared_
     assert data[:4] == b"RIFF"
 
 
-def test_planning_an_s3_corpus_downloads_no_audio_and_sees_a_changed_object(s3_endpoint, tmp_path, shared_speech,
+def test_planning_an_s3_corpus_downloads_no_audio_and_sees_a_changed_object(s3_endpoint, tmp_path, real_speech,
                                                                            monkeypatch):
     from tasks.core.storage import S3Storage
 
-    ids, s3 = ljspeech_in_bucket(shared_speech, tmp_path, "vf-etag")
+    ids, s3 = ljspeech_in_bucket(real_speech, tmp_path, "vf-etag")
     params = load_params(write_params(tmp_path, [{"name": "lj", "language": "en", "path": "s3://vf-etag/lj",
                                                   "format": "ljspeech", "speaker": "lj"}]))
     list_file = S3Storage.read_bytes

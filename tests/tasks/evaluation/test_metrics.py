@@ -14,9 +14,9 @@ SHIFT_CENTS = 1200 * math.log2(100 / 89)  # resampling by 89/100 and playing at 
 
 
 @pytest.fixture(scope="module")
-def clips(shared_speech):
+def clips(real_speech):
     """Three short LJSpeech utterances (1.8-2.6 s, 22.05 kHz) as float64."""
-    wavs = shared_speech / "en_ljspeech" / "wavs"
+    wavs = real_speech / "en_ljspeech" / "wavs"
     out = {}
     for name in ("LJ001-0002", "LJ001-0008", "LJ001-0013"):
         y, sr = sf.read(wavs / f"{name}.wav", dtype="float64")

@@ -98,8 +98,8 @@ def test_distribute_phone_fills_earlier_tokens_first():
     assert ja.distribute_phone(0, 2) == [0, 0]
 
 
-def test_every_common_voice_transcript_converts(shared_speech, minilm_tokenizer):
-    rows = (shared_speech / "ja_commonvoice" / "metadata.csv").read_text(encoding="utf-8").splitlines()
+def test_every_common_voice_transcript_converts(real_speech, minilm_tokenizer):
+    rows = (real_speech / "ja_commonvoice" / "metadata.csv").read_text(encoding="utf-8").splitlines()
     texts = [line.split("|", 1)[1] for line in rows if "|" in line]
     assert texts
     for text in texts:

@@ -184,8 +184,8 @@ def test_normalize_leaves_normalised_text_unchanged(text):
     assert zh.normalize(text) == text
 
 
-def test_every_aishell3_transcript_normalises_and_converts(shared_speech, minilm_tokenizer):
-    lines = (shared_speech / "zh_aishell3" / "metadata.csv").read_text(encoding="utf-8").splitlines()
+def test_every_aishell3_transcript_normalises_and_converts(real_speech, minilm_tokenizer):
+    lines = (real_speech / "zh_aishell3" / "metadata.csv").read_text(encoding="utf-8").splitlines()
     transcripts = [line.split("|", 1)[1] for line in lines if line.strip()]
     assert transcripts
     for raw in transcripts:

@@ -42,8 +42,8 @@ def test_a_killed_holder_leaves_the_workspace_unlocked(tmp_path):
 
 
 def test_dataset_changes_lists_added_removed_and_changed_files_against_the_recorded_fingerprint(
-        tmp_path, shared_speech):
-    ljspeech_subset(shared_speech, tmp_path / "lj", 3)
+        tmp_path, real_speech):
+    ljspeech_subset(real_speech, tmp_path / "lj", 3)
     params = load_params(write_params(tmp_path, [{"name": "lj", "language": "en", "path": "lj",
                                                   "format": "ljspeech", "speaker": "lj"}]))
     first = dataset_changes(params, tmp_path)["lj"]
@@ -78,10 +78,10 @@ def test_stages_run_reads_the_stage_names_from_dvc_repro_output():
     assert stages_run(out) == ["source@0", "bert"]
 
 
-def test_dataset_changes_lists_new_objects_under_an_s3_prefix(s3_endpoint, tmp_path, shared_speech):
+def test_dataset_changes_lists_new_objects_under_an_s3_prefix(s3_endpoint, tmp_path, real_speech):
     import boto3
 
-    ljspeech_subset(shared_speech, tmp_path / "lj", 2)
+    ljspeech_subset(real_speech, tmp_path / "lj", 2)
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="vf-incoming")
     for path in sorted((tmp_path / "lj").rglob("*.*")):

@@ -33,10 +33,10 @@ def run_ingest(params_path: Path, out: Path, cache_path: Path | None = None) -> 
 
 
 @pytest.fixture()
-def corpus(tmp_path, shared_speech):
+def corpus(tmp_path, real_speech):
     """Real LJSpeech and AISHELL-3 clips, re-encoded to every format, plus one of each bad input."""
     en = tmp_path / "en"
-    ids = ljspeech_subset(shared_speech, en, 6)
+    ids = ljspeech_subset(real_speech, en, 6)
     wav = en / "wavs"
     x, sr = sf.read(wav / f"{ids[0]}.wav")  # 9.7 s
     sf.write(wav / "slice.flac", x[sr: sr * 4], sr)
@@ -51,6 +51,10 @@ def corpus(tmp_path, shared_speech):
     sf.write(wav / "long.wav", np.tile(x, 3)[: sr * 20], sr)
     sf.write(wav / "stereo.wav", np.stack([x[: sr * 2], x[sr * 4: sr * 6]], axis=1), sr)
     shutil.copy(wav / f"{ids[0]}.wav", wav / "dupe.wav")
+    sf.write(wav / "whole.wav", x[: sr * 3], sr, subtype="PCM_16")
+    (wav / "truncated.wav").write_bytes((wav / "whole.wav").read_bytes()[: 44 + sr * 2])  # header says 3 s, holds 1
+    rng = np.random.default_rng(0)
+    sf.write(wav / "dither.wav", rng.uniform(-2, 2, sr * 2) / 32768, sr, subtype="PCM_16")  # faint noise, no speech
     bad = ["wavs/slice.flac|en_a|EN|a slice as flac.",
            "wavs/slice.ogg|en_b|EN|a slice as ogg.",
            "wavs/slice.mp3|en_c|EN|a slice as mp3.",
@@ -59,9 +63,10 @@ def corpus(tmp_path, shared_speech):
            "wavs/notaudio.wav|en_a|EN|not audio.", "wavs/missing.wav|en_a|EN|missing.",
            "wavs/clip.m4a|en_a|EN|unsupported.", "wavs/codec.wav|en_a|EN|unknown codec.", "wavs/short.wav|en_a|EN|too short.",
            "wavs/long.wav|en_a|EN|too long.", f"wavs/{ids[4]}.wav|en_a|EN|   ",
-           "wavs/dupe.wav|en_a|EN|a duplicate."]
+           "wavs/dupe.wav|en_a|EN|a duplicate.", "wavs/truncated.wav|en_a|EN|cut short.",
+           "wavs/dither.wav|en_a|EN|only faint dither noise."]
     (en / "mixed.list").write_text("\n".join(bad) + "\n", encoding="utf-8")
-    aishell_bv2_list(shared_speech, tmp_path / "zh", 4)
+    aishell_bv2_list(real_speech, tmp_path / "zh", 4)
     params = write_params(tmp_path, [
         {"name": "lj", "language": "en", "path": "en", "format": "ljspeech", "speaker": "lj"},
         {"name": "mixed", "language": "en", "path": "en", "format": "bv2_list", "list_file": "mixed.list"},
@@ -90,7 +95,10 @@ def test_ingest_rejects_each_bad_input_with_its_reason_and_keeps_every_good_clip
     assert rejects["long"].startswith("too long")
     assert rejects["LJ001-0005"] == "empty transcript"
     assert rejects["dupe"] == "exact duplicate of lj/wavs/LJ001-0001"
-    assert summary["utterances"] == len(rows) and summary["rejects"] == 12
+    assert rejects["truncated"] == f"truncated: the header says {3 * 22050} frames, the file holds {22050}"
+    assert rejects["dither"].startswith("near-silent: the loudest 20 ms is at -") \
+        and rejects["dither"].endswith("dBFS, below audio.silence_floor_dbfs -50")
+    assert summary["utterances"] == len(rows) and summary["rejects"] == 14
     assert all(r["source"] for r in read_jsonl(tmp_path / "out" / "rejects.jsonl"))
 
 
@@ -138,21 +146,46 @@ def test_a_missing_dataset_path_fails_before_any_work(tmp_path):
         plan_ingest(load_params(params), tmp_path)
 
 
-def test_a_list_that_does_not_parse_fails_with_file_and_line(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "filelist.list").write_text("a.wav|spk|EN|fine\nbroken line without fields\n")
+def _one_good_clip(folder: Path, real_speech: Path) -> None:
+    shutil.copy(real_speech / "en_ljspeech" / "wavs" / "LJ001-0001.wav", folder / "good.wav")
+
+
+def test_bad_list_lines_are_rejected_one_by_one_with_file_line_and_reason(tmp_path, real_speech):
+    """A line that is not UTF-8, does not parse, or whose audio path leaves the dataset's folder is
+    a reject naming the list and line; every other line is still ingested."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    _one_good_clip(folder, real_speech)
+    (tmp_path / "outside.wav").write_bytes((folder / "good.wav").read_bytes())
+    lines = [b"good.wav|spk|EN|Printing, in the only sense.",
+             b"a.wav|spk|EN|caf\xe9 in Latin-1",  # not UTF-8
+             b"broken line without fields",
+             b"../outside.wav|spk|EN|climbs out",
+             b"/etc/passwd|spk|EN|absolute",
+             b"sub/../../outside.wav|spk|EN|climbs out later"]
+    (folder / "filelist.list").write_bytes(b"\n".join(lines) + b"\n")
     params = write_params(tmp_path, [{"name": "x", "language": "en", "path": "d", "format": "bv2_list"}])
-    with pytest.raises(DatasetError, match=r"filelist.list:2: expected `wav\|speaker\|language\|text`"):
-        plan_ingest(load_params(params), tmp_path)
+    plan = plan_ingest(load_params(params), tmp_path)
+    assert [i.utt.utt_id for i in plan.items] == ["x/good"]
+    reasons = {r.source.split(" ")[0]: r.reason for r in plan.rejects}
+    assert reasons["x:filelist.list:2"] == "not UTF-8 text: byte 0xe9 at column 17"
+    assert reasons["x:filelist.list:3"].startswith("expected `wav|speaker|language|text` (4 fields), got 1")
+    assert reasons["x:filelist.list:4"] == "audio path '../outside.wav' leaves the dataset's audio root"
+    assert reasons["x:filelist.list:5"].startswith("audio path '/etc/passwd' is absolute")
+    assert reasons["x:filelist.list:6"] == "audio path 'sub/../../outside.wav' leaves the dataset's audio root"
 
 
-def test_a_jsonl_line_that_is_not_json_fails_with_file_and_line(tmp_path):
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "metadata.jsonl").write_text(json.dumps({"audio": "a.wav", "text": "t", "speaker": "s"})
-                                                   + "\n{not json\n")
+def test_a_jsonl_line_that_is_not_json_is_a_reject_with_file_and_line(tmp_path, real_speech):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    _one_good_clip(folder, real_speech)
+    (folder / "metadata.jsonl").write_text(json.dumps({"audio": "good.wav", "text": "t", "speaker": "s"})
+                                           + "\n{not json\n")
     params = write_params(tmp_path, [{"name": "x", "language": "en", "path": "d", "format": "jsonl"}])
-    with pytest.raises(DatasetError, match="metadata.jsonl:2: not valid JSON"):
-        plan_ingest(load_params(params), tmp_path)
+    plan = plan_ingest(load_params(params), tmp_path)
+    assert len(plan.items) == 1
+    [reject] = plan.rejects
+    assert reject.source == "x:metadata.jsonl:2" and reject.reason.startswith("not valid JSON")
 
 
 def test_a_language_field_that_disagrees_with_the_dataset_is_a_reject(tmp_path):
@@ -165,13 +198,13 @@ def test_a_language_field_that_disagrees_with_the_dataset_is_a_reject(tmp_path):
     assert "language field 'JP' does not match" in plan.rejects[0].reason
 
 
-def test_source_hashes_are_remembered_by_stat_and_a_changed_file_is_hashed_again(tmp_path, shared_speech):
+def test_source_hashes_are_remembered_by_stat_and_a_changed_file_is_hashed_again(tmp_path, real_speech):
     import os
 
     from tasks.core.cache import FileHashes
     from tasks.core.storage import file_sha256
 
-    ljspeech_subset(shared_speech, tmp_path / "en", 3)
+    ljspeech_subset(real_speech, tmp_path / "en", 3)
     params_path = write_params(tmp_path, [{"name": "lj", "language": "en", "path": "en", "format": "ljspeech",
                                            "speaker": "lj"}])
     params = load_params(params_path)
@@ -210,3 +243,27 @@ def test_utterance_ids_are_the_audio_paths_without_suffix_as_pathlib_has_them():
             audio = "".join(combo)
             assert stem(audio) == pathlib_stem(audio), audio
     assert _stem("wavs/LJ001-0001.wav") == "wavs/LJ001-0001" and _stem("a.b/c.tar.gz") == "a.b/c.tar"
+
+
+def test_an_upstream_bert_vits2_list_imports_unchanged_with_audio_root(tmp_path, real_speech):
+    """Upstream's `Data/<name>/esd.list` holds paths relative to its checkout (or absolute ones):
+    `audio_root` names that checkout, and every path must stay inside it."""
+    upstream = tmp_path / "Bert-VITS2"
+    wavs = upstream / "Data" / "esd" / "wavs"
+    wavs.mkdir(parents=True)
+    for name in ("a", "b"):
+        shutil.copy(real_speech / "en_ljspeech" / "wavs" / "LJ001-0001.wav", wavs / f"{name}.wav")
+    (tmp_path / "elsewhere.wav").write_bytes((wavs / "a.wav").read_bytes())
+    (upstream / "Data" / "esd" / "esd.list").write_text(
+        f"Data/esd/wavs/a.wav|spk|EN|Relative to upstream's checkout.\n"
+        f"{wavs / 'b.wav'}|spk|EN|Absolute, inside the checkout.\n"
+        f"{tmp_path / 'elsewhere.wav'}|spk|EN|Absolute, outside it.\n", encoding="utf-8")
+    params = write_params(tmp_path, [{"name": "esd", "language": "en", "path": "Bert-VITS2/Data/esd",
+                                      "format": "bv2_list", "list_file": "esd.list", "audio_root": "Bert-VITS2"}])
+    plan = plan_ingest(load_params(params), tmp_path)
+    assert [i.utt.utt_id for i in plan.items] == ["esd/Data/esd/wavs/a", "esd/Data/esd/wavs/b"]
+    assert all(str(tmp_path) not in i.utt.source for i in plan.items)  # outs name no machine paths
+    [reject] = plan.rejects
+    assert reject.source.startswith("esd:esd.list:3") and "is absolute and not inside the audio root" in reject.reason
+    summary = run_ingest(params, tmp_path / "out")  # and the audio is read from the checkout
+    assert summary["utterances"] == 1 and summary["rejects"] == 2  # b duplicates a: an exact duplicate

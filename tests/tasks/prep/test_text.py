@@ -74,3 +74,24 @@ def test_a_new_frontend_version_gives_new_text_cache_keys_only_for_its_language(
     monkeypatch.setattr(ja, "VERSION", "ja-1")
     after = [item.key for item in plan_text(rows, params, REPO)]
     assert before[0] != after[0] and before[1] == after[1]
+
+
+def test_a_transcript_far_too_long_or_short_for_its_clip_is_a_reject_naming_the_rate(params):
+    from tasks.prep.text import implausible_length
+
+    phones = ["_"] + ["a", "b"] * 2041 + [".", "_"]  # 4,082 spoken phones
+    two_and_a_half_s = int(2.5 * params.audio.sample_rate)
+    why = implausible_length(phones, two_and_a_half_s, params)
+    assert why == ("implausible transcript length: 4082 phones in 2.50 s = 1632.8 phones/s, outside "
+                   "text.min/max_phones_per_second 1..40")
+    assert "0.2 phones/s" in implausible_length(["_", "a", "_"], 5 * params.audio.sample_rate, params)
+    assert implausible_length(["_"] + ["a"] * 30 + ["_"], two_and_a_half_s, params) is None  # 12 phones/s
+
+
+def test_more_tokens_than_spectrogram_frames_is_a_reject(params):
+    from tasks.prep.text import implausible_length
+
+    p = params.model_copy(update={"text": params.text.model_copy(update={"max_phones_per_second": 1000.0})})
+    frames = 50
+    why = implausible_length(["_"] + ["a"] * 30 + ["_"], frames * p.features.spec.hop_length, p)
+    assert why == f"implausible transcript length: 65 tokens (blanks included) but {frames} spectrogram frames"
