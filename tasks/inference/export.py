@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from model.export import INFER_DEFAULTS, InferenceModule, example_inputs, export_onnx, export_torchscript
+from model.export import SCALAR_NAMES, InferenceModule, example_inputs, export_onnx, export_torchscript
 from model.models import SynthesizerTrn
 from model.upstream import load_state_dict_strict, to_upstream_state_dict
 from tasks.core.config import SYNTHESIS_DEFAULTS
@@ -214,7 +214,7 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
     if module is not None:
         runtime = {"inputs": module.input_names, "outputs": module.output_names,
                    "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in module.dynamic_axes.items()},
-                   "input_dtypes": {n: ("float32" if n in INFER_DEFAULTS or n in SLOT_INPUTS.values() else "int64")
+                   "input_dtypes": {n: ("float32" if n in SCALAR_NAMES or n in SLOT_INPUTS.values() else "int64")
                                     for n in module.input_names},
                    "scalars": "noise_scale, length_scale, noise_scale_w, sdp_ratio: float32 tensors of shape []",
                    "defaults": {k: v for k, v in SYNTHESIS_DEFAULTS.items() if k in module.input_names},
