@@ -165,7 +165,6 @@ def handle_long(words: list[list[str]]) -> list[list[str]]:
 
 # --------------------------------------------------------------------------- words
 
-_SYMBOL_WORDS = frozenset("・、。？！")
 _NO_READING_WORDS = frozenset("「」『』―（）［］[]")
 
 
