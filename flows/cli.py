@@ -86,6 +86,87 @@ def fingerprint(dataset: str = typer.Option(..., help="A dataset name from param
 
 
 @app.command()
+def prepare(params: str = PARAMS, out: str = typer.Option(paths.PREPARED, help="Output folder.")) -> None:
+    """Stage `prepare`: slice and transcribe every raw_audio dataset's long recordings into clips."""
+    typer.echo(json.dumps(_run("prepare_flow", params_path=params, out=out)))
+
+
+@app.command("slice")
+def slice_(in_: str = typer.Option(..., "--in", "-i", help="A long recording, or a folder of them."),
+           out: str = typer.Option(..., "--out", "-o", help="The folder for the clips and manifest.jsonl."),
+           min_seconds: Optional[float] = typer.Option(None, help="Shortest clip (default 1.0)."),
+           max_seconds: Optional[float] = typer.Option(None, help="Longest clip (default 12.0)."),
+           min_silence: Optional[float] = typer.Option(None, help="A pause this long separates clips (default 0.4)."),
+           padding: Optional[float] = typer.Option(None, help="Seconds kept around each clip (default 0.1).")) -> None:
+    """Cut long recordings into clips at pauses (Silero VAD); print a JSON summary."""
+    from pydantic import ValidationError
+
+    from tasks.core.config import SliceParams
+    from tasks.prep.slicing import slice_files
+
+    given = {k: v for k, v in dict(min_seconds=min_seconds, max_seconds=max_seconds, min_silence=min_silence,
+                                   padding=padding).items() if v is not None}
+    try:
+        cfg = SliceParams(**given)
+    except ValidationError as err:
+        _fail("; ".join(e["msg"] for e in err.errors()))
+    src = Path(in_)
+    inputs = sorted(p for p in src.rglob("*") if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3"}) \
+        if src.is_dir() else [src]
+    if not inputs or not all(p.is_file() for p in inputs):
+        _fail(f"{in_}: no audio file (wav, flac, ogg, mp3) found")
+    try:
+        result = slice_files(inputs, Path(out), cfg)
+    except ValueError as err:
+        _fail(str(err))
+    typer.echo(json.dumps({"clips": len(result["clips"]), "dropped": result["dropped"],
+                           "seconds_in": round(result["seconds_in"], 3), "seconds_out": round(result["seconds_out"], 3),
+                           "manifest": str(Path(out) / "manifest.jsonl")}))
+
+
+@app.command()
+def transcribe(in_: str = typer.Option(..., "--in", "-i", help="A folder of clips (e.g. `vitsflow slice` output)."),
+               out: str = typer.Option(..., "--out", "-o", help="The dataset list to write."),
+               lang: str = typer.Option(..., "--lang", help="The clips' language code (en, zh, ja, ...)."),
+               speaker: str = typer.Option("speaker", help="The speaker name written in the list."),
+               model: str = typer.Option("pocketsphinx", help="pocketsphinx (English) or a transformers "
+                                         "speech-recognition model: a local folder or a Hugging Face id."),
+               format_: str = typer.Option("bv2_list", "--format", help="bv2_list or jsonl."),
+               min_confidence: float = typer.Option(0.3, help="Clips less sure than this go to the review file."),
+               review: Optional[str] = typer.Option(None, help="The review file (default: OUT with .review.jsonl).")
+               ) -> None:
+    """Transcribe clips into a dataset list; unsure transcripts go to a review file instead."""
+    from tasks.core.storage import atomic_write_bytes
+    from tasks.prep.asr import bv2_line, load_asr, transcribe_clips
+    from tasks.prep.audio import AudioError, decode
+
+    if format_ not in ("bv2_list", "jsonl"):
+        _fail(f"--format must be bv2_list or jsonl, not {format_!r}")
+    folder, out_path = Path(in_), Path(out)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3"})
+    if not files:
+        _fail(f"{in_}: no audio clips found")
+    try:
+        asr = load_asr(model, lang, path=model if Path(model).is_dir() else None)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    clips = []
+    for f in files:
+        try:
+            wav, sr = decode(f.read_bytes(), f.name)
+        except (OSError, AudioError) as err:
+            _fail(f"{f}: {err}")
+        clips.append((f.relative_to(folder).as_posix(), wav, sr))  # relative to --in (a dataset's path or audio_root)
+    rows, unsure = transcribe_clips(clips, asr, lang, speaker, min_confidence)
+    text = "".join((bv2_line(r) if format_ == "bv2_list" else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows)
+    atomic_write_bytes(out_path, text.encode("utf-8"))
+    review_path = Path(review) if review else out_path.with_suffix(".review.jsonl")
+    atomic_write_bytes(review_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unsure).encode("utf-8"))
+    typer.echo(json.dumps({"list": str(out_path), "clips": len(rows), "review": len(unsure),
+                           "review_file": str(review_path)}))
+
+
+@app.command()
 def ingest(params: str = PARAMS, out: str = typer.Option(paths.INGEST, help="Output folder.")) -> None:
     """Stage `ingest`: decode, resample, condition, dedup, shard and split every dataset."""
     _run("ingest_flow", params_path=params, out=out)
@@ -280,7 +361,8 @@ def synth(model: str = MODEL,
           params: Optional[str] = SYNTH_PARAMS) -> None:
     """Text to speech with a trained model: one sentence (--text, --out) or a batch file (--batch, --out-dir)."""
     from tasks.core.storage import atomic_write_bytes
-    from tasks.inference.synth import SynthError, parse_batch, wav_bytes
+    from tasks.inference.synth import SynthError, parse_batch
+    from tasks.prep.audio import wav_bytes
 
     if (text_ is None) == (batch is None):
         _fail("give either --text (with --out) or --batch (with --out-dir)")
@@ -331,7 +413,8 @@ def convert(model: str = typer.Option(..., "--model", "-m",
     """Voice conversion: re-speak a recording of one model speaker with another's voice."""
     from tasks.prep.audio import AudioError, decode
     from tasks.core.storage import atomic_write_bytes
-    from tasks.inference.synth import SynthError, wav_bytes
+    from tasks.inference.synth import SynthError
+    from tasks.prep.audio import wav_bytes
 
     try:
         wav, sr = decode(Path(in_).read_bytes(), Path(in_).name)

@@ -81,6 +81,17 @@ def demo_flow(params_path: str = "params.yaml") -> dict:
     return summary
 
 
+@flow(name="prepare")
+def prepare_flow(params_path: str = "params.yaml", out: str = paths.PREPARED) -> dict:
+    from tasks.prep.prepare import prepare
+
+    started = time.perf_counter()
+    params = load_params(params_path)
+    summary = prepare(params, find_repo_root(Path(params_path)), out)
+    get_run_logger().info("prepare: %s (%.1f s)", json.dumps(summary), time.perf_counter() - started)
+    return summary
+
+
 @flow(name="ingest")
 def ingest_flow(params_path: str = "params.yaml", out: str = paths.INGEST) -> dict:
     started = time.perf_counter()

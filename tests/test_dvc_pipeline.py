@@ -19,7 +19,7 @@ from tests.helpers import aishell_bv2_list, edit_params, pipeline_project, run
 pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["demo", "ingest", "text", "bert", "spec", "train", "stats", "evaluate"]  # Prefect flows; plus one source@N per dataset
+STAGES = ["demo", "prepare", "ingest", "text", "bert", "spec", "train", "stats", "evaluate"]  # Prefect flows; plus one source@N per dataset
 def dvc_json(args: list[str], cwd: Path, env: dict) -> dict:
     """`dvc <args> --json`, parsed (stdout only: DVC logs go to stderr)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env)
@@ -36,14 +36,27 @@ def computed(output: str, stage: str) -> int:
 
 
 def make_project(root: Path, corpus: Path) -> Path:
-    """A clean clone of the project's pipeline: the tiny demo corpus plus real AISHELL-3 clips."""
-    return pipeline_project(root, [{"name": "aishell", "language": "zh", "path": str(corpus), "format": "bv2_list"}])
+    """A clean clone of the project's pipeline: the tiny demo corpus plus real AISHELL-3 clips, and a
+    long English recording (raw_audio: sliced and transcribed by the `prepare` stage)."""
+    return pipeline_project(root, [{"name": "aishell", "language": "zh", "path": str(corpus / "aishell"),
+                                    "format": "bv2_list"},
+                                   {"name": "pod", "language": "en", "path": str(corpus / "recordings"),
+                                    "format": "raw_audio", "speaker": "lj"}])
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, real_speech) -> Path:
-    path = tmp_path_factory.mktemp("aishell")  # outside the repo, as users' corpora usually are
-    aishell_bv2_list(real_speech, path, 4)
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path_factory.mktemp("corpora")  # outside the repo, as users' corpora usually are
+    (path / "aishell").mkdir()
+    aishell_bv2_list(real_speech, path / "aishell", 4)
+    (path / "recordings").mkdir()
+    clips = [sf.read(real_speech / "en_ljspeech" / "wavs" / f"{u}.wav", dtype="float32")[0]
+             for u in ("LJ001-0002", "LJ001-0008")]
+    pause = np.zeros(22050, np.float32)  # 1 s between the two utterances
+    sf.write(path / "recordings" / "episode.wav", np.concatenate([pause, clips[0], pause, clips[1], pause]), 22050)
     return path
 
 
@@ -74,17 +87,20 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefe
         assert f"Running stage '{stage}'" in out
     ingest = json.loads((project / "data/ingest/summary.json").read_text())
     text = json.loads((project / "data/text/summary.json").read_text())
-    assert ingest["utterances"] == 22 and ingest["rejects"] == 0  # 18 demo clips + 4 AISHELL-3
-    assert text["utterances"] == 22 and set(text["by_language"]) == {"en", "zh", "ja", "de"}
+    assert ingest["utterances"] == 24 and ingest["rejects"] == 0  # 18 demo clips + 4 AISHELL-3 + 2 sliced
+    assert text["utterances"] == 24 and set(text["by_language"]) == {"en", "zh", "ja", "de"}
     rows = [r for p in sorted((project / "data/text").glob("text-*.jsonl")) for r in read_jsonl(p)]
-    assert {r["id"].split("/")[0] for r in rows} >= {"aishell", "demo_de", "demo_ja"}
+    assert {r["id"].split("/")[0] for r in rows} >= {"aishell", "demo_de", "demo_ja", "pod"}
+    prepared = [json.loads(line) for line in (project / "data/prepared/pod/metadata.jsonl").read_text().splitlines()]
+    assert [r["audio"] for r in prepared] == ["clips/episode_0000.wav", "clips/episode_0001.wav"]
+    assert "comparatively" in prepared[0]["text"]  # pocketsphinx heard LJ001-0002
     symbols = json.loads((project / "data/text/symbols.json").read_text())
     assert symbols["language_ids"] == {"zh": 0, "ja": 1, "en": 2, "de": 3}
     assert symbols["tone_offsets"] == {"zh": 0, "ja": 6, "en": 8, "de": 12} and symbols["num_tones"] == 15
     bert_meta = json.loads((project / "data/bert/meta.json").read_text())
     assert bert_meta["dims"] == {"zh": 384, "ja": 384, "en": 384} and bert_meta["fill"] == "zeros"
     stats = json.loads((project / "reports/stats.json").read_text())
-    assert stats["utterances"] == 22 and (project / "reports/durations.png").read_bytes()[:4] == b"\x89PNG"
+    assert stats["utterances"] == 24 and (project / "reports/durations.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((project / "train/run.json").read_text())
     assert manifest["checkpoint"]["step"] == 1 and manifest["checkpoint"]["uri"].startswith("file://storage/runs/")
     # the pipeline ends with the evaluation of that checkpoint and the promotion gate
@@ -152,15 +168,15 @@ def test_dvc_push_and_pull_through_s3(project, first_repro, env, s3_endpoint):
 def test_adding_an_utterance_computes_only_it(project, first_repro, env, corpus, real_speech):
     src = real_speech / "zh_aishell3"
     utt, speaker, text = (src / "metadata_with_speaker.csv").read_text(encoding="utf-8").splitlines()[5].split("|", 2)
-    shutil.copy(src / "wavs" / f"{utt}.wav", corpus / "wavs")
-    with open(corpus / "filelist.list", "a", encoding="utf-8") as f:
+    shutil.copy(src / "wavs" / f"{utt}.wav", corpus / "aishell" / "wavs")
+    with open(corpus / "aishell" / "filelist.list", "a", encoding="utf-8") as f:
         f.write(f"wavs/{utt}.wav|{speaker}|ZH|{text}\n")
     out = run(["dvc", "repro"], project, env)  # the corpus lives outside DVC: its source stage notices
     assert "Running stage 'source@5'" in out and "Running stage 'source@0'" not in out
     assert computed(out, "ingest") == 1
     for stage in ["text", "bert", "spec"]:
         assert computed(out, stage) == 1, stage
-    assert json.loads((project / "data/ingest/summary.json").read_text())["utterances"] == 23
+    assert json.loads((project / "data/ingest/summary.json").read_text())["utterances"] == 25
 
 
 def test_changing_hop_length_recomputes_spectrograms_but_not_bert(project, first_repro, env):
@@ -182,9 +198,9 @@ def test_changing_the_bert_layer_recomputes_bert_but_not_spectrograms(project, f
 
 
 def test_removing_an_utterance_removes_it_from_every_out(project, first_repro, env, corpus):
-    lines = (corpus / "filelist.list").read_text(encoding="utf-8").splitlines()
+    lines = (corpus / "aishell" / "filelist.list").read_text(encoding="utf-8").splitlines()
     gone = "aishell/" + lines[0].split("|")[0].removesuffix(".wav")
-    (corpus / "filelist.list").write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
+    (corpus / "aishell" / "filelist.list").write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")
     run(["dvc", "repro"], project, env)
     for out in ["data/ingest/index.jsonl", "data/bert/index.jsonl", "data/spec/index.jsonl"]:
         assert gone not in {r["id"] for r in read_jsonl(project / out)}, out

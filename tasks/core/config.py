@@ -89,11 +89,44 @@ class LanguageConfig(Strict):
         return self
 
 
+class SliceParams(Strict):
+    """Cutting long recordings into clips at pauses (tasks/prep/slicing.py, Silero VAD)."""
+    min_seconds: float = Field(1.0, gt=0)    # shorter speech joins a neighbour, or is dropped
+    max_seconds: float = Field(12.0, gt=0)   # longer speech is split at its longest pause, else its quietest point
+    min_silence: float = Field(0.4, gt=0)    # a pause at least this long separates two clips
+    padding: float = Field(0.1, ge=0)        # recording kept around each clip's speech (seconds)
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SliceParams":
+        if self.min_seconds >= self.max_seconds:
+            raise ValueError(f"min_seconds ({self.min_seconds}) must be below max_seconds ({self.max_seconds})")
+        return self
+
+
+class TranscribeParams(Strict):
+    """Transcripts for the clips (tasks/prep/asr.py)."""
+    # pocketsphinx (English, bundled) or a transformers speech-recognition model: HF id or local folder
+    model: str = "pocketsphinx"
+    # a clip whose transcript is empty or less sure than this (mean word posterior, where the model
+    # gives one) goes to the review file, not the list
+    min_confidence: float = Field(0.3, ge=0, le=1)
+
+
+class PrepareConfig(Strict):
+    """How a `raw_audio` dataset becomes clips with transcripts (stage `prepare`)."""
+    slice: SliceParams = SliceParams()
+    transcribe: TranscribeParams = TranscribeParams()
+
+
 class DatasetConfig(Strict):
     name: str
     language: str
     path: str  # a local folder or an s3:// prefix
-    format: Literal["bv2_list", "ljspeech", "jsonl"]
+    # raw_audio: long recordings (every audio file under `path`), sliced and transcribed by the
+    # `prepare` stage into data/prepared/<name>/ (`prepare` says how); needs a fixed `speaker`
+    format: Literal["bv2_list", "ljspeech", "jsonl", "raw_audio"]
+    prepare: Optional[PrepareConfig] = None
     # The list file inside `path`; defaults per format (filelist.list, metadata.csv, metadata.jsonl).
     list_file: Optional[str] = None
     # A fixed speaker name; omit it to take each utterance's speaker from the list.
@@ -137,16 +170,30 @@ class DatasetConfig(Strict):
             raise ValueError("expected a file name inside the dataset folder")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_prepare(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("format") == "raw_audio" and data.get("prepare") is None:
+            data = {**data, "prepare": {}}  # the defaults of PrepareConfig
+        return data
+
     @model_validator(mode="after")
     def _speaker_source(self) -> "DatasetConfig":
-        if self.format == "ljspeech" and self.speaker is None:
-            raise ValueError("format ljspeech has no speaker column: give a fixed `speaker` name")
+        if self.format in ("ljspeech", "raw_audio") and self.speaker is None:
+            raise ValueError(f"format {self.format} has no speaker column: give a fixed `speaker` name")
+        if self.format == "raw_audio":
+            if "://" in self.path and not self.path.startswith("file://"):
+                raise ValueError("raw_audio recordings are read from a local folder")
+            if self.list_file is not None or self.audio_root is not None:
+                raise ValueError("raw_audio has no list: list_file and audio_root do not apply")
+        elif self.prepare is not None:
+            raise ValueError(f"`prepare` is for format raw_audio, not {self.format}")
         return self
 
     @property
     def list_name(self) -> str:
         return self.list_file or {"bv2_list": "filelist.list", "ljspeech": "metadata.csv",
-                                  "jsonl": "metadata.jsonl"}[self.format]
+                                  "jsonl": "metadata.jsonl", "raw_audio": "metadata.jsonl"}[self.format]
 
 
 class AudioConfig(Strict):

@@ -4,6 +4,7 @@
 that they agree); the CLI, the flows and the stages take their defaults from here.
 """
 SOURCES = "data/sources"  # `source@N`: one fingerprint file per dataset
+PREPARED = "data/prepared"  # `prepare`: raw_audio datasets as clips + metadata.jsonl, one folder each
 INGEST = "data/ingest"
 TEXT = "data/text"
 BERT = "data/bert"

@@ -210,7 +210,8 @@ def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECO
     from tasks.prep.ingest import read_index
     from tasks.evaluation.metrics import aggregate, utterance_metrics
     from tasks.core.shards import read_pcm
-    from tasks.inference.synth import SynthError, load_voice, wav_bytes
+    from tasks.inference.synth import SynthError, load_voice
+    from tasks.prep.audio import wav_bytes
     from tasks.core.paths import DATA_DIRS
     from tasks.training.train import validation_mel_l1 as teacher_forced_mel_l1
     from tasks.evaluation.judges import Judges

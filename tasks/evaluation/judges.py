@@ -24,9 +24,10 @@ from typing import Any, Optional
 import numpy as np
 
 from tasks.core.config import EvalModelsConfig, resolve_model_path
+from tasks.prep.asr import JUDGE_RATE, HfAsr, PocketSphinx, is_english
+from tasks.prep.asr import resampled as _at
 
 BUILTIN = {"mos": "dnsmos", "speaker": "ge2e", "asr": "pocketsphinx"}
-JUDGE_RATE = 16000  # the bundled judges' rate
 # what each configured model adds to a row, and how the report names it
 METRICS = {"asr": {"cer": "ASR character error rate", "wer": "ASR word error rate"},
            "mos": {"mos": "predicted MOS", "mos_reference": "predicted MOS of the recording"},
@@ -66,15 +67,6 @@ def error_rates(reference: str, hypothesis: str) -> dict[str, Optional[float]]:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
-
-def _at(wav: np.ndarray, sr: int, rate: int) -> np.ndarray:
-    from tasks.prep.audio import resample
-
-    return resample(np.asarray(wav, np.float32), sr, rate)
-
-
-def is_english(language: str) -> bool:
-    return language == "en" or language.startswith("en-")
 
 
 class DnsMos:
@@ -123,54 +115,6 @@ class Ge2e:
         if len(x) < JUDGE_RATE // 10:  # nothing left after silence removal: embed what there was
             x = _at(wav, sr, JUDGE_RATE)
         return self.encoder.embed_utterance(x)
-
-
-class PocketSphinx:
-    """CMU PocketSphinx 5 with the US-English acoustic model, language model and dictionary in its
-    wheel. `transcribe` gives the words and their mean posterior probability (0..1)."""
-
-    languages = "en"
-
-    def __init__(self):
-        from pocketsphinx import Decoder
-
-        self.decoder = Decoder(samprate=JUDGE_RATE, loglevel="FATAL")
-
-    def transcribe_with_confidence(self, wav: np.ndarray, sr: int) -> tuple[str, Optional[float]]:
-        pcm = (np.clip(_at(wav, sr, JUDGE_RATE), -1.0, 1.0) * 32767).astype(np.int16).tobytes()
-        d = self.decoder
-        # a fresh feature state per utterance: its cepstral mean normalisation otherwise carries over,
-        # so a transcript depended on the clips before it (LJ001-0002 after two noisy clips gained a word)
-        d.reinit_feat()
-        d.start_utt()
-        d.process_raw(pcm, full_utt=True)
-        d.end_utt()
-        hyp = d.hyp()
-        if hyp is None:
-            return "", None
-        words = [s for s in d.seg() if not (s.word.startswith("<") or s.word.startswith("[") or s.word == "<sil>")]
-        conf = float(np.mean([min(s.prob, 1.0) for s in words])) if words else None
-        return hyp.hypstr, conf
-
-    def transcribe(self, wav: np.ndarray, sr: int) -> str:
-        return self.transcribe_with_confidence(wav, sr)[0]
-
-    def supports(self, language: str) -> bool:
-        return is_english(language)
-
-
-class HfAsr:
-    def __init__(self, path: str, device: str):
-        import transformers as tf
-
-        self.pipe = tf.pipeline("automatic-speech-recognition", model=path, device=device, trust_remote_code=False)
-
-    def transcribe(self, wav: np.ndarray, sr: int) -> str:
-        rate = self.pipe.feature_extractor.sampling_rate
-        return self.pipe({"raw": _at(wav, sr, rate), "sampling_rate": rate})["text"]
-
-    def supports(self, language: str) -> bool:
-        return True
 
 
 class HfMos:

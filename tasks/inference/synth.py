@@ -358,17 +358,6 @@ def load_voice(model_ref: PathLike, params_path: Optional[PathLike] = None, devi
     return _load_checkpoint(ref, params_path, device)
 
 
-def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
-    """16-bit PCM WAV file bytes (clipped to [-1, 1])."""
-    import io
-
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-    return buf.getvalue()
-
-
 def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str]) -> list[tuple[str, str, str]]:
     """Batch lines -> (speaker, language, text). A line is `speaker|lang|text`, or plain text that
     takes the default language and speaker; blank lines and lines starting with `#` are skipped."""
@@ -389,4 +378,4 @@ def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str
     return out
 
 
-__all__ = ["SynthError", "Synthesis", "Voice", "load_voice", "parse_batch", "wav_bytes"]
+__all__ = ["SynthError", "Synthesis", "Voice", "load_voice", "parse_batch"]

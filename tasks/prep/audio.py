@@ -165,3 +165,14 @@ def condition(data: bytes, name: str, s: AudioSettings) -> np.ndarray:
     if s.loudness_lufs is not None:
         x = normalize_loudness(x, s.sample_rate, s.loudness_lufs)
     return to_int16(x)
+
+
+def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM WAV file bytes (clipped to [-1, 1])."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()

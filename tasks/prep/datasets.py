@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Optional
 
+from tasks.core import paths
 from tasks.core.config import DatasetConfig, resolve_local
 from tasks.core.storage import Storage, open_storage
 
@@ -96,7 +97,8 @@ def _parse_jsonl(ds: DatasetConfig, line: str):
     return obj["audio"], obj.get("speaker"), obj.get("language"), str(obj["text"] or "").strip()
 
 
-PARSERS = {"bv2_list": _parse_bv2_list, "ljspeech": _parse_ljspeech, "jsonl": _parse_jsonl}
+# raw_audio: the `prepare` stage's metadata.jsonl (data/prepared/<name>/), read like any jsonl list
+PARSERS = {"bv2_list": _parse_bv2_list, "ljspeech": _parse_ljspeech, "jsonl": _parse_jsonl, "raw_audio": _parse_jsonl}
 
 
 def _inside(path: str, root: str) -> bool:
@@ -153,7 +155,13 @@ def audio_path_problem(audio: str, root: Optional[str] = None) -> Optional[str]:
 def read_dataset(ds: DatasetConfig, root: Path) -> tuple[Storage, list[SourceUtterance], list[Reject]]:
     """Parse a dataset's list: (the storage its audio is read from, utterances to ingest,
     utterances rejected up front)."""
-    storage = dataset_storage(ds, root)
+    if ds.format == "raw_audio":  # its list and clips are what the `prepare` stage made of the recordings
+        folder = resolve_local(root, paths.PREPARED) / ds.name
+        if not folder.is_dir():
+            raise DatasetError(f"dataset {ds.name!r}: {folder} not found; run the prepare stage first")
+        storage = open_storage(str(folder))
+    else:
+        storage = dataset_storage(ds, root)
     where = storage.describe(ds.list_name)
     audio_root = None
     if ds.audio_root is not None:
