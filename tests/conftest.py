@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,8 +135,9 @@ def train_corpus(tmp_path_factory) -> Path:
 
 def _our_processes() -> dict[int, str]:
     """pid -> command line of the live processes this run started: descendants of this process,
-    and orphans (their parent gone) of this Unix session. Other processes of the session (a
-    benchmark in another shell) are not ours."""
+    and orphans (their parent gone) of this Unix session that run this environment's programs
+    (a Prefect, S3 or app server, a stage, a browser). Other processes of the session (a shell,
+    a benchmark, what a CI harness runs) are not ours."""
     sid, me, procs = os.getsid(0), os.getpid(), {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
@@ -156,7 +158,8 @@ def _our_processes() -> dict[int, str]:
         # A process with no command line (past exit, or a kernel thread) is not running code of
         # ours; every process the suite starts has one. CI once listed three such processes of
         # its session (not zombies) after a run in which all 631 tests passed, and failed it.
-        if cmdline and (parent == me or (psid == sid and parent not in procs)):
+        ours = sys.prefix in cmdline or "chromium" in cmdline  # the venv's programs, or the test browser
+        if cmdline and (parent == me or (psid == sid and parent not in procs and ours)):
             out[pid] = cmdline
     return out
 
