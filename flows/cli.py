@@ -175,6 +175,34 @@ def evaluate(params: str = PARAMS,
 
 
 @app.command()
+def export(model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint bundle (file://…/runs/<id>/"
+                                               "step_N, s3://…), a run folder (its latest bundle), train/run.json, "
+                                               "`production` (the production pointer of params' model name) or "
+                                               "`production:<name>`. Default: the checkpoint the evaluate stage "
+                                               "judged (eval/metrics.json, else train/run.json)."),
+           out: str = typer.Option(paths.EXPORT, "--out", "-o", help="The export folder to write."),
+           formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated: safetensors, onnx, "
+                                                 "torchscript, upstream. Default: the first three, plus upstream "
+                                                 "(upstream/G_<step>.pth + config.json) when upstream 2.3 can run the "
+                                                 "model; naming upstream requires it. Without --model: params "
+                                                 "export.formats."),
+           params: str = PARAMS) -> None:
+    """Stage `export`: a checkpoint as the inference bundle and in upstream Bert-VITS2 2.3's format."""
+    from flows.export import export_flow
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
+    from tasks.inference.export import ExportError
+    from tasks.inference.synth import SynthError
+
+    try:
+        summary = export_flow(params_path=params, model=model, out=out,
+                              formats=None if formats is None else formats.split(","))
+    except (ConfigError, FileNotFoundError, CheckpointError, ExportError, SynthError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, ensure_ascii=False))
+
+
+@app.command()
 def remote(params: str = PARAMS) -> None:
     """Point DVC's default remote at params.yaml `storage` (s3:// or file://); no credentials stored."""
     from tasks.core.config import ConfigError, find_repo_root, load_params

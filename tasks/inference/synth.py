@@ -336,7 +336,9 @@ def _load_checkpoint(ref: str, params_path: Optional[PathLike], device: str) -> 
                  int(state["sample_rate"]), stft.hop_length, stft, "checkpoint", ref, root,
                  params.features.bert, device,
                  {"variant": model_cfg.variant, "run_id": run_id, "step": manifest["step"],
-                  "lineage": manifest.get("lineage")})
+                  "lineage": manifest.get("lineage"), "checkpoint": f"{storage_root.rstrip('/')}/runs/{run_id}/"
+                  f"{CheckpointStore.bundle_name(manifest['step'])}", "model": model_cfg.model_dump(mode="json"),
+                  "frontends": dict(state.get("frontends") or {})})
 
 
 def load_voice(model_ref: PathLike, params_path: Optional[PathLike] = None, device: str = "cpu") -> Voice:
