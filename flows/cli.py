@@ -393,6 +393,23 @@ def server(host: str = typer.Option("127.0.0.1", help="The address to listen on.
     raise typer.Exit(code)
 
 
+@app.command("app")
+def app_(host: Optional[str] = typer.Option(None, help="The address to listen on (default: params app.host, "
+                                        "127.0.0.1: this machine only)."),
+         port: Optional[int] = typer.Option(None, help="The port (default: params app.port)."),
+         params: str = PARAMS) -> None:
+    """Serve the HTTP API (/docs) and the web page: synthesis, A/B of two models, the eval samples."""
+    from tasks.core.config import ConfigError, load_params
+    from tasks.orchestration.app import serve as serve_app
+
+    try:
+        cfg = load_params(params).app
+    except ConfigError as err:
+        _fail(str(err))
+    typer.echo(f"vitsflow app: http://{host or cfg.host}:{port or cfg.port}  (API docs: /docs)")
+    serve_app(params, host, port)
+
+
 @app.command()
 def deploy(params: str = PARAMS,
            image: Optional[str] = typer.Option(None, help="The pipeline image (infra/Dockerfile) the `train` "
