@@ -185,7 +185,8 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
         from safetensors.torch import save
 
         metadata = {"format": "pt", "naming": "upstream", "variant": net.variant}
-        atomic_write_bytes(out_dir / FILES["safetensors"], save(inference_state_dict(net), metadata=metadata))
+        atomic_write_bytes(out_dir / FILES["safetensors"],
+                           _canonical_safetensors(save(inference_state_dict(net), metadata=metadata)))
 
     module = InferenceModule(net) if ({"onnx", "torchscript"} & set(formats)) else None
     if module is not None:
@@ -228,6 +229,22 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
         if fmt not in formats:
             (out_dir / name).unlink(missing_ok=True)
     return config
+
+
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its `__metadata__` keys sorted: safetensors serialises the
+    metadata from a hash map, in an order that changes from process to process, so the same weights
+    would give other bytes (and another DVC hash) on every export. Tensor entries and data stay."""
+    import struct
+
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+    return struct.pack("<Q", len(text)) + text + data[8 + length:]
 
 
 def _cpu_copy(generator: SynthesizerTrn) -> SynthesizerTrn:
