@@ -190,6 +190,8 @@ BAD = [  # (method, path, json body or query, status, words the reason must cont
     ("post", "/api/batch", {"items": [SENTENCE, {**SENTENCE, "speaker": "x"}]}, 422, "items.1: unknown speaker"),
     ("post", "/api/ab", {"model_a": "production", "model_b": "run:x:1", **SENTENCE}, 404, "model_b: unknown model"),
     ("post", "/api/ab", {"model_a": "production", **SENTENCE}, 422, "Field required"),
+    ("post", "/api/synthesize", {**SENTENCE, "model": f"run:{UPSTREAM_RUN}:7", "speaker": "alice"}, 422,
+     "gives 384-wide features, the model was trained on 1024-wide ones"),
     ("get", "/api/models/nothing", None, 404, "unknown model 'nothing'"),
     ("get", "/api/eval", {"model": f"run:{UPSTREAM_RUN}:7"}, 404, "eval/metrics.json judged synth-test step 3"),
     ("get", "/api/eval", {"model": "run:x:1"}, 404, "unknown model"),
