@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from tasks.inference.synth import wav_bytes
 from tasks.orchestration.app import create_app
 from tests.tasks.inference.test_synth import build_models
-from tests.tasks.orchestration.test_export import UPSTREAM_RUN, upstream_compatible_checkpoint
+from tests.tasks.orchestration.test_export_stage import UPSTREAM_RUN, upstream_compatible_checkpoint
 
 SENTENCE = {"text": "Where are you going?", "language": "en", "speaker": "en_m1"}
 QUIET = {"noise_scale": 0.0, "noise_scale_w": 0.0, "sdp_ratio": 0.0}
