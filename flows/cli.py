@@ -175,6 +175,27 @@ def evaluate(params: str = PARAMS,
 
 
 @app.command()
+def judge(ref: str = typer.Option(..., "--ref", help="The reference recording (wav/flac/ogg/mp3)."),
+          syn: str = typer.Option(..., "--syn", help="The synthesis (or any audio) to judge against it."),
+          text_: Optional[str] = typer.Option(None, "--text", help="What was said: gives cer and wer."),
+          lang: str = typer.Option("en", "--lang", help="Language of the text (pocketsphinx covers en only)."),
+          params: Optional[str] = typer.Option(None, "--params", "-p",
+                                               help="Take eval.models and eval.f0_method from this params file "
+                                                    "(default: the bundled judges, pYIN).")) -> None:
+    """Judge one pair of audio files: print one JSON object with mos, mos_reference, speaker_similarity,
+    cer, wer (null where not computed) and the signal metrics (MCD, F0 RMSE, V/UV, length ratio)."""
+    from tasks.core.config import ConfigError, EvalConfig, find_repo_root, load_params
+    from tasks.evaluation.judges import judge_pair
+
+    try:
+        cfg, root = (load_params(params).eval, find_repo_root(Path(params).resolve())) if params else (EvalConfig(), Path.cwd())
+        result = judge_pair(Path(ref), Path(syn), cfg.models, root, text_, lang, cfg.f0_method)
+    except (ConfigError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+@app.command()
 def export(model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint bundle (file://…/runs/<id>/"
                                                "step_N, s3://…), a run folder (its latest bundle), train/run.json, "
                                                "`production` (the production pointer of params' model name) or "

@@ -132,7 +132,11 @@ def summary_markdown(changes: dict, ran: list[str], training: dict, run_record: 
     ckpt = run_record["checkpoint"]
     lines += [f"**Checkpoint**: [{ckpt['uri']}]({ckpt['uri']}) (run `{run_record['run_id']}`, step {ckpt['step']})",
               "", "| metric | candidate | production before | change |", "|---|---|---|---|"]
+    # production's scores on the candidate's utterances when the gate had to score it again
+    # (eval/production.json), else the ones its pointer recorded; promotion["compared"] says which
     before = (production_before or {}).get("metrics") or {}
+    if promotion.get("compared"):
+        lines[-2] = f"| metric | candidate | production before ({promotion['compared']}) | change |"
     for k in HEADLINE + list(metrics.get("judges", {})):
         c, p = metrics.get(k), before.get(k)
         lines.append(f"| {k} | {fmt(c)} | {fmt(p)} | {fmt(c - p) if c is not None and p is not None else '–'} |")
@@ -175,6 +179,10 @@ def retrain_flow(params_path: str = "params.yaml") -> dict:
         run_record = json.loads(resolve_local(root, paths.RUN_RECORD).read_text(encoding="utf-8"))
         metrics = json.loads(resolve_local(root, "eval/metrics.json").read_text(encoding="utf-8"))
         promotion = json.loads(resolve_local(root, "eval/promotion.json").read_text(encoding="utf-8"))
+        rescored = resolve_local(root, "eval/production.json")
+        if production_before is not None and rescored.is_file():
+            scores = json.loads(rescored.read_text(encoding="utf-8"))
+            production_before = {**production_before, "metrics": scores} if scores else production_before
         samples = sorted(p.name for p in resolve_local(root, "eval/samples").glob("*.wav"))
     markdown = summary_markdown(changes, ran, training, run_record, metrics, promotion, production_before, samples)
     create_markdown_artifact(markdown=markdown, key="retrain-summary",

