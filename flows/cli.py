@@ -277,6 +277,34 @@ def judge(ref: str = typer.Option(..., "--ref", help="The reference recording (w
 
 
 @app.command()
+def export(model: Optional[str] = typer.Option(None, "--model", "-m", help="A checkpoint bundle (file://…/runs/<id>/"
+                                               "step_N, s3://…), a run folder (its latest bundle), train/run.json, "
+                                               "`production` (the production pointer of params' model name) or "
+                                               "`production:<name>`. Default: the checkpoint the evaluate stage "
+                                               "judged (eval/metrics.json, else train/run.json)."),
+           out: str = typer.Option(paths.EXPORT, "--out", "-o", help="The export folder to write."),
+           formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated: safetensors, onnx, "
+                                                 "torchscript, upstream. Default: the first three, plus upstream "
+                                                 "(upstream/G_<step>.pth + config.json) when upstream 2.3 can run the "
+                                                 "model; naming upstream requires it. Without --model: params "
+                                                 "export.formats."),
+           params: str = PARAMS) -> None:
+    """Stage `export`: a checkpoint as the inference bundle and in upstream Bert-VITS2 2.3's format."""
+    from flows.export import export_flow
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
+    from tasks.inference.export import ExportError
+    from tasks.inference.synth import SynthError
+
+    try:
+        summary = export_flow(params_path=params, model=model, out=out,
+                              formats=None if formats is None else formats.split(","))
+    except (ConfigError, FileNotFoundError, CheckpointError, ExportError, SynthError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, ensure_ascii=False))
+
+
+@app.command()
 def remote(params: str = PARAMS) -> None:
     """Point DVC's default remote at params.yaml `storage` (s3:// or file://); no credentials stored."""
     from tasks.core.config import ConfigError, find_repo_root, load_params
@@ -467,6 +495,23 @@ def server(host: str = typer.Option("127.0.0.1", help="The address to listen on.
             child.kill()
             child.wait()
     raise typer.Exit(code)
+
+
+@app.command("app")
+def app_(host: Optional[str] = typer.Option(None, help="The address to listen on (default: params app.host, "
+                                        "127.0.0.1: this machine only)."),
+         port: Optional[int] = typer.Option(None, help="The port (default: params app.port)."),
+         params: str = PARAMS) -> None:
+    """Serve the HTTP API (/docs) and the web page: synthesis, A/B of two models, the eval samples."""
+    from tasks.core.config import ConfigError, load_params
+    from tasks.orchestration.app import serve as serve_app
+
+    try:
+        cfg = load_params(params).app
+    except ConfigError as err:
+        _fail(str(err))
+    typer.echo(f"vitsflow app: http://{host or cfg.host}:{port or cfg.port}  (API docs: /docs)")
+    serve_app(params, host, port)
 
 
 @app.command()

@@ -322,14 +322,21 @@ def trace(generator: nn.Module, example_inputs: Optional[dict] = None, *, return
 
 def export_torchscript(generator: nn.Module, path: PathLike, example_inputs: Optional[dict] = None, *,
                        return_alignment: bool = False, noise_inputs: bool = False) -> Path:
-    """Write `trace(...)` to `path` (torch.jit.save), atomically. Load with torch.jit.load."""
+    """Write `trace(...)` to `path` (torch.jit.save), atomically. Load with torch.jit.load.
+
+    Saved through a buffer: torch.jit.save to a file names the archive's root folder after the
+    file, here a temporary name, which would make the same model's bytes differ on every export."""
+    import io
+
     traced = trace(generator, example_inputs, return_alignment=return_alignment, noise_inputs=noise_inputs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_beside(path)
     try:
+        buffer = io.BytesIO()
         with _quiet_tracer():
-            torch.jit.save(traced, str(tmp))
+            torch.jit.save(traced, buffer)
+        tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -24,6 +24,8 @@ def test_stage_outs_and_commands_use_the_folders_of_tasks_core_paths():
     assert all(o.startswith(paths.REPORTS + "/") for o in _outs(stages["stats"]))
     assert all(o.startswith(paths.EVAL + "/") for o in _outs(stages["evaluate"]))
     assert f"--run {paths.RUN_RECORD} --out {paths.EVAL}" in stages["evaluate"]["cmd"]
+    assert _outs(stages["export"]) == {paths.EXPORT} and stages["export"]["cmd"].endswith(f"--out {paths.EXPORT}")
+    assert {paths.RUN_RECORD, paths.EVAL + "/metrics.json"} <= set(stages["export"]["deps"])
     for name in ("train", "evaluate"):
         assert set(paths.DATA_DIRS.values()) <= set(stages[name]["deps"])
     assert stages["source"]["do"]["outs"] == [paths.SOURCES + "/${item.name}.json"]
@@ -40,7 +42,8 @@ def _stage_modules() -> dict[str, tuple[list[str], list[str]]]:
             "ingest": (["tasks.prep.ingest"], data_flow), "text": (["tasks.prep.text", *frontends], data_flow),
             "bert": (["tasks.prep.bert"], data_flow), "spec": (["tasks.prep.spec"], data_flow),
             "stats": (["tasks.prep.stats"], ["flows/stages.py"]), "train": (["tasks.training.train"], ["flows/train.py"]),
-            "evaluate": (["tasks.evaluation.evaluate", *frontends], ["flows/evaluate.py"])}
+            "evaluate": (["tasks.evaluation.evaluate", *frontends], ["flows/evaluate.py"]),
+            "export": (["tasks.orchestration.export", *frontends], ["flows/export.py"])}
 
 
 def test_each_stage_lists_every_repository_file_its_code_imports_as_a_dvc_dep():

@@ -538,6 +538,32 @@ class EvalConfig(Strict):
     promotion: PromotionConfig = PromotionConfig()
 
 
+class ExportConfig(Strict):
+    """Stage `export` (tasks/orchestration/export.py): the checkpoint `evaluate` judged, exported."""
+    # Any of safetensors, onnx, torchscript, upstream. null: the first three, plus upstream's
+    # G_<step>.pth + config.json when upstream 2.3's code can run the model (export.json says why
+    # not otherwise); a list naming `upstream` requires it (an incompatible model fails the stage).
+    formats: Optional[list[Literal["safetensors", "onnx", "torchscript", "upstream"]]] = None
+
+    @field_validator("formats")
+    @classmethod
+    def _some(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        if v is not None and not v:
+            raise ValueError("expected at least one format, or null for the default")
+        return v
+
+
+class AppConfig(Strict):
+    """`vitsflow app` (tasks/orchestration/app.py): the HTTP API and web page to listen to models."""
+    host: str = "127.0.0.1"  # loopback by default: nothing outside this machine reaches it
+    port: int = Field(7860, ge=1, le=65535)
+    max_text_chars: int = Field(500, ge=1, le=100000)  # longer text: 422 with the limit
+    max_batch: int = Field(8, ge=1, le=1024)  # sentences per batch request: more is a 422
+    max_cached_models: int = Field(4, ge=1, le=64)  # loaded models kept in memory (least recently used go)
+    # Folders holding export folders (each one, or its immediate subfolders, with a vitsflow config.json).
+    exports: list[str] = Field(default_factory=lambda: ["export", "exports"])
+
+
 class Params(Strict):
     demo: DemoConfig = DemoConfig()
     datasets: list[DatasetConfig]
@@ -554,6 +580,8 @@ class Params(Strict):
     train: TrainConfig = TrainConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+    app: AppConfig = AppConfig()
 
     @field_validator("languages")
     @classmethod

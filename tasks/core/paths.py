@@ -12,6 +12,7 @@ SPEC = "data/spec"
 REPORTS = "reports"  # `stats`
 RUN_RECORD = "train/run.json"
 EVAL = "eval"
+EXPORT = "export"  # the `export` stage: the judged checkpoint as a bundle + upstream format
 
 # The four data stages' outs, as the training corpus (tasks.training.corpus.Corpus.open) takes them.
 DATA_DIRS = {"ingest_dir": INGEST, "text_dir": TEXT, "bert_dir": BERT, "spec_dir": SPEC}

@@ -185,7 +185,8 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
         from safetensors.torch import save
 
         metadata = {"format": "pt", "naming": "upstream", "variant": net.variant}
-        atomic_write_bytes(out_dir / FILES["safetensors"], save(inference_state_dict(net), metadata=metadata))
+        atomic_write_bytes(out_dir / FILES["safetensors"],
+                           _canonical_safetensors(save(inference_state_dict(net), metadata=metadata)))
 
     module = InferenceModule(net) if ({"onnx", "torchscript"} & set(formats)) else None
     if module is not None:
@@ -228,6 +229,22 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
         if fmt not in formats:
             (out_dir / name).unlink(missing_ok=True)
     return config
+
+
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its `__metadata__` keys sorted: safetensors serialises the
+    metadata from a hash map, in an order that changes from process to process, so the same weights
+    would give other bytes (and another DVC hash) on every export. Tensor entries and data stay."""
+    import struct
+
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+    return struct.pack("<Q", len(text)) + text + data[8 + length:]
 
 
 def _cpu_copy(generator: SynthesizerTrn) -> SynthesizerTrn:
@@ -277,3 +294,95 @@ def load_inference(out_dir: PathLike, map_location: Union[str, torch.device] = "
 __all__ = ["CONFIG_NAME", "DEFAULT_FORMATS", "ExportError", "FILES", "FORMAT", "FORMAT_VERSION", "SLOT_INPUTS",
            "TRAINING_ONLY_PREFIXES", "export_inference", "inference_state_dict", "load_inference",
            "read_inference_config"]
+
+
+# ----------------------------------------------------------------------------- upstream format
+
+UPSTREAM_DIR = "upstream"  # the upstream-format files' subfolder of an export folder
+UPSTREAM_VERSION = "2.3"
+UPSTREAM_BERT_DIM = 1024  # upstream 2.3's TextEncoder hard-codes its three BERT projections' width
+
+
+def upstream_problems(generator: nn.Module, symbols: SymbolTable) -> list[str]:
+    """Why upstream Bert-VITS2 2.3's own inference code could not run this generator (empty: it can).
+
+    Upstream builds the network from its code's tables, not the config: len(symbols) = 112 symbols,
+    12 tones, 3 languages (ZH, JP, EN) and 1024-wide BERT projections; its loader keeps a layer's
+    random initial weights (with only a log line) where the checkpoint's shape differs. So a
+    model trained with an extended symbol table (a language added through params.yaml), another
+    BERT width (MiniLM's 384) or another variant is refused rather than exported to load wrongly."""
+    from tasks.frontends.symbols import BASE_LANGUAGE_IDS, BASE_SYMBOLS, BASE_TONE_OFFSETS, BASE_NUM_TONES
+
+    net = _unwrap(generator)
+    hp = net.hparams
+    problems = []
+    if net.variant != "bert-vits2-2.3":
+        problems.append(f"variant {net.variant!r}: upstream 2.3's inference builds a 'bert-vits2-2.3' network")
+    if list(symbols.symbols) != list(BASE_SYMBOLS):
+        extra = [s for s in symbols.symbols if s not in set(BASE_SYMBOLS)]
+        problems.append(f"the symbol table was extended ({len(symbols.symbols)} symbols, upstream's {len(BASE_SYMBOLS)}"
+                        + (f"; added {extra[:10]}{' ...' if len(extra) > 10 else ''}" if extra else "; reordered")
+                        + "): upstream embeds len(its symbols), so added phones would index past its table")
+    if dict(symbols.language_ids) != BASE_LANGUAGE_IDS or dict(symbols.tone_offsets) != BASE_TONE_OFFSETS \
+            or symbols.num_tones != sum(BASE_NUM_TONES.values()):
+        problems.append(f"languages {symbols.language_ids} / {symbols.num_tones} tones: upstream 2.3 knows "
+                        f"{BASE_LANGUAGE_IDS} with {sum(BASE_NUM_TONES.values())} tones")
+    if hp.get("use_bert", True) and hp.get("bert_dim") != UPSTREAM_BERT_DIM:
+        problems.append(f"BERT width {hp.get('bert_dim')}: upstream 2.3's BERT projections take "
+                        f"{UPSTREAM_BERT_DIM} (its zh/ja/en BERT models)")
+    if not hasattr(net, "enc_q"):
+        problems.append("the generator has no posterior encoder (an inference bundle): upstream's G_*.pth holds "
+                        "the whole generator")
+    if hp.get("n_vocab") != len(symbols.symbols):
+        problems.append(f"the model embeds {hp.get('n_vocab')} symbols, the table has {len(symbols.symbols)}")
+    return problems
+
+
+def export_upstream(generator: nn.Module, out_dir: PathLike, symbols: SymbolTable, speakers: Mapping[str, int],
+                    audio: Mapping[str, Any], step: int, *, add_blank: bool = True,
+                    train: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Write `G_<step>.pth` + `config.json` to out_dir as upstream Bert-VITS2 2.3 writes them: the
+    checkpoint is {"model": the generator's state_dict in upstream's naming (weight_g / weight_v),
+    "iteration", "optimizer": None, "learning_rate"}; the config has upstream's "train", "data"
+    (sampling_rate, filter_length, hop_length, win_length, n_mel_channels, mel_fmin, mel_fmax,
+    add_blank, n_speakers, spk2id), "model" (the generator's hyperparameters under upstream's
+    names) and "version": "2.3". upstream's infer.py then builds
+    `SynthesizerTrn(len(symbols), filter_length // 2 + 1, segment_size // hop_length,
+    n_speakers=n_speakers, **model)` and loads the file with utils.load_checkpoint.
+
+    Refuses (ExportError, every reason listed) a model upstream's code cannot run: upstream_problems.
+    Both files appear atomically, config.json last. Returns {"checkpoint", "config", "step"}."""
+    from model.upstream import save_upstream_checkpoint, upstream_config
+
+    net = _unwrap(generator)
+    problems = upstream_problems(net, symbols)
+    bad = {name: sid for name, sid in speakers.items() if not 0 <= int(sid) < net.hparams["n_speakers"]}
+    if bad:
+        problems.append(f"speaker ids outside 0..{net.hparams['n_speakers'] - 1}: {bad}")
+    missing = [k for k in ("sample_rate", "hop_length", "n_fft", "win_length") if k not in audio]
+    if missing:
+        problems.append(f"audio: {missing} missing (upstream's data section needs them)")
+    elif audio["n_fft"] // 2 + 1 != net.hparams["spec_channels"]:
+        problems.append(f"audio.n_fft {audio['n_fft']}: the posterior encoder takes {net.hparams['spec_channels']} "
+                        "bins (n_fft // 2 + 1)")
+    if problems:
+        raise ExportError("cannot export in upstream Bert-VITS2 2.3 format: " + "; ".join(problems))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    on_cpu = all(t.device.type == "cpu" for t in [*net.parameters(), *net.buffers()])
+    cpu_net = net if on_cpu else _cpu_copy(net)
+    data = {"sampling_rate": int(audio["sample_rate"]), "filter_length": int(audio["n_fft"]),
+            "hop_length": int(audio["hop_length"]), "win_length": int(audio["win_length"]),
+            "n_mel_channels": int(audio.get("n_mels", 128)), "mel_fmin": float(audio.get("fmin", 0.0) or 0.0),
+            "mel_fmax": audio.get("fmax"), "max_wav_value": 32768.0, "add_blank": bool(add_blank),
+            "n_speakers": int(net.hparams["n_speakers"]), "cleaned_text": True,
+            "spk2id": {str(k): int(v) for k, v in sorted(speakers.items(), key=lambda kv: kv[1])}}
+    config = upstream_config(cpu_net, data, _jsonable(dict(train or {})), version=UPSTREAM_VERSION)
+    name = f"G_{int(step)}.pth"
+    for old in out_dir.glob("G_*.pth"):  # one checkpoint per folder: an earlier export's goes
+        if old.name != name:
+            old.unlink()
+    learning_rate = float((train or {}).get("learning_rate", 2e-4))
+    save_upstream_checkpoint(cpu_net, out_dir / name, iteration=int(step), learning_rate=learning_rate)
+    atomic_write_bytes(out_dir / CONFIG_NAME, (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode())
+    return {"checkpoint": name, "config": CONFIG_NAME, "step": int(step)}

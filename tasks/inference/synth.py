@@ -133,6 +133,11 @@ class Voice:
             feats = self.bert_features(language, row["norm_text"], row["word2ph"])
             if feats.shape[1] != len(phones):
                 raise SynthError(f"{feats.shape[1]} BERT feature columns but {len(phones)} phones")
+            want = self.bert_dims.get(self._slot(language))
+            if want is not None and feats.shape[0] != want:
+                raise SynthError(f"language {language!r}: its BERT model ({self.languages[language].bert.model}) gives "
+                                 f"{feats.shape[0]}-wide features, the model was trained on {want}-wide ones: "
+                                 "configure the BERT model it was trained with (params `languages`)")
             inputs = {k: torch.from_numpy(v.astype(np.float32))
                       for k, v in slot_inputs({"dims": self.bert_dims}, {"slot": self._slot(language)}, feats).items()}
         if self.add_blank:
@@ -336,7 +341,9 @@ def _load_checkpoint(ref: str, params_path: Optional[PathLike], device: str) -> 
                  int(state["sample_rate"]), stft.hop_length, stft, "checkpoint", ref, root,
                  params.features.bert, device,
                  {"variant": model_cfg.variant, "run_id": run_id, "step": manifest["step"],
-                  "lineage": manifest.get("lineage")})
+                  "lineage": manifest.get("lineage"), "checkpoint": f"{storage_root.rstrip('/')}/runs/{run_id}/"
+                  f"{CheckpointStore.bundle_name(manifest['step'])}", "model": model_cfg.model_dump(mode="json"),
+                  "frontends": dict(state.get("frontends") or {})})
 
 
 def load_voice(model_ref: PathLike, params_path: Optional[PathLike] = None, device: str = "cpu") -> Voice:

@@ -34,7 +34,7 @@ def test_a_bad_value_names_the_key_the_value_and_what_is_expected():
     data = repo_params()
     data["datasets"][1]["format"] = "csv"
     msg = error_of(data)
-    assert "datasets.1.format: got 'csv'; expected 'bv2_list', 'ljspeech' or 'jsonl'" in msg
+    assert "datasets.1.format: got 'csv'; expected 'bv2_list', 'ljspeech', 'jsonl' or 'raw_audio'" in msg
 
 
 def test_a_missing_required_key_is_named():

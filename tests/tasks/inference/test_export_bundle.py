@@ -222,3 +222,25 @@ def test_cpu_copy_for_accelerator_models(small_net):
     a, b = small_net.state_dict(), copy.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert not copy.training and small_net.training
+
+
+def test_the_same_weights_export_to_the_same_bytes(small_net, tmp_path):
+    """A DVC out (stage `export`): exports of one model are byte-identical. safetensors writes its
+    metadata from a hash map (a per-process order) and torch.jit.save names the archive's root folder
+    after the file it writes (a temporary name): both are normalised. (A second trace in the same
+    process numbers TorchScript's mangled class names on, so model.ts is compared across processes
+    only, by tests/test_dvc_pipeline.py's two clean clones.)"""
+    import struct
+    import zipfile
+
+    for name in ("a", "b"):
+        _export(small_net, tmp_path / name)
+    for f in (FILES["safetensors"], FILES["onnx"]):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    data = (tmp_path / "a" / FILES["safetensors"]).read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8:8 + length])["__metadata__"]
+    assert list(meta) == sorted(meta) and (8 + length) % 8 == 0
+    assert load_file(str(tmp_path / "a" / FILES["safetensors"])).keys() == inference_state_dict(small_net).keys()
+    for name in ("a", "b"):
+        assert {n.split("/")[0] for n in zipfile.ZipFile(tmp_path / name / FILES["torchscript"]).namelist()} == {"archive"}

@@ -1,0 +1,386 @@
+"""`vitsflow app`: an HTTP API (FastAPI, OpenAPI docs at /docs) and one web page to listen to what the
+pipeline trained: synthesis with every knob, A/B of two models on the same sentence, and the eval
+report's metrics and samples.
+
+Models are chosen by id from listings, never by a path in the request:
+
+    production                 the production pointer models/<eval.promotion.model_name>/production.json
+    run:<run_id>:<step>        a kept checkpoint bundle of a run on params.storage (runs/<run_id>/step_N)
+    export:<folder>            an export folder under one of params.app.exports (or that folder itself)
+
+A model is loaded on first use and kept (least recently used first out, params.app.max_cached_models);
+`production` is cached under the checkpoint it points to, so a promotion is picked up. Routes:
+
+    GET  /                      the web page (static/app.html: plain HTML + JS)
+    GET  /api/health            {"status": "ok", "loaded": [...]}
+    GET  /api/models            the listing above
+    GET  /api/models/{id}       one model, loaded: speakers, languages, sample rate
+    POST /api/synthesize        JSON {model, text, language, speaker, sdp_ratio, noise_scale, noise_scale_w,
+                                length_scale, seed} -> audio/wav
+    POST /api/batch             JSON {model, items: [{text, language, speaker}], knobs...} -> JSON of base64 WAVs
+    POST /api/ab                JSON {model_a, model_b, text, language, speaker, knobs...} -> both, same seed
+    GET  /api/eval              eval/metrics.json's numeric headline keys, its model, and its samples;
+                                ?model=<id>: only if that is the checkpoint evaluate judged (else 404)
+    GET  /api/eval/samples/{f}  one sample WAV of eval/samples/ (names from its listing only)
+
+Bad input is a 4xx whose `detail` says why: 404 unknown model or sample, 422 a field out of range,
+text over params.app.max_text_chars, a batch over params.app.max_batch, an unknown speaker or
+language, nothing speakable.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.core import paths
+from tasks.core.config import SYNTHESIS_DEFAULTS, Params, find_repo_root, load_params, resolve_local
+from tasks.core.storage import storage_from_config
+
+logger = logging.getLogger("vitsflow.app")
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+STEP_DIR = re.compile(r"^step_(\d+)$")
+DEFAULT_SEED = 1234  # A/B draws the same noise for both models unless the request says otherwise
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+class Knobs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sdp_ratio: float = Field(SYNTHESIS_DEFAULTS["sdp_ratio"], ge=0, le=1,
+                             description="Share of the stochastic duration predictor")
+    noise_scale: float = Field(SYNTHESIS_DEFAULTS["noise_scale"], ge=0, le=5, description="Prior noise")
+    noise_scale_w: float = Field(SYNTHESIS_DEFAULTS["noise_scale_w"], ge=0, le=5, description="Duration noise")
+    length_scale: float = Field(SYNTHESIS_DEFAULTS["length_scale"], gt=0, le=5,
+                                description="Speaking time factor (> 1: slower)")
+    seed: Optional[int] = Field(None, ge=0, le=2**31 - 1, description="Seed of the noise (reproducible output)")
+
+
+class Sentence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., description="The sentence to speak")
+    language: str = Field(..., description="A language code of the model (zh, ja, en, ...)")
+    speaker: str = Field(..., description="A speaker name of the model")
+
+
+class SynthRequest(Knobs, Sentence):
+    model: str = Field("production", description="A model id from GET /api/models")
+
+
+class BatchRequest(Knobs):
+    model: str = Field("production", description="A model id from GET /api/models")
+    items: list[Sentence] = Field(..., min_length=1, description="Sentences (at most params app.max_batch)")
+
+
+class ABRequest(Knobs, Sentence):
+    model_a: str = Field(..., description="A model id from GET /api/models")
+    model_b: str = Field(..., description="Another model id")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class Models:
+    """The listing of choosable models and a cache of the loaded ones (by resolved reference)."""
+
+    def __init__(self, params_path: Path):
+        self.params_path = Path(params_path).resolve()
+        self.params: Params = load_params(self.params_path)
+        self.root = find_repo_root(self.params_path)
+        self._cache: "OrderedDict[str, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+        self._synth_locks: dict[str, threading.Lock] = {}
+
+    # -- listing
+    def _storage(self):
+        return storage_from_config(self.params.storage, self.root)
+
+    def production(self) -> Optional[dict]:
+        from tasks.orchestration.export import read_production_pointer
+
+        return read_production_pointer(self.params, self.root)
+
+    def checkpoints(self) -> list[dict]:
+        """Every complete checkpoint bundle (one with a manifest) of every run on params.storage."""
+        from tasks.core.checkpoints import MANIFEST
+
+        found: dict[tuple[str, int], None] = {}
+        for key in self._storage().list("runs/"):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[3] == MANIFEST and RUN_ID.match(parts[1]):
+                m = STEP_DIR.match(parts[2])
+                if m:
+                    found[(parts[1], int(m.group(1)))] = None
+        return [{"id": f"run:{run}:{step}", "kind": "checkpoint", "run_id": run, "step": step,
+                 "label": f"{run} step {step}"} for run, step in sorted(found)]
+
+    def exports(self) -> list[dict]:
+        from tasks.inference.export import ExportError, read_inference_config
+
+        out = []
+        for base in self.params.app.exports:
+            folder = resolve_local(self.root, base)
+            candidates = [(base, folder)] + ([(f"{base}/{d.name}", d) for d in sorted(folder.iterdir()) if d.is_dir()]
+                                             if folder.is_dir() else [])
+            for name, path in candidates:
+                if not (path / "config.json").is_file():
+                    continue
+                try:
+                    config = read_inference_config(path)
+                except (ExportError, ValueError, OSError):
+                    continue  # e.g. an upstream-format config.json: not a bundle this app loads
+                lineage = config.get("lineage") or {}
+                out.append({"id": f"export:{name}", "kind": "export", "folder": name,
+                            "run_id": lineage.get("run_id"), "step": lineage.get("step"),
+                            "checkpoint": lineage.get("checkpoint"), "label": f"export {name}"})
+        return out
+
+    def listing(self) -> list[dict]:
+        pointer = self.production()
+        models = []
+        if pointer is not None:
+            ckpt = pointer.get("checkpoint") or {}
+            models.append({"id": "production", "kind": "production", "checkpoint": ckpt.get("uri"),
+                           "run_id": pointer.get("run_id"), "step": ckpt.get("step"),
+                           "label": f"production ({self.params.eval.promotion.model_name}): {pointer.get('run_id')} "
+                                    f"step {ckpt.get('step')}"})
+        return models + self.checkpoints() + self.exports()
+
+    def reference(self, model_id: str) -> str:
+        """The load_voice reference of a listed model id (404 for anything not listed)."""
+        if model_id == "production":
+            pointer = self.production()
+            if pointer is None:
+                raise HTTPException(404, f"no production model: models/{self.params.eval.promotion.model_name}/"
+                                         f"production.json is not on {self.params.storage.uri}")
+            return pointer["checkpoint"]["uri"]
+        if model_id.startswith("run:"):
+            if any(m["id"] == model_id for m in self.checkpoints()):
+                _, run, step = model_id.split(":")
+                uri = self.params.storage.uri.rstrip("/")
+                if uri.startswith("file://"):  # relative to the params' folder, not the server's cwd
+                    uri = "file://" + str(resolve_local(self.root, uri))
+                return f"{uri}/runs/{run}/step_{int(step):08d}"
+        elif model_id.startswith("export:"):
+            for m in self.exports():
+                if m["id"] == model_id:
+                    return str(resolve_local(self.root, m["folder"]))
+        raise HTTPException(404, f"unknown model {model_id!r}: choose an id from GET /api/models")
+
+    def checkpoint_of(self, model_id: str) -> tuple[Optional[str], Optional[int]]:
+        """(run id, step) a listed model was trained to."""
+        for m in self.listing():
+            if m["id"] == model_id:
+                return m.get("run_id"), m.get("step")
+        raise HTTPException(404, f"unknown model {model_id!r}: choose an id from GET /api/models")
+
+    # -- loading
+    def voice(self, model_id: str):
+        from tasks.core.checkpoints import CheckpointError
+        from tasks.core.config import ConfigError
+        from tasks.inference.export import ExportError
+        from tasks.inference.synth import SynthError, load_voice
+
+        ref = self.reference(model_id)
+        with self._lock:
+            if ref in self._cache:
+                self._cache.move_to_end(ref)
+                return self._cache[ref]
+            try:
+                voice = load_voice(ref, self.params_path)
+            except (SynthError, ExportError, CheckpointError, ConfigError, FileNotFoundError) as err:
+                raise HTTPException(500, f"model {model_id!r} ({ref}) cannot be loaded: {err}") from None
+            self._cache[ref] = voice
+            self._synth_locks.setdefault(ref, threading.Lock())
+            while len(self._cache) > self.params.app.max_cached_models:
+                self._cache.popitem(last=False)
+            logger.info("loaded %s (%s)", model_id, ref)
+            return voice
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._cache)
+
+    def synthesize(self, model_id: str, sentence: Sentence, knobs: Knobs) -> tuple[bytes, dict]:
+        from tasks.inference.synth import SynthError
+        from tasks.prep.audio import wav_bytes
+
+        limit = self.params.app.max_text_chars
+        text = sentence.text.strip()
+        if not text:
+            raise HTTPException(422, "text: empty; type a sentence")
+        if len(text) > limit:
+            raise HTTPException(422, f"text: {len(text)} characters, over the limit of {limit} (params app.max_text_chars)")
+        started = time.perf_counter()
+        voice = self.voice(model_id)
+        loaded = time.perf_counter()
+        try:
+            voice.speaker_id(sentence.speaker)
+            voice.language(sentence.language)
+            with self._synth_locks.setdefault(voice.source, threading.Lock()):
+                wav, sr = voice.synthesize(text, sentence.language, sentence.speaker, sdp_ratio=knobs.sdp_ratio,
+                                           noise_scale=knobs.noise_scale, noise_scale_w=knobs.noise_scale_w,
+                                           length_scale=knobs.length_scale, seed=knobs.seed)
+        except SynthError as err:
+            raise HTTPException(422, str(err)) from None
+        done = time.perf_counter()
+        return wav_bytes(wav, sr), {"model": model_id, "sample_rate": sr, "audio_seconds": round(len(wav) / sr, 3),
+                                    "load_seconds": round(loaded - started, 3),
+                                    "synthesis_seconds": round(done - loaded, 3)}
+
+
+# ----------------------------------------------------------------------------- eval report
+
+
+def _headline(metrics: dict) -> dict[str, float]:
+    """Every top-level finite number of eval/metrics.json (mcd_db, f0_rmse_cents, ... and whatever
+    other metrics the evaluation writes, e.g. mos, cer, wer, speaker_similarity)."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def eval_report(root: Path, eval_dir: str = paths.EVAL) -> Optional[dict]:
+    folder = resolve_local(root, eval_dir)
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    samples: dict[str, dict] = {}
+    for wav in sorted((folder / "samples").glob("*.wav")) if (folder / "samples").is_dir() else []:
+        name, _, kind = wav.name.removesuffix(".wav").rpartition(".")
+        if kind in ("ref", "syn") and name:
+            samples.setdefault(name, {"id": name})["reference" if kind == "ref" else "synthesis"] = \
+                f"/api/eval/samples/{wav.name}"
+    return {"model": metrics.get("model") or {}, "metrics": _headline(metrics),
+            "settings": metrics.get("settings"), "samples": list(samples.values())}
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def _page() -> str:
+    return resources.files("tasks.orchestration").joinpath("static/app.html").read_text(encoding="utf-8")
+
+
+def _b64(wav: bytes, info: dict) -> dict:
+    return {**info, "wav_base64": base64.b64encode(wav).decode("ascii")}
+
+
+def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
+    models = Models(Path(params_path))
+    app = FastAPI(title="vitsflow", version="1", description="Listen to the models the pipeline trained: "
+                  "synthesis, A/B of two models, the evaluation's metrics and samples.")
+    app.state.models = models
+    page = _page()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "loaded": models.loaded()}
+
+    @app.get("/api/models")
+    def list_models() -> dict:
+        return {"models": models.listing(), "limits": {"max_text_chars": models.params.app.max_text_chars,
+                                                        "max_batch": models.params.app.max_batch},
+                "defaults": SYNTHESIS_DEFAULTS}
+
+    @app.get("/api/models/{model_id:path}")
+    def model_info(model_id: str) -> dict:
+        voice = models.voice(model_id)
+        return {"id": model_id, "kind": voice.kind, "speakers": sorted(voice.speakers, key=voice.speakers.get),
+                "languages": sorted(voice.languages), "sample_rate": voice.sample_rate,
+                "run_id": voice.info.get("run_id") or (voice.info.get("lineage") or {}).get("run_id"),
+                "step": voice.info.get("step") or (voice.info.get("lineage") or {}).get("step"),
+                "variant": voice.info.get("variant")}
+
+    @app.post("/api/synthesize", response_class=Response,
+              responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM WAV"}})
+    def synthesize(req: SynthRequest) -> Response:
+        wav, info = models.synthesize(req.model, req, req)
+        return Response(wav, media_type="audio/wav",
+                        headers={"X-Model": req.model, "X-Audio-Seconds": str(info["audio_seconds"]),
+                                 "X-Synthesis-Seconds": str(info["synthesis_seconds"]),
+                                 "X-Load-Seconds": str(info["load_seconds"])})
+
+    @app.post("/api/batch")
+    def batch(req: BatchRequest) -> dict:
+        limit = models.params.app.max_batch
+        if len(req.items) > limit:
+            raise HTTPException(422, f"items: {len(req.items)} sentences, over the limit of {limit} "
+                                     "(params app.max_batch)")
+        out = []
+        for n, item in enumerate(req.items):
+            knobs = req.model_copy(update={"seed": None if req.seed is None else req.seed + n})
+            try:
+                wav, info = models.synthesize(req.model, item, knobs)
+            except HTTPException as err:
+                raise HTTPException(err.status_code, f"items.{n}: {err.detail}") from None
+            out.append(_b64(wav, {"index": n, **info}))
+        return {"model": req.model, "items": out}
+
+    @app.post("/api/ab")
+    def ab(req: ABRequest) -> dict:
+        knobs = req.model_copy(update={"seed": DEFAULT_SEED if req.seed is None else req.seed})
+        result = {}
+        for side, model_id in (("a", req.model_a), ("b", req.model_b)):
+            try:
+                wav, info = models.synthesize(model_id, req, knobs)
+            except HTTPException as err:
+                raise HTTPException(err.status_code, f"model_{side}: {err.detail}") from None
+            result[side] = _b64(wav, info)
+        return {"text": req.text, "seed": knobs.seed, **result}
+
+    @app.get("/api/eval")
+    def evaluation(model: Optional[str] = Query(None, description="Only if this model id is the checkpoint "
+                                                "evaluate judged")) -> dict:
+        report = eval_report(models.root)
+        if report is None:
+            raise HTTPException(404, f"no evaluation: {paths.EVAL}/metrics.json does not exist (run `dvc repro "
+                                     "evaluate` or `vitsflow evaluate`)")
+        if model is not None:
+            run_id, step = models.checkpoint_of(model)
+            judged = (report["model"].get("run_id"), report["model"].get("step"))
+            if (run_id, step) != judged:
+                raise HTTPException(404, f"no evaluation of {model!r} ({run_id} step {step}): "
+                                         f"{paths.EVAL}/metrics.json judged {judged[0]} step {judged[1]}")
+        return report
+
+    @app.get("/api/eval/samples/{name}", response_class=FileResponse)
+    def sample(name: str) -> FileResponse:
+        report = eval_report(models.root)
+        known = {Path(url).name for s in (report or {}).get("samples", [])
+                 for url in (s.get("reference"), s.get("synthesis")) if url}
+        if name not in known:
+            raise HTTPException(404, f"no eval sample {name!r}; GET /api/eval lists them")
+        return FileResponse(resolve_local(models.root, paths.EVAL) / "samples" / name, media_type="audio/wav")
+
+    return app
+
+
+def serve(params_path: Path | str = "params.yaml", host: Optional[str] = None, port: Optional[int] = None) -> None:
+    """Run the app with uvicorn until interrupted (host/port default to params.app)."""
+    import uvicorn
+
+    application = create_app(params_path)
+    cfg = application.state.models.params.app
+    uvicorn.run(application, host=host or cfg.host, port=port or cfg.port, log_level="info")
+
+
+__all__ = ["Models", "create_app", "eval_report", "serve"]

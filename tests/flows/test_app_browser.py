@@ -1,0 +1,103 @@
+"""`vitsflow app` as a real server process on 127.0.0.1, driven by a real headless Chromium (Debian's
+`chromium`, through Playwright): the page loads the models, speaks a typed sentence into its
+<audio> element (which must load with a duration > 0), runs an A/B, shows the eval report, and the
+test saves the screenshot the README shows (docs/app.png)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _free_port
+from tests.tasks.orchestration.test_app import app_project
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (scripts/setup.sh installs it)
+SCREENSHOT = REPO / "docs" / "app.png"
+AUDIO_LOADED = """(id) => new Promise((resolve, reject) => {
+  const a = document.getElementById(id);
+  const done = () => resolve({duration: a.duration, src: a.src});
+  if (a.readyState >= 1) done();
+  else { a.addEventListener("loadedmetadata", done, {once: true});
+         a.addEventListener("error", () => reject(new Error("audio error " + (a.error && a.error.code))), {once: true}); }
+})"""
+
+
+@pytest.fixture
+def server(train_corpus, tmp_path):
+    """`vitsflow app` on a free port, started as a user starts it; stopped (and waited for) at the end."""
+    project = app_project(train_corpus, tmp_path)
+    port = _free_port()
+    exe = Path(sys.executable).with_name("vitsflow")
+    log = open(tmp_path / "app.log", "wb")
+    proc = subprocess.Popen([str(exe), "app", "--port", str(port), "--params", project["params"]], cwd=tmp_path,
+                            env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError("vitsflow app did not answer /api/health within 60 s:\n"
+                                         + (tmp_path / "app.log").read_text(errors="replace"))
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def test_the_page_speaks_a_typed_sentence_in_a_real_browser(server):
+    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: install Debian's chromium (scripts/setup.sh does)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(server + "/")
+            page.wait_for_function("document.querySelectorAll('#speaker option').length > 0", timeout=60_000)
+            assert page.eval_on_selector("#model", "s => s.value") == "production"
+            page.select_option("#speaker", "en_m1")
+            page.select_option("#language", "en")
+            page.fill("#text", "Where are you going today?")
+            page.fill("#seed", "7")
+            page.click("#speak")
+            page.wait_for_function("document.getElementById('player').src.startsWith('blob:')", timeout=60_000)
+            audio = page.evaluate(AUDIO_LOADED, "player")
+            assert audio["duration"] > 0, audio
+            info = page.text_content("#synth-info")
+            assert "s of audio in" in info and page.text_content("#synth-error") == ""
+            assert abs(float(info.split()[0]) - audio["duration"]) < 0.05  # the WAV the server sent
+
+            page.select_option("#model-a", "run:synth-test:3")
+            page.select_option("#model-b", "export:export")
+            page.click("#ab")
+            page.wait_for_function("document.getElementById('audio-b').src.startsWith('data:audio/wav')",
+                                   timeout=60_000)
+            for side in ("audio-a", "audio-b"):
+                assert page.evaluate(AUDIO_LOADED, side)["duration"] > 0
+            page.wait_for_selector("#eval-metrics")
+            assert "mcd_db" in page.text_content("#eval-metrics") and "mos" in page.text_content("#eval-metrics")
+            assert page.locator("#eval-samples audio").count() == 4
+            assert errors == []
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
