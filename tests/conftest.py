@@ -178,6 +178,11 @@ def pytest_sessionfinish(session, exitstatus):
 
     forkserver._forkserver._stop()  # spec workers' fork server (in-process stage tests): it is ours to stop
     resource_tracker._resource_tracker._stop()  # multiprocessing's, started with the process pools
+    if "prefect.server.api.server" in sys.modules:  # a temporary Prefect server of an in-process flow run:
+        from prefect.server.api.server import SubprocessASGIServer  # ours; Prefect stops it at exit, after this
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
     deadline = time.time() + 15  # give finalisers' terminate() a moment to take effect
     leaked = {p: c for p, c in _our_processes().items() if p not in _BEFORE}
     while leaked and time.time() < deadline:
