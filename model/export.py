@@ -343,5 +343,73 @@ def export_torchscript(generator: nn.Module, path: PathLike, example_inputs: Opt
     return path
 
 
+# ----------------------------------------------------------------------------- WaveGlow
+
+def _waveglow_module(waveglow: nn.Module) -> nn.Module:
+    from model.waveglow import WaveGlowInference
+
+    if isinstance(waveglow, WaveGlowInference):
+        return waveglow.eval()
+    on_cpu = all(t.device.type == "cpu" for t in waveglow.parameters())
+    return WaveGlowInference(waveglow if on_cpu else copy.deepcopy(waveglow).cpu())  # traced on CPU
+
+
+def _waveglow_example(module: nn.Module, frames: int) -> tuple:
+    # any mel works: the graph has no data-dependent branch; sigma 0.6 as NVIDIA's inference.py
+    mel = torch.randn(1, module.n_mel_channels, frames, generator=torch.Generator().manual_seed(0)) - 5.0
+    return mel, torch.tensor(0.6)
+
+
+def trace_waveglow(waveglow: nn.Module, frames: int = 32) -> torch.jit.ScriptModule:
+    """`torch.jit.trace` of `WaveGlowInference(waveglow)` (a private copy with weight norm baked):
+    (mel [B, M, F], sigma []) -> audio [B, F * 256], valid for any batch and length."""
+    module = _waveglow_module(waveglow)
+    with torch.no_grad(), _quiet_tracer():
+        return torch.jit.trace(module, _waveglow_example(module, frames), check_trace=False)
+
+
+def export_waveglow_torchscript(waveglow: nn.Module, path: PathLike, frames: int = 32) -> Path:
+    """Write trace_waveglow(waveglow) to `path`, atomically (bytes that do not depend on the path)."""
+    import io
+
+    traced = trace_waveglow(waveglow, frames)
+    buffer = io.BytesIO()
+    with _quiet_tracer():
+        torch.jit.save(traced, buffer)
+    return _replace_atomically(Path(path), buffer.getvalue())
+
+
+def export_waveglow_onnx(waveglow: nn.Module, path: PathLike, frames: int = 32, opset: int = 17) -> Path:
+    """Write WaveGlowInference(waveglow) as ONNX to `path`, atomically: inputs mel [B, M, F] float32
+    and sigma [] float32, output audio [B, F * 256]; batch and frames are dynamic axes, the noise
+    is drawn in the graph (RandomNormalLike; sigma 0 gives a deterministic output)."""
+    module = _waveglow_module(waveglow)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        with torch.no_grad(), _quiet_tracer():
+            torch.onnx.export(module, _waveglow_example(module, frames), str(tmp), dynamo=False,
+                              opset_version=opset, input_names=module.input_names,
+                              output_names=module.output_names, dynamic_axes=module.dynamic_axes,
+                              do_constant_folding=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _replace_atomically(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 __all__ = ["BERT_NAMES", "INFER_DEFAULTS", "InferenceModule", "NOISE_NAMES", "SCALAR_NAMES", "bake_weight_norm", "example_inputs",
-           "export_onnx", "export_torchscript", "min_example_length", "trace"]
+           "export_onnx", "export_torchscript", "export_waveglow_onnx", "export_waveglow_torchscript", "min_example_length",
+           "trace", "trace_waveglow"]

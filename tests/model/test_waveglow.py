@@ -276,3 +276,48 @@ def test_config_inference_recovers_configs_without_early_outputs():
     assert inferred["WN_config"] == config["WN_config"] and inferred["n_group"] == 4
     with torch.device("meta"):
         assert [k for k in WaveGlow(**inferred).state_dict()] == list(sd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The serving path (WaveGlowInference) and its TorchScript / ONNX exports.
+
+def test_inference_module_equals_nvidias_sigma_zero_inference_and_leaves_its_source_unchanged(nvidia_model, ref,
+                                                                                             inputs):
+    from model.waveglow import WaveGlowInference
+
+    before = {k: v.clone() for k, v in nvidia_model.state_dict().items()}
+    fast = WaveGlowInference(nvidia_model)
+    WaveGlowInference(nvidia_model)  # a second one folds into its own copies too
+    assert all(torch.equal(before[k], v) for k, v in nvidia_model.state_dict().items())
+    assert max_abs(fast.infer(inputs["mel_full"], sigma=0.0), ref["infer"]) <= 1e-5  # measured 9.5e-7
+    assert max_abs(fast.infer(inputs["mel"], sigma=0.0), ref["infer_seg"]) <= 1e-5  # measured 9.5e-7
+    torch.manual_seed(0)
+    noisy = fast.infer(inputs["mel"], sigma=0.6)
+    assert noisy.shape == (2, 63 * 256) and float((noisy - torch.from_numpy(ref["infer_seg"])).std()) > 1e-3
+    with pytest.raises(ValueError, match=r"\[B, 80, frames\]"):
+        fast.infer(torch.zeros(1, 64, 10))
+
+
+def test_torchscript_and_onnx_exports_equal_the_eager_model_at_another_batch_and_length(tmp_path, nvidia_model,
+                                                                                        inputs):
+    import onnxruntime as ort
+
+    from model.export import export_waveglow_onnx, export_waveglow_torchscript
+    from model.waveglow import WaveGlowInference
+
+    ts_path = export_waveglow_torchscript(nvidia_model, tmp_path / "waveglow.ts", frames=20)
+    onnx_path = export_waveglow_onnx(nvidia_model, tmp_path / "waveglow.onnx", frames=20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["waveglow.onnx", "waveglow.ts"]  # no temporaries left
+    mel = inputs["mel"][:, :, :41]  # traced with 1 x 20 frames, run on 2 x 41
+    eager = WaveGlowInference(nvidia_model).infer(mel, sigma=0.0).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"mel": mel.numpy(), "sigma": np.array(0.0, dtype=np.float32)})[0]
+    assert got.shape == eager.shape == (2, 41 * 256)
+    assert max_abs(got, eager) <= 1e-4
+    # TorchScript loads in a bare interpreter (-I: no vitsflow on the path): the artefact stands alone
+    np.save(tmp_path / "mel.npy", mel.numpy())
+    code = ("import sys, numpy as np, torch; m = torch.jit.load(sys.argv[1]); "
+            "np.save(sys.argv[3], m(torch.from_numpy(np.load(sys.argv[2])), torch.tensor(0.0)).numpy())")
+    subprocess.run([sys.executable, "-I", "-c", code, str(ts_path), str(tmp_path / "mel.npy"),
+                    str(tmp_path / "out.npy")], check=True, cwd=tmp_path)
+    assert max_abs(np.load(tmp_path / "out.npy"), eager) <= 1e-5
