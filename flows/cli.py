@@ -221,6 +221,23 @@ def train(params: str = PARAMS,
     typer.echo(json.dumps({k: summary[k] for k in ("run_id", "checkpoint", "metrics")}))
 
 
+@app.command()
+def waveglow(params: str = PARAMS,
+             out: str = typer.Option(paths.WAVEGLOW_RECORD, help="The vocoder's run record to write.")) -> None:
+    """Stage `waveglow`: NVIDIA's WaveGlow trained on the ingested clips (params `vocoder`); a rerun resumes."""
+    import subprocess
+
+    from model.waveglow import CheckpointError as WaveGlowCheckpointError
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.training.waveglow import VocoderError
+
+    try:
+        record = _run("waveglow_flow", params_path=params, out=out)
+    except (CheckpointError, WaveGlowCheckpointError, VocoderError, subprocess.CalledProcessError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
+
+
 @app.command("train-node")
 def train_node(params: Optional[str] = typer.Option(None, help="Train on this checkout's params (default: the flow "
                                                      "run's data version, or params.yaml)."),
@@ -288,18 +305,25 @@ def export(model: Optional[str] = typer.Option(None, "--model", "-m", help="A ch
                                                  "(upstream/G_<step>.pth + config.json) when upstream 2.3 can run the "
                                                  "model; naming upstream requires it. Without --model: params "
                                                  "export.formats."),
+           vocoder: Optional[str] = typer.Option(None, "--vocoder", help="A WaveGlow to export beside the voice "
+                                                 "(waveglow/: safetensors, TorchScript, ONNX): train/waveglow.json, a "
+                                                 "bundle, an NVIDIA .pt. Default without --model: the waveglow stage's "
+                                                 "when params vocoder.enabled."),
            params: str = PARAMS) -> None:
     """Stage `export`: a checkpoint as the inference bundle and in upstream Bert-VITS2 2.3's format."""
     from flows.export import export_flow
+    from model.waveglow import CheckpointError as WaveGlowCheckpointError
     from tasks.core.checkpoints import CheckpointError
     from tasks.core.config import ConfigError
     from tasks.inference.export import ExportError
     from tasks.inference.synth import SynthError
+    from tasks.inference.vocode import VocodeError
 
     try:
         summary = export_flow(params_path=params, model=model, out=out,
-                              formats=None if formats is None else formats.split(","))
-    except (ConfigError, FileNotFoundError, CheckpointError, ExportError, SynthError) as err:
+                              formats=None if formats is None else formats.split(","), vocoder=vocoder)
+    except (ConfigError, FileNotFoundError, CheckpointError, ExportError, SynthError, VocodeError,
+            WaveGlowCheckpointError) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, ensure_ascii=False))
 
@@ -426,6 +450,49 @@ def synth(model: str = MODEL,
         written.append({"path": str(path), "speaker": spk, "lang": code, "seconds": round(len(wav) / sr, 3)})
     typer.echo(json.dumps(written[0] if batch is None else {"out_dir": out_dir, "files": written},
                           ensure_ascii=False))
+
+
+@app.command()
+def vocode(model: str = typer.Option(..., "--model", "-m", help="A WaveGlow: train/waveglow.json, a checkpoint bundle "
+                                     "or run folder (file://…/runs/waveglow-<id>), an export folder with waveglow/, or "
+                                     "an NVIDIA .pt / state dict / safetensors file."),
+           in_: Optional[str] = typer.Option(None, "--in", "-i", help="A recording: copy-synthesis through its mel."),
+           mel: Optional[str] = typer.Option(None, "--mel", help="A log mel .npy ([80, frames] or [1, 80, frames]), "
+                                             "e.g. from another acoustic model."),
+           out: str = typer.Option(..., "--out", "-o", help="The WAV file to write."),
+           sigma: float = typer.Option(0.6, help="The prior's std at inference (0: deterministic)."),
+           denoise: float = typer.Option(0.1, help="NVIDIA's denoiser strength (0: off)."),
+           seed: Optional[int] = typer.Option(1234, help="Seed of the noise (sigma > 0)."),
+           resample: bool = typer.Option(False, "--resample", help="Resample --in audio of another rate to the "
+                                         "vocoder's (else it is an error)."),
+           params: Optional[str] = SYNTH_PARAMS) -> None:
+    """Mel to audio with WaveGlow, or copy-synthesis of a recording (recording -> mel -> WaveGlow)."""
+    from model.waveglow import CheckpointError as WaveGlowCheckpointError
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.storage import atomic_write_bytes
+    from tasks.inference.vocode import VocodeError, load_vocoder, read_mel
+    from tasks.prep.audio import AudioError, decode, wav_bytes
+
+    if (in_ is None) == (mel is None):
+        _fail("give exactly one of --in (a recording) and --mel (a .npy mel)")
+    try:
+        vocoder = load_vocoder(model, params)
+        if in_ is not None:
+            try:
+                wav, sr = decode(Path(in_).read_bytes(), Path(in_).name)
+            except (OSError, AudioError) as err:
+                raise VocodeError(f"{in_}: {err}") from None
+            if sr != vocoder.sample_rate and not resample:
+                raise VocodeError(f"{in_}: {sr} Hz audio, the vocoder works at {vocoder.sample_rate} Hz "
+                                  "(pass --resample to resample it)")
+            audio = vocoder.copy_synthesis(wav, sr, sigma, denoise, seed)
+        else:
+            audio = vocoder.vocode(read_mel(Path(mel)), sigma, denoise, seed, name=mel)
+    except (VocodeError, CheckpointError, WaveGlowCheckpointError) as err:
+        _fail(str(err))
+    atomic_write_bytes(Path(out), wav_bytes(audio, vocoder.sample_rate))
+    typer.echo(json.dumps({"path": out, "seconds": round(len(audio) / vocoder.sample_rate, 3),
+                           "sample_rate": vocoder.sample_rate, "model": vocoder.info.get("run_id") or model}))
 
 
 @app.command()

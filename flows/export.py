@@ -14,7 +14,9 @@ from tasks.core import paths
 
 @flow(name="export")
 def export_flow(params_path: str = "params.yaml", model: Optional[str] = None, out: str = paths.EXPORT,
-                formats: Optional[list[str]] = None) -> dict:
+                formats: Optional[list[str]] = None, vocoder: Optional[str] = None) -> dict:
+    """vocoder: a WaveGlow to export beside the voice; default (the stage, no --model): the
+    waveglow stage's model when params vocoder.enabled, else none."""
     from pathlib import Path
 
     from tasks.core.config import find_repo_root, load_params, resolve_local
@@ -24,8 +26,11 @@ def export_flow(params_path: str = "params.yaml", model: Optional[str] = None, o
     params = load_params(params_path)
     root = find_repo_root(Path(params_path))
     ref = model if model is not None else judged_checkpoint(root)
+    if vocoder is None and model is None and params.vocoder.enabled:
+        vocoder = str(resolve_local(root, paths.WAVEGLOW_RECORD))
     summary = export_model(ref, resolve_local(root, out) if model is None else Path(out), params_path,
-                           formats if formats is not None else (params.export.formats if model is None else None))
+                           formats if formats is not None else (params.export.formats if model is None else None),
+                           vocoder=vocoder)
     get_run_logger().info("export of %s to %s (%.1f s):\n%s", summary["checkpoint"], out,
                           time.perf_counter() - started, json.dumps(summary, indent=2))
     return summary

@@ -190,3 +190,65 @@ def stats_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST,
     metrics = stats.write_reports(*(resolve_local(root, d) for d in (ingest_dir, text_dir, spec_dir, out)), params)
     get_run_logger().info("stats: %s", json.dumps(metrics, indent=2))
     return metrics
+
+
+@task(name="waveglow-chunk", **RETRIES)
+def waveglow_chunk_task(chunk, ingest_dir, settings):
+    from tasks.prep import vocoder
+
+    return vocoder.vocoder_chunk(chunk, ingest_dir, settings)
+
+
+@flow(name="waveglow")
+def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST,
+                  out: str = paths.WAVEGLOW_RECORD) -> dict:
+    """The vocoder's features (cached by content), then its training (in-process, or torchrun for
+    vocoder.nproc > 1), then the run record `out`; with vocoder.enabled false only a record saying so."""
+    from tasks.core.checkpoints import CheckpointStore
+    from tasks.core.storage import atomic_write_bytes, storage_from_config
+
+    started = time.perf_counter()
+    log = get_run_logger()
+    path = Path(params_path).resolve()
+    params = load_params(path)
+    root = find_repo_root(path)
+    v = params.vocoder
+    if not v.enabled:
+        record = {"enabled": False, "reason": "params vocoder.enabled is false"}
+        atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        log.info("waveglow: off (params vocoder.enabled is false)")
+        return record
+    from tasks.prep import vocoder
+    from tasks.training import waveglow
+    from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
+
+    ingest_path = resolve_local(root, ingest_dir)
+    items = vocoder.plan_vocoder(ingest.read_index(ingest_path), params)
+    cache = stage_cache(params, root, vocoder.CACHE_NAME)
+    computed = fill_cache(waveglow_chunk_task, items, cache, params.features.spec.chunk_size,
+                          params.runtime.in_flight_chunks, "waveglow features", ingest_dir=ingest_path,
+                          settings=vocoder.vocoder_settings(params))
+    run_id = waveglow.run_id_for(params, root)
+    launch = torchrun_args(v.nproc)
+    if is_distributed(launch):
+        launch_torchrun(path, launch, root, log, module="tasks.training.waveglow")
+    else:
+        import logging
+
+        logging.getLogger("vitsflow.waveglow").setLevel(logging.INFO)
+        waveglow.train(params, root)
+    manifest = CheckpointStore(storage_from_config(params.storage, root), run_id).latest()
+    if manifest is None:
+        raise RuntimeError(f"waveglow run {run_id}: training finished without a checkpoint")
+    import os
+
+    uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
+    record = {"enabled": True, "run_id": run_id,
+              "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
+              "metrics": manifest["metrics"], "lineage": manifest["lineage"],
+              "sample_rate": v.data_config.sampling_rate, "waveglow_config": v.waveglow_config.model_dump(),
+              "clips": len(items)}
+    atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    log.info("waveglow: run %s at step %d, val_loss %s; features of %d clips (%d computed), %.1f s", run_id,
+             manifest["step"], manifest["metrics"].get("val_loss"), len(items), computed, time.perf_counter() - started)
+    return record

@@ -42,7 +42,9 @@ def _stage_modules() -> dict[str, tuple[list[str], list[str]]]:
             "ingest": (["tasks.prep.ingest"], data_flow), "text": (["tasks.prep.text", *frontends], data_flow),
             "bert": (["tasks.prep.bert"], data_flow), "spec": (["tasks.prep.spec"], data_flow),
             "stats": (["tasks.prep.stats"], ["flows/stages.py"]), "train": (["tasks.training.train"], ["flows/train.py"]),
-            "evaluate": (["tasks.evaluation.evaluate", *frontends], ["flows/evaluate.py"]),
+            "waveglow": (["tasks.prep.vocoder", "tasks.training.waveglow", "tasks.training.launch"], data_flow),
+            "evaluate": (["tasks.evaluation.evaluate", "tasks.evaluation.copy_synthesis", *frontends],
+                         ["flows/evaluate.py"]),
             "export": (["tasks.orchestration.export", *frontends], ["flows/export.py"])}
 
 

@@ -428,6 +428,108 @@ class ModelConfig(Strict):
         return self.model_dump(exclude={"variant", "add_blank", "use_spectral_norm", "disc_divisor", "slm"})
 
 
+class WaveGlowConfig(Strict):
+    """NVIDIA's `waveglow_config` (its config.json names and values). Whether they fit together
+    (n_group even and dividing 256, n_early_size leaving channels, ...) is model/waveglow_config.py's
+    rule, checked when the waveglow stage starts: importing it here would make every stage's code
+    hash (and cache keys) depend on the vocoder's model code."""
+    n_mel_channels: int = Field(80, ge=1)
+    n_flows: int = Field(12, ge=1)
+    n_group: int = Field(8, ge=2)
+    n_early_every: int = Field(4, ge=1)
+    n_early_size: int = Field(2, ge=0)
+    WN_config: dict[str, int] = Field(default_factory=lambda: {"n_layers": 8, "n_channels": 256, "kernel_size": 3})
+
+
+# WaveGlow's hop: its upsampling layer (ConvTranspose1d kernel 1024, stride 256) fixes it; the same
+# fact as model/waveglow_config.py's HOP_LENGTH (tests/tasks/core/test_config.py checks they agree).
+HOP_LENGTH = 256
+
+
+class WaveGlowDataConfig(Strict):
+    """NVIDIA's `data_config` (training_files aside: the pipeline's ingested clips are the files)."""
+    segment_length: int = Field(16000, ge=1024)  # samples of the random slice each training item is
+    sampling_rate: int = Field(22050, ge=8000, le=96000)  # the ingested audio is resampled to it
+    filter_length: int = Field(1024, ge=64)
+    hop_length: int = HOP_LENGTH  # fixed by NVIDIA's upsampling layer (ConvTranspose1d kernel 1024, stride 256)
+    win_length: int = Field(1024, ge=16)
+    mel_fmin: float = Field(0.0, ge=0)
+    mel_fmax: Optional[float] = 8000.0
+
+    @model_validator(mode="after")
+    def _fits(self) -> "WaveGlowDataConfig":
+        if self.hop_length != HOP_LENGTH:
+            raise ValueError(f"hop_length must be {HOP_LENGTH} (NVIDIA's upsampling layer: kernel 1024, stride 256), "
+                             f"got {self.hop_length}")
+        if self.win_length > self.filter_length:
+            raise ValueError(f"win_length ({self.win_length}) must not exceed filter_length ({self.filter_length})")
+        if self.mel_fmax is not None and not self.mel_fmin < self.mel_fmax <= self.sampling_rate / 2:
+            raise ValueError(f"mel_fmax ({self.mel_fmax}) must lie above mel_fmin and at most sampling_rate / 2")
+        return self
+
+    def mel_kwargs(self, n_mel_channels: int) -> dict[str, Any]:
+        """The arguments of model.waveglow.mel_spectrogram."""
+        return dict(sampling_rate=self.sampling_rate, filter_length=self.filter_length, hop_length=self.hop_length,
+                    win_length=self.win_length, n_mel_channels=n_mel_channels, mel_fmin=self.mel_fmin,
+                    mel_fmax=self.mel_fmax)
+
+
+class VocoderConfig(Strict):
+    """Stage `waveglow` (tasks/training/waveglow.py): NVIDIA's WaveGlow trained (or fine-tuned) on the
+    ingested clips; evaluate copy-synthesises the val split through it; export writes it."""
+    enabled: bool = False  # off: the stage only records that it is off
+    waveglow_config: WaveGlowConfig = WaveGlowConfig()
+    data_config: WaveGlowDataConfig = WaveGlowDataConfig()
+    # NVIDIA's train_config names where they exist (sigma, learning_rate, batch_size, seed, fp16_run
+    # as `precision`), the loop's own knobs after them
+    sigma: float = Field(1.0, gt=0)  # the training prior's std (NVIDIA: 1.0)
+    learning_rate: float = Field(1e-4, gt=0)  # Adam, as NVIDIA
+    batch_size: int = Field(12, ge=1)  # per process
+    seed: int = 1234
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16/bf16: autocast on CUDA (fp16 with a GradScaler)
+    max_steps: int = Field(1000, ge=0)
+    epochs: int = Field(100000, ge=1)
+    log_interval: int = Field(50, ge=1)
+    eval_interval: int = Field(500, ge=1)
+    save_interval: int = Field(500, ge=1)
+    keep_best: int = Field(2, ge=1)
+    val_max_utterances: int = Field(8, ge=1)
+    nproc: int = Field(1, ge=1)  # > 1: torchrun --nproc_per_node nproc (DDP)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Start from an NVIDIA checkpoint (.pt as its train.py saves it, e.g. the published
+    # waveglow_256channels_universal_v5.pt), a state dict or safetensors file (path or s3:// URI),
+    # or an earlier run (`run:<run_id>`, its latest bundle, or `run:<run_id>:<step>`); its config
+    # must equal waveglow_config. Ignored when the run resumes.
+    init_from: Optional[str] = None
+    # copy-synthesis (evaluate, vitsflow vocode): the inference prior's std and the denoiser strength
+    infer_sigma: float = Field(0.6, ge=0)
+    denoise: float = Field(0.1, ge=0, le=1)
+    run_id: Optional[str] = None  # null: derived from these params and the data (same params, same run)
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            check_path_text(v)
+            if v.startswith("run:") and not re.fullmatch(r"run:[A-Za-z0-9][\w.-]*(:\d+)?", v):
+                raise ValueError("expected run:<run_id> or run:<run_id>:<step>")
+        return v
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> "VocoderConfig":
+        if self.data_config.segment_length % self.waveglow_config.n_group:
+            raise ValueError(f"data_config.segment_length ({self.data_config.segment_length}) must be a multiple of "
+                             f"waveglow_config.n_group ({self.waveglow_config.n_group})")
+        return self
+
+
 class StorageConfig(Strict):
     # Where checkpoints and the DVC remote live: file://... or s3://bucket/prefix. Credentials are
     # never here: they come from the environment or an AWS profile.
@@ -582,6 +684,7 @@ class Params(Strict):
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
     app: AppConfig = AppConfig()
+    vocoder: VocoderConfig = VocoderConfig()
 
     @field_validator("languages")
     @classmethod

@@ -11,6 +11,7 @@ BERT = "data/bert"
 SPEC = "data/spec"
 REPORTS = "reports"  # `stats`
 RUN_RECORD = "train/run.json"
+WAVEGLOW_RECORD = "train/waveglow.json"  # `waveglow`: the vocoder run (or that it is off)
 EVAL = "eval"
 EXPORT = "export"  # the `export` stage: the judged checkpoint as a bundle + upstream format
 

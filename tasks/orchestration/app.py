@@ -19,7 +19,8 @@ A model is loaded on first use and kept (least recently used first out, params.a
                                 length_scale, seed} -> audio/wav
     POST /api/batch             JSON {model, items: [{text, language, speaker}], knobs...} -> JSON of base64 WAVs
     POST /api/ab                JSON {model_a, model_b, text, language, speaker, knobs...} -> both, same seed
-    GET  /api/eval              eval/metrics.json's numeric headline keys, its model, and its samples;
+    GET  /api/eval              eval/metrics.json's numeric headline keys, its model, and its samples
+                                (recording, synthesis, and WaveGlow copy-synthesis when evaluated);
                                 ?model=<id>: only if that is the checkpoint evaluate judged (else 404)
     GET  /api/eval/samples/{f}  one sample WAV of eval/samples/ (names from its listing only)
 
@@ -262,11 +263,20 @@ def eval_report(root: Path, eval_dir: str = paths.EVAL) -> Optional[dict]:
     samples: dict[str, dict] = {}
     for wav in sorted((folder / "samples").glob("*.wav")) if (folder / "samples").is_dir() else []:
         name, _, kind = wav.name.removesuffix(".wav").rpartition(".")
-        if kind in ("ref", "syn") and name:
-            samples.setdefault(name, {"id": name})["reference" if kind == "ref" else "synthesis"] = \
-                f"/api/eval/samples/{wav.name}"
+        if kind in SAMPLE_KINDS and name:
+            samples.setdefault(name, {"id": name})[SAMPLE_KINDS[kind]] = f"/api/eval/samples/{wav.name}"
+    copy_path = folder / "copy_synthesis.json"  # the waveglow stage on: copy-synthesis beside the voice
+    copy = json.loads(copy_path.read_text(encoding="utf-8")) if copy_path.is_file() else None
+    copy = copy if copy and copy.get("enabled", True) else None
     return {"model": metrics.get("model") or {}, "metrics": _headline(metrics),
-            "settings": metrics.get("settings"), "samples": list(samples.values())}
+            "settings": metrics.get("settings"), "samples": [s for s in samples.values() if "synthesis" in s or
+                                                             "reference" in s],
+            "copy_synthesis": None if copy is None else {"vocoder": copy.get("vocoder"),
+                                                         "metrics": _headline(copy.get("overall") or {})}}
+
+
+# sample file kinds of eval/samples/<id>.<kind>.wav: the recording, the voice, WaveGlow's copy-synthesis
+SAMPLE_KINDS = {"ref": "reference", "syn": "synthesis", "wg": "copy_synthesis"}
 
 
 # ----------------------------------------------------------------------------- the app
@@ -366,7 +376,7 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
     def sample(name: str) -> FileResponse:
         report = eval_report(models.root)
         known = {Path(url).name for s in (report or {}).get("samples", [])
-                 for url in (s.get("reference"), s.get("synthesis")) if url}
+                 for url in (s.get(kind) for kind in SAMPLE_KINDS.values()) if url}
         if name not in known:
             raise HTTPException(404, f"no eval sample {name!r}; GET /api/eval lists them")
         return FileResponse(resolve_local(models.root, paths.EVAL) / "samples" / name, media_type="audio/wav")

@@ -80,8 +80,11 @@ def same_checkpoint(a: Optional[str], b: Optional[str]) -> bool:
 
 
 def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.yaml",
-                 formats: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """Export checkpoint `ref` (module docstring) to out_dir; returns the summary (export.json)."""
+                 formats: Optional[Sequence[str]] = None, vocoder: Optional[str] = None) -> dict[str, Any]:
+    """Export checkpoint `ref` (module docstring) to out_dir; returns the summary (export.json).
+    vocoder: a WaveGlow (any reference tasks.inference.vocode.load_vocoder takes: the waveglow
+    stage's record, a bundle, an NVIDIA file) to export beside it in out_dir/waveglow/ (weight norm
+    removed: safetensors, TorchScript, ONNX); None removes an earlier export's waveglow/."""
     from tasks.frontends import backend_info
     from tasks.inference.export import (CONFIG_NAME, FILES, UPSTREAM_DIR, ExportError, export_inference,
                                         export_upstream, upstream_problems)
@@ -122,8 +125,9 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
     else:
         shutil.rmtree(out / UPSTREAM_DIR, ignore_errors=True)
         upstream = {"written": False, "reasons": problems if upstream_mode == "auto" else ["not requested"]}
+    vocoder_summary = _export_vocoder(vocoder, out, params_path)
     pointer = read_production_pointer(params, root)
-    summary = {"model": ref, "checkpoint": info["checkpoint"], "run_id": info["run_id"], "step": info["step"],
+    summary = {"vocoder": vocoder_summary, "model": ref, "checkpoint": info["checkpoint"], "run_id": info["run_id"], "step": info["step"],
                "variant": info.get("variant"), "formats": list(bundle_formats), "upstream": upstream,
                "production": {"model_name": params.eval.promotion.model_name,
                               "is_production": bool(pointer) and same_checkpoint(pointer["checkpoint"]["uri"],
@@ -131,6 +135,18 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
                               "pointer_checkpoint": pointer["checkpoint"]["uri"] if pointer else None}}
     atomic_write_bytes(out / SUMMARY_NAME, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
     return summary
+
+
+def _export_vocoder(ref: Optional[str], out: Path, params_path: Path) -> Optional[dict[str, Any]]:
+    from tasks.inference.vocode import EXPORT_DIR, export_waveglow, load_vocoder
+
+    if ref is None:
+        shutil.rmtree(out / EXPORT_DIR, ignore_errors=True)
+        return None
+    config = export_waveglow(load_vocoder(ref, params_path), out)
+    return {"model": ref, "folder": EXPORT_DIR, "run_id": config.get("run_id"), "step": config.get("step"),
+            "checkpoint": config.get("checkpoint"), "formats": sorted(config["files"]),
+            "sample_rate": config["sample_rate"]}
 
 
 def judged_checkpoint(root: Path, eval_dir: PathLike = paths.EVAL, run_record: PathLike = paths.RUN_RECORD) -> str:

@@ -57,13 +57,13 @@ def is_distributed(args: list[str]) -> bool:
 
 
 def launch_torchrun(params_path: Path, args: list[str], root: Path,
-                     log: logging.Logger | logging.LoggerAdapter) -> None:
-    """`torchrun ARGS -m tasks.training.train` with this interpreter and this code."""
+                     log: logging.Logger | logging.LoggerAdapter, module: str = "tasks.training.train") -> None:
+    """`torchrun ARGS -m <module>` (a trainer: tasks.training.train or .waveglow) with this interpreter and this code."""
     import tasks
 
     code_root = str(Path(tasks.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "torch.distributed.run", *args, "-m", "tasks.training.train", "--params", str(params_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *args, "-m", module, "--params", str(params_path)]
     log.info("launching %s", " ".join(cmd))
     proc = subprocess.run(cmd, cwd=root, env=env)
     if proc.returncode != 0:

@@ -146,3 +146,23 @@ def test_the_task_runner_is_thread_or_dask():
     data = repo_params()
     data["runtime"]["task_runner"] = "ray"
     assert "runtime.task_runner" in error_of(data)
+
+
+def test_the_vocoder_section_is_off_by_default_and_its_bad_values_name_their_key():
+    from model.waveglow_config import HOP_LENGTH
+    from tasks.core.config import HOP_LENGTH as PARAMS_HOP_LENGTH
+
+    assert PARAMS_HOP_LENGTH == HOP_LENGTH  # the one fact the schema repeats, kept equal here
+    assert load_params(REPO_PARAMS).vocoder.enabled is False
+    for path, value, words in ((("data_config", "hop_length"), 200, "hop_length must be 256"),
+                               (("data_config", "segment_length"), 16001, "multiple of waveglow_config.n_group"),
+                               (("data_config", "mel_fmax"), 20000.0, "mel_fmax"),
+                               (("precision",), "fp8", "vocoder.precision"),
+                               (("init_from",), "run:../x", "vocoder.init_from"),
+                               (("waveglow_config", "n_flows"), 0, "vocoder.waveglow_config.n_flows")):
+        data = repo_params()
+        section = data["vocoder"]
+        for key in path[:-1]:
+            section = section[key]
+        section[path[-1]] = value
+        assert words in error_of(data), (path, error_of(data))

@@ -48,6 +48,10 @@ def app_project(train_corpus: Path, work: Path, with_eval: bool = True) -> dict:
         for name in ("demo_en_m1_1", "demo_zh_2"):
             for kind in ("ref", "syn"):
                 (work / "eval" / "samples" / f"{name}.{kind}.wav").write_bytes(wav_bytes(tone, 22050))
+        # the waveglow stage on: copy-synthesis of the first utterance, its scores
+        (work / "eval" / "samples" / "demo_en_m1_1.wg.wav").write_bytes(wav_bytes(tone, 22050))
+        (work / "eval" / "copy_synthesis.json").write_text(json.dumps(
+            {"vocoder": {"run_id": "waveglow-abc", "step": 4}, "overall": {"count": 2, "mcd_db": 4.5, "mos": 3.5}}))
     return m
 
 
@@ -159,6 +163,17 @@ def test_eval_shows_every_numeric_headline_key_and_the_samples(client, project):
         wav = client.get(url)
         assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav" and _wav(wav.content)[1] == 22050
     assert client.get("/api/eval", params={"model": "production"}).status_code == 200  # the judged checkpoint
+
+
+def test_eval_plays_waveglow_copy_synthesis_next_to_the_voice_when_it_was_evaluated(client):
+    body = client.get("/api/eval").json()
+    assert body["copy_synthesis"] == {"vocoder": {"run_id": "waveglow-abc", "step": 4},
+                                      "metrics": {"count": 2, "mcd_db": 4.5, "mos": 3.5}}
+    first, second = body["samples"]
+    assert first["copy_synthesis"] == "/api/eval/samples/demo_en_m1_1.wg.wav" and "copy_synthesis" not in second
+    wav = client.get(first["copy_synthesis"])
+    assert wav.status_code == 200 and _wav(wav.content)[1] == 22050
+    assert "WaveGlow copy-synthesis" in client.get("/").text  # the page's column for it
 
 
 def test_the_page_and_the_openapi_docs_are_served(client):
