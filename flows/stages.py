@@ -222,6 +222,7 @@ def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGE
     from tasks.training import waveglow
     from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
 
+    waveglow.check_vocoder(v)  # a config that cannot build a WaveGlow fails before any work
     ingest_path = resolve_local(root, ingest_dir)
     items = vocoder.plan_vocoder(ingest.read_index(ingest_path), params)
     cache = stage_cache(params, root, vocoder.CACHE_NAME)

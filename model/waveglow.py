@@ -72,9 +72,21 @@ class STFT(nn.Module):
         window = _hann_periodic(win_length, filter_length).float()
         # NVIDIA casts the basis to float32 first and windows it in float32; so do we.
         self.register_buffer("forward_basis", basis.float()[:, None, :] * window, persistent=False)
-        inverse = torch.linalg.pinv(basis * (filter_length / hop_length)).T[:, None, :]
-        self.register_buffer("inverse_basis", inverse.float() * window, persistent=False)
         self.register_buffer("window_sq", (window.double() ** 2).float(), persistent=False)
+        self._inverse_basis: Optional[torch.Tensor] = None  # only the denoiser inverts: made on first use
+
+    @property
+    def inverse_basis(self) -> torch.Tensor:
+        """[2 (N/2 + 1), 1, N]: the pseudo-inverse of the Fourier basis (float64 pinv, 0.6-2 s at
+        N = 1024 on CPU, so computed once, when `inverse` first runs), windowed as NVIDIA's."""
+        if self._inverse_basis is None or self._inverse_basis.device != self.forward_basis.device:
+            n, cutoff = self.filter_length, self.filter_length // 2 + 1
+            fourier = torch.fft.fft(torch.eye(n, dtype=torch.float64))
+            basis = torch.cat([fourier.real[:cutoff], fourier.imag[:cutoff]])
+            window = _hann_periodic(self.win_length, self.filter_length).float()
+            inverse = torch.linalg.pinv(basis * (self.filter_length / self.hop_length)).T[:, None, :]
+            self._inverse_basis = (inverse.float() * window).to(self.forward_basis.device)
+        return self._inverse_basis
 
     def transform(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """y [B, T] -> magnitude, phase [B, N/2 + 1, T // hop + 1] (reflect padding of N/2)."""

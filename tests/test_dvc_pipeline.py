@@ -20,7 +20,7 @@ from tests.helpers import aishell_bv2_list, edit_params, pipeline_project, run
 pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["demo", "prepare", "ingest", "text", "bert", "spec", "train", "stats", "evaluate", "export"]  # Prefect flows; plus one source@N per dataset
+STAGES = ["demo", "prepare", "ingest", "text", "bert", "spec", "train", "waveglow", "stats", "evaluate", "export"]  # Prefect flows; plus one source@N per dataset
 def dvc_json(args: list[str], cwd: Path, env: dict) -> dict:
     """`dvc <args> --json`, parsed (stdout only: DVC logs go to stderr)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env)
@@ -119,6 +119,10 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefe
     assert exported["production"]["is_production"] and exported["formats"] == ["safetensors", "onnx", "torchscript"]
     assert not exported["upstream"]["written"] and "symbol table was extended" in " ".join(exported["upstream"]["reasons"])
     assert {"config.json", "model.safetensors", "model.onnx", "model.ts"} <= {p.name for p in (project / "export").iterdir()}
+    # the vocoder is off by default: its stage and evaluate's copy-synthesis say so, export writes none
+    assert json.loads((project / "train/waveglow.json").read_text())["enabled"] is False
+    assert json.loads((project / "eval/copy_synthesis.json").read_text())["enabled"] is False
+    assert exported["vocoder"] is None and not (project / "export/waveglow").exists()
     # every stage ran as a Prefect flow, reported to the server named by PREFECT_API_URL
     req = urllib.request.Request(f"{prefect_server}/flows/filter", data=b"{}", method="POST",
                                  headers={"Content-Type": "application/json"})

@@ -9,7 +9,9 @@ training loader and the copy-synthesis of `evaluate` read them back. Per clip:
 
 int16 because NVIDIA's loader reads int16 WAVs (mel2samp.py: MAX_WAV_VALUE); at equal rates the
 ingested PCM is used unchanged. The mel is computed on the whole clip with one torch thread (so its
-last bits do not depend on the machine's core count); training cuts segments out of it.
+last bits do not depend on the machine's core count); training cuts segments out of it. A clip of
+no more than filter_length / 2 samples at the vocoder's rate (the STFT's reflect padding needs
+more) is a ClipTooShort error naming the clip, not torch's padding error.
 """
 from __future__ import annotations
 

@@ -200,3 +200,19 @@ def test_vitsflow_export_writes_both_formats_and_fails_clearly(models, tmp_path,
     unknown = runner.invoke(app, ["export", "--model", models["bundle"], "--out", str(tmp_path / "bad"),
                                   "--formats", "tflite", "--params", models["params"]])
     assert unknown.exit_code == 2 and "formats: expected some of" in unknown.output
+
+
+def test_a_vocoder_is_exported_beside_the_voice_and_an_export_without_one_removes_it(models, tmp_path):
+    from tasks.inference.vocode import load_vocoder
+
+    nvidia = Path(__file__).resolve().parents[2] / "data" / "waveglow_conformance" / "nvidia_checkpoint_small.pt"
+    summary = export_model(models["bundle"], tmp_path, models["params"], ["safetensors"], vocoder=str(nvidia))
+    assert summary["vocoder"]["folder"] == "waveglow" and summary["vocoder"]["sample_rate"] == 22050
+    assert summary["vocoder"]["formats"] == ["onnx", "safetensors", "torchscript"]
+    assert _summary(tmp_path)["vocoder"] == summary["vocoder"]
+    exported, original = load_vocoder(tmp_path), load_vocoder(nvidia)
+    assert not exported.model.has_weight_norm  # NVIDIA's keys after remove_weightnorm
+    mel = torch.randn(80, 9, generator=torch.Generator().manual_seed(0)).numpy() - 5.0
+    assert abs(exported.vocode(mel, sigma=0.0) - original.vocode(mel, sigma=0.0)).max() <= 1e-5
+    summary = export_model(models["bundle"], tmp_path, models["params"], ["safetensors"])
+    assert summary["vocoder"] is None and not (tmp_path / "waveglow").exists()
