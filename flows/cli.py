@@ -225,15 +225,16 @@ def train(params: str = PARAMS,
 def waveglow(params: str = PARAMS,
              out: str = typer.Option(paths.WAVEGLOW_RECORD, help="The vocoder's run record to write.")) -> None:
     """Stage `waveglow`: NVIDIA's WaveGlow trained on the ingested clips (params `vocoder`); a rerun resumes."""
-    import subprocess
-
     from model.waveglow import CheckpointError as WaveGlowCheckpointError
     from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
+    from tasks.prep.vocoder import ClipTooShort
     from tasks.training.waveglow import VocoderError
 
     try:
         record = _run("waveglow_flow", params_path=params, out=out)
-    except (CheckpointError, WaveGlowCheckpointError, VocoderError, subprocess.CalledProcessError) as err:
+    except (ConfigError, CheckpointError, WaveGlowCheckpointError, VocoderError, ClipTooShort, RuntimeError) as err:
+        # (RuntimeError: torchrun's failure, as launch_torchrun reports it)
         _fail(str(err))
     typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
 
@@ -485,7 +486,7 @@ def vocode(model: str = typer.Option(..., "--model", "-m", help="A WaveGlow: tra
             if sr != vocoder.sample_rate and not resample:
                 raise VocodeError(f"{in_}: {sr} Hz audio, the vocoder works at {vocoder.sample_rate} Hz "
                                   "(pass --resample to resample it)")
-            audio = vocoder.copy_synthesis(wav, sr, sigma, denoise, seed)
+            audio = vocoder.copy_synthesis(wav, sr, sigma, denoise, seed, name=in_)
         else:
             audio = vocoder.vocode(read_mel(Path(mel)), sigma, denoise, seed, name=mel)
     except (VocodeError, CheckpointError, WaveGlowCheckpointError) as err:

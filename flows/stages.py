@@ -226,9 +226,10 @@ def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGE
     ingest_path = resolve_local(root, ingest_dir)
     items = vocoder.plan_vocoder(ingest.read_index(ingest_path), params)
     cache = stage_cache(params, root, vocoder.CACHE_NAME)
-    computed = fill_cache(waveglow_chunk_task, items, cache, params.features.spec.chunk_size,
-                          params.runtime.in_flight_chunks, "waveglow features", ingest_dir=ingest_path,
-                          settings=vocoder.vocoder_settings(params))
+    with vocoder.one_torch_thread():
+        computed = fill_cache(waveglow_chunk_task, items, cache, params.features.spec.chunk_size,
+                              params.runtime.in_flight_chunks, "waveglow features", ingest_dir=ingest_path,
+                              settings=vocoder.vocoder_settings(params))
     run_id = waveglow.run_id_for(params, root)
     launch = torchrun_args(v.nproc)
     if is_distributed(launch):

@@ -28,6 +28,7 @@ stand-ins), and also reads plain state dicts and safetensors.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 import zipfile
@@ -457,7 +458,13 @@ class WaveGlowInference(nn.Module):
 
     def __init__(self, waveglow: WaveGlow):
         super().__init__()
-        self.config = dict(waveglow.config)
+        with torch.random.fork_rng(devices=[]):  # the throwaway modules' init must not move the caller's RNG
+            self._build(waveglow)
+        weight = waveglow.upsample.weight
+        self.to(device=weight.device, dtype=weight.dtype).eval().requires_grad_(False)
+
+    def _build(self, waveglow: WaveGlow) -> None:
+        self.config = copy.deepcopy(waveglow.config)
         self.n_mel_channels, self.n_group = waveglow.n_mel_channels, waveglow.n_group
         self.n_early_every, self.n_early_size = waveglow.n_early_every, waveglow.n_early_size
         self.n_remaining_channels = waveglow.n_remaining_channels
@@ -465,7 +472,6 @@ class WaveGlowInference(nn.Module):
                                            UPSAMPLE_KERNEL, stride=HOP_LENGTH)
         self.upsample.load_state_dict(waveglow.upsample.state_dict())
         self.flows = nn.ModuleList(_CouplingInverse(wn, conv) for wn, conv in zip(waveglow.WN, waveglow.convinv))
-        self.to(waveglow.upsample.weight.device).eval().requires_grad_(False)
 
     def forward(self, mel: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         batch, g = mel.size(0), self.n_group

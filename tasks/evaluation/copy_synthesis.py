@@ -34,11 +34,17 @@ COMPARED = [("mos", "MOS", 2), ("speaker_similarity", "speaker sim.", 3), ("cer"
 
 def waveglow_record(root: Path, record_path: str = paths.WAVEGLOW_RECORD) -> Optional[dict]:
     """The waveglow stage's run record when the stage ran with the vocoder on; else None."""
+    from tasks.inference.vocode import read_record
+
     path = resolve_local(root, record_path)
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    return record if record.get("enabled") else None
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("enabled") is False:
+            return None
+    except (ValueError, AttributeError):
+        pass  # read_record names the file and the reason
+    return read_record(path)
 
 
 def copy_synthesis(params: Params, root: Path, vocoder_ref: str, out_dir: str = paths.EVAL,
@@ -71,7 +77,7 @@ def copy_synthesis(params: Params, root: Path, vocoder_ref: str, out_dir: str = 
     rows = []
     for i, meta in enumerate(val):
         ref = read_pcm(ingest_dir, meta).astype(np.float32) / 32768.0
-        wav = vocoder.copy_synthesis(ref, ref_sr, v.infer_sigma, v.denoise, seed=cfg.seed)
+        wav = vocoder.copy_synthesis(ref, ref_sr, v.infer_sigma, v.denoise, seed=cfg.seed, name=meta["id"])
         syn = resample(wav, vocoder.sample_rate, ref_sr)
         m = utterance_metrics(ref, syn, ref_sr, f0_method=cfg.f0_method)
         row = {"id": meta["id"], "language": meta["language"], "speaker": meta["speaker"],
@@ -112,9 +118,11 @@ def judge_beside_voice(params: Params, root: Path, voice_metrics: dict, ids: lis
     copy_synthesis.json says so ({"enabled": false}: a DVC out exists either way) and None is
     returned."""
     out = resolve_local(root, out_dir)
-    record = waveglow_record(root)
-    if record is None or not params.vocoder.enabled:
-        off = {"enabled": False, "reason": "params vocoder.enabled is false (no waveglow model to judge)"}
+    record = waveglow_record(root) if params.vocoder.enabled else None
+    if record is None:
+        reason = ("params vocoder.enabled is false" if not params.vocoder.enabled else
+                  f"{paths.WAVEGLOW_RECORD} is missing or says the stage was off: run the waveglow stage")
+        off = {"enabled": False, "reason": reason}
         atomic_write_bytes(out / RESULT_NAME, (json.dumps(off, indent=2, sort_keys=True) + "\n").encode())
         return None
     copy = copy_synthesis(params, root, str(resolve_local(root, paths.WAVEGLOW_RECORD)), out_dir, params_path,

@@ -85,12 +85,13 @@ class Vocoder:
             raise VocodeError(f"sigma must be >= 0 and denoise in [0, 1], got sigma {sigma}, denoise {denoise}")
         spect = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))[None].to(self.device)
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        fast, denoiser = self.fast, (self.denoiser if denoise > 0 else None)  # built before the seed
         with torch.inference_mode(), torch.random.fork_rng(devices=devices):  # seeded, the caller's RNG untouched
             if seed is not None:
                 torch.manual_seed(seed)
-            audio = self.fast.infer(spect, sigma=float(sigma))
-            if denoise > 0:
-                audio = self.denoiser(audio, denoise)[:, 0]
+            audio = fast.infer(spect, sigma=float(sigma))
+            if denoiser is not None:
+                audio = denoiser(audio, denoise)[:, 0]
         return audio[0].float().cpu().numpy()
 
     @property
@@ -108,13 +109,16 @@ class Vocoder:
         return self._denoiser
 
     def copy_synthesis(self, wav: np.ndarray, sr: int, sigma: float = 0.6, denoise: float = 0.1,
-                       seed: Optional[int] = 1234, resample: bool = True) -> np.ndarray:
+                       seed: Optional[int] = 1234, resample: bool = True, name: str = "audio") -> np.ndarray:
         """A recording through its own mel and the vocoder: what a mel vocoder can reach on it."""
         from tasks.prep.audio import resample as resample_audio
 
         if resample:
             wav, sr = resample_audio(np.asarray(wav, dtype=np.float32), sr, self.sample_rate), self.sample_rate
-        out = self.vocode(self.mel(wav, sr), sigma, denoise, seed)
+        if len(wav) <= self.data_config.filter_length // 2:  # the STFT's reflect padding needs more
+            raise VocodeError(f"{name}: {len(wav)} samples at {sr} Hz is too short for a mel "
+                              f"(more than filter_length / 2 = {self.data_config.filter_length // 2} needed)")
+        out = self.vocode(self.mel(wav, sr, name), sigma, denoise, seed, name=name)
         return out[: len(wav)]  # the mel's last frame covers up to a hop past the end
 
 
@@ -157,7 +161,10 @@ def _load_bundle(ref: str, params_path: Optional[PathLike], device: str) -> Voco
     if NET not in nets:
         raise VocodeError(f"{ref}: the bundle holds {sorted(nets)}, not a {NET}")
     model = WaveGlow(**state["waveglow_config"])
-    model.load_state_dict(nets[NET], strict=True)
+    try:
+        model.load_state_dict(nets[NET], strict=True)
+    except RuntimeError as err:
+        raise VocodeError(f"{ref}: the bundle's weights do not fit its WaveGlow config: {err}") from None
     return Vocoder(_ready(model, device), WaveGlowDataConfig.model_validate(state["data_config"]), ref,
                    {"kind": "checkpoint", "run_id": run_id, "step": manifest["step"], "lineage": manifest.get("lineage"),
                     "checkpoint": f"{storage_root.rstrip('/')}/runs/{run_id}/{CheckpointStore.bundle_name(manifest['step'])}",
@@ -168,13 +175,19 @@ def _load_export(folder: Path, ref: str, device: str) -> Vocoder:
     from model.waveglow import from_state_dict
     from safetensors.torch import load_file
 
-    config = json.loads((folder / EXPORT_CONFIG).read_text(encoding="utf-8"))
-    if config.get("format") != EXPORT_FORMAT:
+    try:
+        config = json.loads((folder / EXPORT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise VocodeError(f"{folder / EXPORT_CONFIG}: not a readable export config ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "files" not in config:
         raise VocodeError(f"{folder / EXPORT_CONFIG}: not a {EXPORT_FORMAT} config (format {config.get('format')!r})")
     weights = folder / EXPORT_WEIGHTS
     if file_sha256(weights) != config["files"]["safetensors"]["sha256"]:
         raise VocodeError(f"{weights}: sha256 differs from config.json's: the export is inconsistent")
-    model = from_state_dict(load_file(str(weights)), config["waveglow_config"])
+    try:
+        model = from_state_dict(load_file(str(weights)), config["waveglow_config"])
+    except Exception as err:  # safetensors' and load_state_dict's errors do not name the file
+        raise VocodeError(f"{weights}: cannot load as WaveGlow({config.get('waveglow_config')}): {err}") from None
     return Vocoder(_ready(model, device), WaveGlowDataConfig.model_validate(config["data_config"]), ref,
                    {"kind": "export", **{k: config.get(k) for k in ("run_id", "step", "checkpoint", "lineage")},
                     "waveglow_config": config["waveglow_config"]}, device)
@@ -228,7 +241,7 @@ def export_waveglow(vocoder: Vocoder, folder: PathLike, formats=("safetensors", 
               "weight_norm": "removed",
               "runtime": {"inputs": {"mel": "float32 [B, n_mel_channels, frames]: log mel (data_config)",
                                      "sigma": "float32 []: noise std (NVIDIA's inference.py: 0.6)"},
-                          "outputs": {"audio": "float32 [B, frames * 256] at sample_rate, in [-1, 1]"},
+                          "outputs": {"audio": "float32 [B, frames * 256] at sample_rate (full scale 1.0; not clamped)"},
                           "noise": "drawn in the graph; sigma 0 gives a deterministic output",
                           "denoiser": "not in the graph: NVIDIA's Denoiser(mode='zeros') runs in vitsflow vocode"},
               "files": {fmt: {"path": EXPORT_FILES[fmt], "bytes": (out / EXPORT_FILES[fmt]).stat().st_size,

@@ -15,6 +15,8 @@ more) is a ClipTooShort error naming the clip, not torch's padding error.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,22 +79,31 @@ def clip_features(pcm: np.ndarray, settings: dict[str, Any]) -> tuple[np.ndarray
 
 
 def vocoder_chunk(items: list[VocoderItem], ingest_dir: Path, settings: dict[str, Any]) -> list[tuple[str, Entry]]:
+    """The features of `items`. Run with torch at one thread (`one_torch_thread`): the thread count
+    is process-wide, so chunks in a thread pool cannot each set and restore it."""
+    out = []
+    with RecordReader(ingest_dir) as shards:
+        for item in items:
+            try:
+                pcm, mel = clip_features(shards.pcm(item.row), settings)
+            except ClipTooShort as err:  # name the clip, and the setting that keeps such clips out
+                raise ClipTooShort(f"clip {item.row.get('id')!r} (dataset {item.row.get('dataset')!r}): {err}; "
+                                   "raise params audio.min_seconds so that ingest drops clips this short") from None
+            out.append((item.key, Entry({"samples": len(pcm), "frames": mel.shape[1], "n_mels": mel.shape[0]},
+                                        pcm.tobytes() + mel.astype("<f4").tobytes())))
+    return out
+
+
+@contextmanager
+def one_torch_thread():
+    """torch at one thread for the block (the feature chunks' setting: each chunk is one clip's
+    small convolutions, the pool runs chunks side by side), restored after."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = []
-        with RecordReader(ingest_dir) as shards:
-            for item in items:
-                try:
-                    pcm, mel = clip_features(shards.pcm(item.row), settings)
-                except ClipTooShort as err:  # name the clip, and the setting that keeps such clips out
-                    raise ClipTooShort(f"clip {item.row.get('id')!r} (dataset {item.row.get('dataset')!r}): {err}; "
-                                     "raise params audio.min_seconds so that ingest drops clips this short") from None
-                out.append((item.key, Entry({"samples": len(pcm), "frames": mel.shape[1], "n_mels": mel.shape[0]},
-                                            pcm.tobytes() + mel.astype("<f4").tobytes())))
-        return out
+        yield
     finally:
         torch.set_num_threads(threads)
 

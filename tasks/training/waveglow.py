@@ -20,8 +20,8 @@ seeded by seed + epoch, each slice's start by (seed, epoch, clip index). So a re
 latest checkpoint: model, optimizer, scaler, epoch, position, RNG states) continues with exactly
 the batches and losses an uninterrupted run would have (tested after SIGKILL). Checkpoints are
 tasks.core.checkpoints bundles under `runs/<run_id>/` on params.storage (atomic, verified,
-manifest with lineage); the run id hashes the vocoder params (minus how-only knobs), the initial
-checkpoint and the clips. `val_loss` is the loss on the first slice of each val clip, by which
+manifest with lineage); the run id hashes the vocoder params (minus how-only knobs; init_from as
+written, not the file's bytes) and the clips' audio. `val_loss` is the loss on the first slice of each val clip, by which
 the best `keep_best` bundles are kept.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from model.waveglow import CheckpointError as WaveGlowCheckpointError
 from model.waveglow import MAX_WAV_VALUE, Denoiser, WaveGlow, WaveGlowLoss, load_nvidia_checkpoint, mel_spectrogram
 from model.waveglow_config import check_config
 from tasks.core import paths
@@ -200,7 +201,10 @@ def load_initial(v: VocoderConfig, root: Path, params: Params) -> tuple[dict[str
         with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as tmp:
             tmp.write(storage.read_bytes(name))
             tmp.flush()
-            model, info = load_nvidia_checkpoint(tmp.name)
+            try:
+                model, info = load_nvidia_checkpoint(tmp.name)
+            except WaveGlowCheckpointError as err:  # name the URI, not the temporary copy
+                raise WaveGlowCheckpointError(str(err).replace(tmp.name, ref)) from None
     else:
         model, info = load_nvidia_checkpoint(resolve_local(root, ref))
     if info["config"] != v.waveglow_config.model_dump():
@@ -284,18 +288,24 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
         logger.info("initialised from %s", initial)
     optimizer = torch.optim.Adam(model.parameters(), lr=v.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=v.precision == "fp16" and device.type == "cuda")
+    if v.precision != "fp32" and device.type != "cuda":
+        logger.warning("vocoder.precision %s applies on CUDA only: training in fp32 on %s", v.precision, device)
     criterion = WaveGlowLoss(v.sigma)
     step, val_loss, manifest = 0, None, None
     if resuming:
         nets, state, manifest = store.load()
         model.load_state_dict(nets[NET], strict=True)
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and scaler.is_enabled():  # empty when saved without fp16 on CUDA
+            scaler.load_state_dict(state["scaler"])
         order.load_state_dict(state["order"])
         step, val_loss = int(state["step"]), state.get("val_loss")
         initial = state.get("initial") or {}
         if len(state["rng"]) == world:
             set_rng_state(state["rng"][rank])
+        else:  # another nproc: the batches continue, but not as the uninterrupted run's would
+            logger.warning("run %s was saved by %d processes, resumed by %d: not an exact resume",
+                           run_id, len(state["rng"]), world)
         logger.info("resumed run %s at step %d (epoch %d, batch %d)", run_id, step, order.epoch, order.position)
     else:
         logger.info("new run %s: %d train clips, %d val clips, %s", run_id, len(train_set), len(val_set), device)

@@ -94,7 +94,10 @@ def test_the_page_speaks_a_typed_sentence_in_a_real_browser(server):
                 assert page.evaluate(AUDIO_LOADED, side)["duration"] > 0
             page.wait_for_selector("#eval-metrics")
             assert "mcd_db" in page.text_content("#eval-metrics") and "mos" in page.text_content("#eval-metrics")
-            assert page.locator("#eval-samples audio").count() == 4
+            # 2 utterances x (recording, synthesis) + WaveGlow copy-synthesis of the first
+            assert page.locator("#eval-samples audio").count() == 5
+            assert "WaveGlow copy-synthesis" in page.text_content("#eval-samples")
+            assert "mcd_db" in page.text_content("#eval-copy-metrics")
             assert errors == []
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)

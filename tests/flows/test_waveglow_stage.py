@@ -149,13 +149,15 @@ def test_the_export_writes_waveglow_as_torchscript_and_onnx_equal_to_the_eager_m
     from tasks.inference.vocode import export_waveglow, load_vocoder
 
     vocoder = load_vocoder(trained / "train/waveglow.json", trained / "params.yaml")
+    mel = np.random.default_rng(0).normal(-5, 1, (1, 80, 23)).astype(np.float32)
+    first = vocoder.vocode(mel[0], sigma=0.6, seed=7)  # builds the inference module and the denoiser
+    assert np.array_equal(first, vocoder.vocode(mel[0], sigma=0.6, seed=7))  # one seed, one audio
     config = export_waveglow(vocoder, tmp_path)
     folder = tmp_path / "waveglow"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "waveglow.onnx",
                                                         "waveglow.ts"]
     assert config["weight_norm"] == "removed" and config["step"] == 3
     again = load_vocoder(tmp_path, trained / "params.yaml")  # the export folder loads back
-    mel = np.random.default_rng(0).normal(-5, 1, (1, 80, 23)).astype(np.float32)
     eager = again.vocode(mel[0], sigma=0.0, denoise=0.0)
     assert np.abs(eager - vocoder.vocode(mel[0], sigma=0.0, denoise=0.0)).max() <= 1e-6
     onnx = ort.InferenceSession(str(folder / "waveglow.onnx"), providers=["CPUExecutionProvider"])

@@ -286,7 +286,9 @@ def test_inference_module_equals_nvidias_sigma_zero_inference_and_leaves_its_sou
     from model.waveglow import WaveGlowInference
 
     before = {k: v.clone() for k, v in nvidia_model.state_dict().items()}
+    torch.manual_seed(3)
     fast = WaveGlowInference(nvidia_model)
+    assert torch.equal(torch.randn(4), torch.manual_seed(3) and torch.randn(4))  # the caller's RNG did not move
     WaveGlowInference(nvidia_model)  # a second one folds into its own copies too
     assert all(torch.equal(before[k], v) for k, v in nvidia_model.state_dict().items())
     assert max_abs(fast.infer(inputs["mel_full"], sigma=0.0), ref["infer"]) <= 1e-5  # measured 9.5e-7
