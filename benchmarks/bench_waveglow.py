@@ -19,6 +19,11 @@ segments. On CUDA `--half` runs both sides in fp16 (NVIDIA's inference.py `--is_
 with a grad scaler for training as its `fp16_run`).
 
     python benchmarks/bench_waveglow.py [--threads 2] [--seconds 1.0] [--device cuda --half]
+
+Measured on 2 shared CPU cores (2026-12-06, defaults, --repeats 5): inference of 1 s NVIDIA
+4178 ms, ours 3257 ms eager (1.28x), 3334 ms TorchScript (1.25x), NVIDIA after remove_weightnorm
+4178 ms; sigma-0 audio equal within 1.2e-7. Training step NVIDIA 8627 ms, ours 8260 ms (1.04x),
+the same first loss.
 """
 from __future__ import annotations
 
