@@ -27,7 +27,7 @@ def export_flow(params_path: str = "params.yaml", model: Optional[str] = None, o
     root = find_repo_root(Path(params_path))
     ref = model if model is not None else judged_checkpoint(root)
     if vocoder is None and model is None and params.vocoder.enabled:
-        vocoder = str(resolve_local(root, paths.WAVEGLOW_RECORD))
+        vocoder = paths.WAVEGLOW_RECORD  # as the stage's dvc.yaml deps name it (export.json records it)
     summary = export_model(ref, resolve_local(root, out) if model is None else Path(out), params_path,
                            formats if formats is not None else (params.export.formats if model is None else None),
                            vocoder=vocoder)

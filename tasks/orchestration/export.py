@@ -99,7 +99,7 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
             and (root / resolved).exists():
         resolved = str(root / resolved)  # a run record or bundle path relative to the repo, not the cwd
     voice = load_voice(resolved, params_path)
-    vocoder_model = _load_vocoder(vocoder, params_path)  # a bad vocoder fails before anything is written
+    vocoder_model = _load_vocoder(vocoder, params_path, root)  # a bad vocoder fails before anything is written
     if voice.kind != "checkpoint":
         raise SynthError(f"{ref}: an export folder is exported already; export from a checkpoint bundle, a run, "
                          "a run record or the production pointer")
@@ -126,32 +126,37 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
     else:
         shutil.rmtree(out / UPSTREAM_DIR, ignore_errors=True)
         upstream = {"written": False, "reasons": problems if upstream_mode == "auto" else ["not requested"]}
-    vocoder_summary = _export_vocoder(vocoder_model, out)
+    vocoder_summary = _export_vocoder(vocoder, vocoder_model, out)
     pointer = read_production_pointer(params, root)
-    summary = {"vocoder": vocoder_summary, "model": ref, "checkpoint": info["checkpoint"], "run_id": info["run_id"], "step": info["step"],
+    summary = {"model": ref, "checkpoint": info["checkpoint"], "run_id": info["run_id"], "step": info["step"],
                "variant": info.get("variant"), "formats": list(bundle_formats), "upstream": upstream,
                "production": {"model_name": params.eval.promotion.model_name,
                               "is_production": bool(pointer) and same_checkpoint(pointer["checkpoint"]["uri"],
                                                                                  info["checkpoint"]),
-                              "pointer_checkpoint": pointer["checkpoint"]["uri"] if pointer else None}}
+                              "pointer_checkpoint": pointer["checkpoint"]["uri"] if pointer else None},
+               "vocoder": vocoder_summary}
     atomic_write_bytes(out / SUMMARY_NAME, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
     return summary
 
 
-def _load_vocoder(ref: Optional[str], params_path: Path):
+def _load_vocoder(ref: Optional[str], params_path: Path, root: Path):
     from tasks.inference.vocode import load_vocoder
 
-    return None if ref is None else load_vocoder(ref, params_path)
+    if ref is None:
+        return None
+    if "://" not in ref and not Path(ref).is_absolute() and not Path(ref).exists() and (root / ref).exists():
+        ref = str(root / ref)  # a record or file relative to the repo, not the cwd (as for the voice)
+    return load_vocoder(ref, params_path)
 
 
-def _export_vocoder(vocoder, out: Path) -> Optional[dict[str, Any]]:
+def _export_vocoder(ref: Optional[str], vocoder, out: Path) -> Optional[dict[str, Any]]:
     from tasks.inference.vocode import EXPORT_DIR, export_waveglow
 
     if vocoder is None:
         shutil.rmtree(out / EXPORT_DIR, ignore_errors=True)
         return None
     config = export_waveglow(vocoder, out)
-    return {"model": vocoder.source, "folder": EXPORT_DIR, "run_id": config.get("run_id"), "step": config.get("step"),
+    return {"model": ref, "folder": EXPORT_DIR, "run_id": config.get("run_id"), "step": config.get("step"),
             "checkpoint": config.get("checkpoint"), "formats": sorted(config["files"]),
             "sample_rate": config["sample_rate"]}
 
