@@ -68,3 +68,28 @@ def launch_torchrun(params_path: Path, args: list[str], root: Path,
     proc = subprocess.run(cmd, cwd=root, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun exited with status {proc.returncode} (its output is above)")
+
+
+def trainer_main(description: str, train, argv: Optional[list[str]] = None) -> None:
+    """The `python -m tasks.training.<loop>` entry point both loops share (one process, or one
+    torchrun rank): `train(params, root)` on --params, rank 0 logging at INFO and printing the
+    result as one JSON line."""
+    import argparse
+    import json
+
+    from tasks.core.config import find_repo_root, load_params
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s %(levelname)s: %(message)s")
+    params_path = Path(args.params)
+    result = train(load_params(params_path), find_repo_root(params_path))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps({"run_id": result.run_id, "step": result.step, "val_loss": result.val_loss}))

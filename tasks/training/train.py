@@ -27,7 +27,6 @@ split; it draws its noise from a forked RNG so it never changes what training se
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -54,7 +53,7 @@ from model.mel_processing import STFTParams, mel_spectrogram, spec_to_mel
 from model.models import VARIANTS, build_discriminators, build_generator
 from model.upstream import load_state_dict_strict, read_checkpoint
 from tasks.core.checkpoints import CheckpointStore, lineage, rng_state, set_rng_state
-from tasks.core.config import ModelConfig, Params, find_repo_root, load_params, resolve_local, resolve_model_path
+from tasks.core.config import ModelConfig, Params, resolve_local, resolve_model_path
 from tasks.core.paths import DATA_DIRS
 from tasks.core.storage import open_storage, storage_from_config
 from tasks.frontends.symbols import SymbolTable
@@ -579,18 +578,9 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict[str, floa
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Train Bert-VITS2 on the preprocessed data (one process or torchrun).")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s %(levelname)s: %(message)s")
-    params_path = Path(args.params)
-    result = train(load_params(params_path), find_repo_root(params_path))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    if rank == 0:
-        print(json.dumps({"run_id": result.run_id, "step": result.step, "val_loss": result.val_loss}))
+    from tasks.training.launch import trainer_main
+
+    trainer_main("Train Bert-VITS2 on the preprocessed data (one process or torchrun).", train, argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ the best `keep_best` bundles are kept.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -48,7 +47,7 @@ from model.waveglow_config import check_config
 from tasks.core import paths
 from tasks.core.cache import ResultCache
 from tasks.core.checkpoints import CheckpointStore, lineage, rng_state, set_rng_state
-from tasks.core.config import Params, VocoderConfig, find_repo_root, load_params, resolve_local
+from tasks.core.config import Params, VocoderConfig, resolve_local
 from tasks.core.storage import open_storage, storage_from_config
 from tasks.prep.ingest import read_index
 from tasks.prep.vocoder import CACHE_NAME, plan_vocoder, read_features
@@ -402,18 +401,9 @@ def _log_audio(writer, model: WaveGlow, val: Segments, v: VocoderConfig, device:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description="Train WaveGlow on the ingested clips (one process or torchrun).")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s %(levelname)s: %(message)s")
-    path = Path(args.params)
-    result = train(load_params(path), find_repo_root(path))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    if rank == 0:
-        print(json.dumps({"run_id": result.run_id, "step": result.step, "val_loss": result.val_loss}))
+    from tasks.training.launch import trainer_main
+
+    trainer_main("Train WaveGlow on the ingested clips (one process or torchrun).", train, argv)
 
 
 if __name__ == "__main__":
