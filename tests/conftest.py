@@ -133,7 +133,7 @@ def train_corpus(tmp_path_factory) -> Path:
 
 # --- no leaks: the suite ends with no process it started -----------------------------------------
 
-def _our_processes() -> dict[int, str]:
+def _our_processes(orphans: bool = True) -> dict[int, str]:
     """pid -> command line of the live processes this run started: descendants of this process,
     and orphans (their parent gone) of this Unix session that run this environment's programs
     (a Prefect, S3 or app server, a stage, a browser). Other processes of the session (a shell,
@@ -159,7 +159,7 @@ def _our_processes() -> dict[int, str]:
         # ours; every process the suite starts has one. CI once listed three such processes of
         # its session (not zombies) after a run in which all 631 tests passed, and failed it.
         ours = sys.prefix in cmdline or "chromium" in cmdline  # the venv's programs, or the test browser
-        if cmdline and (parent == me or (psid == sid and parent not in procs and ours)):
+        if cmdline and (parent == me or (orphans and psid == sid and parent not in procs and ours)):
             out[pid] = cmdline
     return out
 
@@ -171,8 +171,45 @@ def pytest_sessionstart(session):
     _BEFORE.update(_our_processes())
 
 
+# --- two workers (pytest-xdist, `-n 2 --dist loadfile` in pyproject's addopts) ------------------
+# A file's tests run on one worker, in order, so its module fixtures (a trained model, a project
+# that later tests edit, a server) are built once. (`--dist loadgroup` does not group on pytest 9.2
+# with xdist 3.8: the group suffix it writes into item._nodeid is not read back.)
+
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1"; None in the controller or without -n
+
+
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder every worker of this run sees (each worker's own basetemp is one level down)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if XDIST_WORKER else base
+
+
+# The longest files start first, so that neither worker is left with one at the end (seconds of
+# one process on 2 cores, 2026-12-06; a stale figure costs balance, never correctness).
+LONGEST_FIRST = {"tests/test_dvc_pipeline.py": 600, "tests/flows/test_retrain.py": 220, "tests/test_dvc_clone.py": 180,
+                 "tests/flows/test_resume.py": 165, "tests/tasks/evaluation/test_bundled_judges.py": 115,
+                 "tests/tasks/training/test_train.py": 100, "tests/flows/test_train_flow.py": 70,
+                 "tests/tasks/training/test_waveglow_training.py": 65, "tests/flows/test_waveglow_stage.py": 60,
+                 "tests/flows/test_task_runners.py": 57}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The longest files first; tests keep their order within a file (`--no-loadscope-reorder`)."""
+    items.sort(key=lambda item: -LONGEST_FIRST.get(item.nodeid.split("::")[0], 0))  # stable: the rest in file order
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_sessionfinish(session, exitstatus):
-    """Fail the run if a process the suite started is still running (and stop it)."""
+    """After every other finisher (xdist's stops the workers): fail the run if a process the suite
+    started is still running (and stop it)."""
+    result = yield
+    _stop_leftovers(session)
+    return result
+
+
+def _stop_leftovers(session):
     import time
     from multiprocessing import forkserver, resource_tracker
 
@@ -183,11 +220,15 @@ def pytest_sessionfinish(session, exitstatus):
 
         for server in list(SubprocessASGIServer._instances.values()):
             server.stop()
+    # A worker looks at its own descendants only: an orphan of the session may be the other
+    # worker's, between its start and its parent's wait. The controller, after the workers have
+    # gone, sees every orphan either left.
+    ours = (lambda: {p: c for p, c in _our_processes(orphans=not XDIST_WORKER).items() if p not in _BEFORE})
     deadline = time.time() + 15  # give finalisers' terminate() a moment to take effect
-    leaked = {p: c for p, c in _our_processes().items() if p not in _BEFORE}
+    leaked = ours()
     while leaked and time.time() < deadline:
         time.sleep(0.5)
-        leaked = {p: c for p, c in _our_processes().items() if p not in _BEFORE}
+        leaked = ours()
     if leaked:
         print("\nprocesses the test suite started are still running (stopped now):\n  "
               + "\n  ".join(f"{p} {c[:160]}" for p, c in sorted(leaked.items())))
