@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import _free_port
 from tests.tasks.orchestration.test_app import app_project
 
+pytestmark = pytest.mark.slow  # a real browser
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package (scripts/setup.sh installs it)
 SCREENSHOT = REPO / "docs" / "app.png"

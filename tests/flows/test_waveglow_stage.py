@@ -16,6 +16,8 @@ import yaml
 
 from tasks.core.config import load_params
 
+pytestmark = pytest.mark.slow  # the stage as a process, with a trained vocoder
+
 TINY_VOCODER = {"enabled": True, "device": "cpu", "batch_size": 2, "max_steps": 3, "save_interval": 2,
                 "eval_interval": 2, "log_interval": 1, "val_max_utterances": 2,
                 "waveglow_config": {"n_mel_channels": 80, "n_flows": 4, "n_group": 8, "n_early_every": 2,

@@ -103,6 +103,7 @@ def test_wrapper_is_infer(tiny_g, tiny_inputs):
     assert (audio - expected["audio"]).abs().max() <= AUDIO_ATOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["conformance", "T=41", "T=7", "T=3", "T=1", "batch"])
 def test_onnx_and_torchscript_match_pytorch_at_zero_noise(tiny_g, tiny_inputs, tiny_exported, case):
     module, session, scripted = tiny_exported
@@ -215,6 +216,7 @@ def _seeded_noise(batch: int, t_x: int, t_y: int, channels: int, seed: int):
     return sdp_noise, z_noise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length", [12, 29])
 def test_bert384_exports_match_with_and_without_noise(net_384, exported_384, length):
     module, session, scripted = exported_384

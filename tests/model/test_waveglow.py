@@ -300,6 +300,7 @@ def test_inference_module_equals_nvidias_sigma_zero_inference_and_leaves_its_sou
         fast.infer(torch.zeros(1, 64, 10))
 
 
+@pytest.mark.slow
 def test_torchscript_and_onnx_exports_equal_the_eager_model_at_another_batch_and_length(tmp_path, nvidia_model,
                                                                                         inputs):
     import onnxruntime as ort

@@ -16,6 +16,8 @@ from tasks.core.config import EvalModelsConfig
 from tasks.evaluation.judges import DnsMos, Ge2e, Judges, PocketSphinx, cosine, error_rates
 from tasks.prep.audio import resample
 
+pytestmark = pytest.mark.slow  # real judges' weights on real speech: seconds to a minute each
+
 # English clips whose transcripts hold no digits or abbreviations (what is said is what is written)
 EN = ["LJ001-0002", "LJ001-0003", "LJ001-0005", "LJ001-0008"]
 

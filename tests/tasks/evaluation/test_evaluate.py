@@ -17,6 +17,8 @@ from tasks.evaluation.evaluate import (NOT_COMPUTED_NOTE, evaluate, production_k
                                        score_production)
 from tests.tasks.inference.test_synth import build_models
 
+pytestmark = pytest.mark.slow  # a whole evaluation with the bundled judges
+
 PROMOTION = {"model_name": "tiny", "min_mcd_improvement_db": 0.5, "max_f0_rmse_regression_cents": 20.0,
              "max_mos_regression": 0.2, "max_cer_regression": 0.05}
 

@@ -71,6 +71,7 @@ def bundle(small_net, tmp_path_factory):
     return out, config
 
 
+@pytest.mark.slow
 def test_bundle_files_and_config(bundle, small_net):
     out, config = bundle
     assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, *FILES.values()])  # no temp files
@@ -224,6 +225,7 @@ def test_cpu_copy_for_accelerator_models(small_net):
     assert not copy.training and small_net.training
 
 
+@pytest.mark.slow
 def test_the_same_weights_export_to_the_same_bytes(small_net, tmp_path):
     """A DVC out (stage `export`): exports of one model are byte-identical. safetensors writes its
     metadata from a hash map (a per-process order) and torch.jit.save names the archive's root folder

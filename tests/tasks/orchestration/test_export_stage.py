@@ -23,6 +23,8 @@ from tasks.inference.synth import SynthError, load_voice
 from tasks.orchestration.export import SUMMARY_NAME, export_model, judged_checkpoint
 from tests.tasks.inference.test_synth import build_models
 
+pytestmark = pytest.mark.slow  # exports to ONNX and TorchScript
+
 ZERO_NOISE = dict(noise_scale=0.0, length_scale=1.0, noise_scale_w=0.0, sdp_ratio=0.0)
 # The arguments upstream 2.3's SynthesizerTrn.__init__ takes by name, and the kwargs it reads
 # (models.py); every other config.json model key is swallowed by its **kwargs and has no effect.

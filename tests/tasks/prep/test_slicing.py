@@ -81,6 +81,7 @@ def test_a_short_piece_joins_its_neighbour_or_is_dropped_when_the_union_would_be
         SliceParams(min_seconds=5, max_seconds=2)
 
 
+@pytest.mark.slow
 def test_vitsflow_slice_then_transcribe_english_with_pocketsphinx_gives_a_list_near_the_truth(real_speech, tmp_path):
     x, _ = joined(real_speech, UTTS[:4], pause_s=1.0)
     sf.write(tmp_path / "long.wav", x, SR)
@@ -143,6 +144,7 @@ def test_tiny_random_whisper_plumbing_transcribes_through_the_transformers_path(
         load_asr("pocketsphinx", "ja")
 
 
+@pytest.mark.slow
 def test_prepare_stage_turns_a_raw_audio_dataset_into_clips_ingest_reads_and_reslices_only_changed_files(
         real_speech, tmp_path):
     from tasks.prep.datasets import read_dataset

@@ -83,6 +83,7 @@ def test_spec_keys_change_with_stft_params_only(ingested):
 
 
 
+@pytest.mark.slow
 def test_worker_processes_commit_what_the_in_thread_path_computes(ingested, tmp_path):
     params, ingest_dir = ingested
     items = plan_spec(read_index(ingest_dir), params)
@@ -101,6 +102,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_spec_worker_processes_die_with_a_killed_stage(ingested, corpus, tmp_path):  # noqa: F811
     _, ingest_dir = ingested

@@ -48,6 +48,7 @@ def batches_per_epoch(root: Path, batch_size: int = 4) -> int:
                              params.train.bucket_boundaries))
 
 
+@pytest.mark.slow
 def test_the_loss_on_a_fixed_batch_falls(train_corpus, tmp_path):
     params = tiny_params(train_corpus, tmp_path, learning_rate=1e-3)
     corpus = corpus_of(train_corpus)
@@ -105,6 +106,7 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(train_corpus, t
     assert again_steps == [] and again.step == 6
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_run_state_and_keep_the_best(train_corpus, tmp_path):
     params = tiny_params(train_corpus, tmp_path, max_steps=6, save_interval=1, eval_interval=1, keep_best=2)
     result = train(params, train_corpus)
@@ -215,6 +217,7 @@ def upstream_sized_corpus(train_corpus, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_upstream_resizes_the_allowed_tables(upstream_sized_corpus, tmp_path, caplog):
     root = upstream_sized_corpus
     corpus = corpus_of(root)

@@ -156,6 +156,7 @@ def test_each_epoch_is_a_seeded_permutation_shared_out_between_ranks():
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_the_loss_falls_over_a_few_dozen_steps(train_corpus, tmp_path, feature_cache):
     params = with_features(wg_params(train_corpus, tmp_path, feature_cache, max_steps=40, learning_rate=1e-3,
                                      log_interval=10, eval_interval=40, save_interval=40), train_corpus)
@@ -175,6 +176,7 @@ def test_the_loss_falls_over_a_few_dozen_steps(train_corpus, tmp_path, feature_c
     assert logs and logs[0].stat().st_size > 10_000  # loss scalars and the copy-synthesis audio
 
 
+@pytest.mark.slow
 def test_a_stopped_run_continued_ends_equal_to_an_uninterrupted_one(train_corpus, tmp_path, feature_cache):
     def run(work, max_steps):
         steps = []
@@ -204,6 +206,7 @@ def test_a_stopped_run_continued_ends_equal_to_an_uninterrupted_one(train_corpus
     assert store_of(tmp_path / "full", full.run_id).latest()["step"] == 10
 
 
+@pytest.mark.slow
 def test_checkpoints_are_bundles_with_a_manifest_on_the_storage(train_corpus, tmp_path, feature_cache):
     params = with_features(wg_params(train_corpus, tmp_path, feature_cache, max_steps=9, save_interval=3,
                                      eval_interval=3, keep_best=1), train_corpus)
@@ -272,6 +275,7 @@ def test_the_run_id_follows_what_is_trained_and_on_which_clips(train_corpus, tmp
     assert rid() == base
 
 
+@pytest.mark.slow
 def test_a_killed_process_resumes_from_its_last_checkpoint(train_corpus, tmp_path, feature_cache):
     """SIGKILL `python -m tasks.training.waveglow` after its first checkpoint; the rerun resumes from
     it and ends where an uninterrupted run ends, bit for bit."""
@@ -312,6 +316,7 @@ def test_a_killed_process_resumes_from_its_last_checkpoint(train_corpus, tmp_pat
 # ----------------------------------------------------------------------------- initial weights
 
 
+@pytest.mark.slow
 def test_init_from_an_nvidia_checkpoint_starts_from_its_weights(train_corpus, tmp_path, feature_cache):
     nvidia, info = load_nvidia_checkpoint(NVIDIA_PT)
     assert info["config"] == SMALL and info["iteration"] == 1234
@@ -387,6 +392,7 @@ def test_init_from_an_earlier_run_starts_from_its_bundle(train_corpus, tmp_path,
 # ----------------------------------------------------------------------------- DDP
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_train_on_their_shares_with_averaged_gradients(train_corpus, tmp_path, feature_cache):
     """torchrun --nproc_per_node 2 -m tasks.training.waveglow on gloo: rank 0's checkpoint equals one
     model stepped with the mean of the two ranks' gradients on their own batches."""
