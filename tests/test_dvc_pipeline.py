@@ -224,8 +224,8 @@ def test_adding_an_utterance_computes_only_it_and_a_removed_one_leaves_every_out
 
 def test_hop_length_recomputes_spectrograms_but_not_bert_and_the_bert_layer_bert_but_not_spectrograms(
         project, first_repro, env):
-    """The hop length up to bert (text runs, as it reads `model`, and changes nothing), then both
-    edits in one run: each stage's counts show what it recomputed."""
+    """The hop length up to bert (text runs, its phones-vs-frames check reads the hop, and changes
+    nothing), then both edits in one run: each stage's counts show what it recomputed."""
     def hop_128(p):
         p["features"]["spec"].update(hop_length=128)
         p["model"].update(upsample_rates=[8, 4, 4], upsample_kernel_sizes=[16, 8, 8])  # product = hop
