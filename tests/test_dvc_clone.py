@@ -4,9 +4,10 @@ import time
 
 import pytest
 
+from tests.helpers import run
 # its fixtures, for a run without test_dvc_pipeline.py (then the first run happens here)
 from tests.test_dvc_pipeline import (corpus, env, first_lock_files, first_repro, home, make_corpus,  # noqa: F401
-                                     make_project, out_hashes, project, run)
+                                     make_project, out_hashes, project)
 
 pytestmark = pytest.mark.slow  # a whole `dvc repro`
 
@@ -21,6 +22,7 @@ def test_two_clean_clones_give_identical_out_hashes(tmp_path, tmp_path_factory, 
     if started.exists():  # the first run is under way on the other worker (or done here): its lock
         deadline = time.time() + 1200
         while not lock.exists():
+            assert started.read_text() != "failed", "the first dvc repro failed (test_dvc_pipeline.py)"
             assert time.time() < deadline, "the first dvc repro left no dvc.lock in 20 minutes"
             time.sleep(2)
         first = lock.read_text()

@@ -86,7 +86,8 @@ def project(home, corpus) -> Path:
 
 
 def first_lock_files(tmp_path_factory) -> tuple[Path, Path]:
-    """Where the first run says it has started and leaves its dvc.lock, for a test on either worker."""
+    """Where the first run says it has started (and, if so, that it failed) and leaves its dvc.lock,
+    for a test on either worker."""
     shared = shared_tmp(tmp_path_factory)
     return shared / "dvc_first_repro.started", shared / "dvc_first_repro.lock"
 
@@ -95,7 +96,11 @@ def first_lock_files(tmp_path_factory) -> tuple[Path, Path]:
 def first_repro(project, env, tmp_path_factory) -> tuple[str, str]:
     started, lock = first_lock_files(tmp_path_factory)
     started.touch()
-    out = run(["dvc", "repro"], project, env)
+    try:
+        out = run(["dvc", "repro"], project, env)
+    except BaseException:
+        started.write_text("failed")  # a waiting clone fails now, not after its 20 minutes
+        raise
     text = (project / "dvc.lock").read_text()
     (tmp := lock.with_suffix(".tmp")).write_text(text)
     tmp.replace(lock)
