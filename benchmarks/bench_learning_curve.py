@@ -76,7 +76,7 @@ def preprocess(root: Path) -> None:
     text.assemble(items, c, root / "data/text", params)
     bitems = bert.plan_bert(bert.read_text_rows(root / "data/text"), params, root, "cpu")
     c = cache("bert")
-    c.put_many(bert.bert_chunk(bert.batch_order(bitems, params.features.bert.length_bucket), params, root, "cpu"))
+    c.put_many(bert.bert_chunk(bitems, params, root, "cpu"))
     bert.assemble(bitems, c, root / "data/bert", params, root)
     run_spec(root, root / "data/spec")
 

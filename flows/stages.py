@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -150,10 +151,9 @@ def bert_flow(params_path: str = "params.yaml", text_dir: str = paths.TEXT, out:
     device = bert.pick_device(params.features.bert.device)
     items = bert.plan_bert(bert.read_text_rows(resolve_local(root, text_dir)), params, root, device)
     cache = stage_cache(params, root, "bert")
-    ordered = bert.batch_order(items, params.features.bert.length_bucket)
-    computed = fill_cache(bert_chunk_task, ordered, cache, params.features.bert.chunk_size,
-                          params.runtime.in_flight_chunks, f"bert ({device})", params=params, root=root,
-                          device=device)
+    computed = fill_cache(bert_chunk_task, items, cache, params.features.bert.chunk_size,
+                          params.runtime.in_flight_chunks, f"bert ({device})",
+                          chunker=partial(bert.chunks, stage=params.features.bert), params=params, root=root, device=device)
     summary = bert.assemble(items, cache, resolve_local(root, out), params, root)
     return _log_summary("bert", summary, started, computed)
 

@@ -111,7 +111,7 @@ def build(root: Path, sentences: dict[str, list[str]] = SENTENCES, **overrides: 
 
     bitems = bert.plan_bert(bert.read_text_rows(root / "data/text"), params, root, "cpu")
     c = cache("bert")
-    c.put_many(bert.bert_chunk(bert.batch_order(bitems, params.features.bert.length_bucket), params, root, "cpu"))
+    c.put_many(bert.bert_chunk(bitems, params, root, "cpu"))
     bert.assemble(bitems, c, root / "data/bert", params, root)
 
     run_spec(root, root / "data/spec")

@@ -8,9 +8,15 @@ torch and transformers are imported only where something is computed: a run whos
 come from the cache starts in a second.
 
 Determinism: a token's features depend on the shape of the batch it ran in (the GEMM kernels
-change with it), so every batch has exactly `features.bert.batch_size` rows and a padded length
-set by the length bucket (`features.bert.length_bucket`) of its items. An utterance's features are then a function of its own text alone, so
-a resumed or incremental run writes the same bytes as a full one.
+change with it), so the shape is a function of the utterance's own token count (`batch_shape`):
+its length rounded up to `features.bert.length_bucket`, and as many rows as fit
+`features.bert.token_budget` tokens (at most `batch_size`); short batches are padded with empty
+rows. An utterance's features are then a function of its own text alone, so a resumed or
+incremental run writes the same bytes as a full one; the shape is part of its cache key.
+
+Padding is the price of that, so batches are formed across everything a run computes (`chunks`):
+sorted by language and shape, cut into whole batches, so only the last batch of each shape is short.
+Profile and measurements: benchmarks/bench_features.py.
 
 Outs: `bert-NNNNN.bin` shards, `index.jsonl` (id, language, slot, dim, n_phones, shard location),
 `meta.json` (the slot of each language, dims, fill rule, models), `rejects.jsonl`, `summary.json`.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import partial
@@ -62,27 +69,55 @@ def read_text_rows(text_dir: Path) -> Iterable[dict[str, Any]]:
         yield from read_jsonl(shard)
 
 
+MIN_LENGTH = 8  # the shortest padded length: [CLS] and [SEP] around a few characters
+
+
+def batch_shape(n_tokens: int, stage: BertStageConfig) -> tuple[int, int]:
+    """(rows, padded length) of the batch an utterance of `n_tokens` BERT tokens runs in: a function
+    of its own length alone, so its features do not depend on its batch mates (module doc)."""
+    length = max(-(-n_tokens // stage.length_bucket) * stage.length_bucket, MIN_LENGTH)
+    return max(1, min(stage.batch_size, stage.token_budget // length)), length
+
+
 def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device: str) -> list[BertItem]:
     memo = resolve_local(root, params.runtime.cache_dir)  # model files' hashes are remembered there
     deps = {code: {"model": model_hash(root, lang.bert, memo=memo), "layer": lang.bert.layer}
             for code, lang in params.languages.items()}
     from importlib.metadata import version
 
-    libs = {"torch": version("torch"), "transformers": version("transformers"),
-            "device": device, "batch": params.features.bert.batch_size,
-            "bucket": params.features.bert.length_bucket}
+    libs = {"torch": version("torch"), "transformers": version("transformers"), "device": device}
     keyers = {code: cache_key_with(code=code_hash(__name__), libs=libs, **d) for code, d in deps.items()}
     items = []
     for row in rows:
-        key = keyers[row["language"]](text=row["norm_text"], word2ph=row["word2ph"])
-        items.append(BertItem({k: row[k] for k in ("id", "language", "norm_text", "word2ph")}, key,
-                              len(row["word2ph"])))
+        n_tokens = len(row["word2ph"])
+        key = keyers[row["language"]](text=row["norm_text"], word2ph=row["word2ph"],
+                                      shape=list(batch_shape(n_tokens, params.features.bert)))
+        items.append(BertItem({k: row[k] for k in ("id", "language", "norm_text", "word2ph")}, key, n_tokens))
     return items
 
 
-def batch_order(items: list[BertItem], bucket: int) -> list[BertItem]:
-    """Items grouped by language and length bucket, so that chunks of them make full batches."""
-    return sorted(items, key=lambda i: (i.row["language"], -(-i.n_tokens // bucket), i.key))
+def batches(items: Iterable[BertItem], stage: BertStageConfig) -> list[list[BertItem]]:
+    """The items in batches of one language and one shape, each full but the last of its shape."""
+    groups: dict[tuple, list[BertItem]] = defaultdict(list)
+    for item in items:
+        groups[(item.row["language"], batch_shape(item.n_tokens, stage))].append(item)
+    out = []
+    for (_, (rows, _)), group in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1][1])):  # language, length
+        group.sort(key=lambda i: i.key)
+        out += [group[s:s + rows] for s in range(0, len(group), rows)]
+    return out
+
+
+def chunks(items: Iterable[BertItem], stage: BertStageConfig) -> list[list[BertItem]]:
+    """Whole batches (`batches`) packed into chunks of at most `chunk_size` items (or one batch):
+    a batch is never cut by a chunk boundary, so a run pads only the last batch of each shape."""
+    out: list[list[BertItem]] = []
+    for batch in batches(items, stage):
+        if out and len(out[-1]) + len(batch) <= stage.chunk_size:
+            out[-1] += batch
+        else:
+            out.append(list(batch))
+    return out
 
 
 def phone_features(hidden, word2ph: list[int]):
@@ -92,46 +127,55 @@ def phone_features(hidden, word2ph: list[int]):
     return hidden.repeat_interleave(torch.tensor(word2ph, device=hidden.device), dim=0).T
 
 
+_forward = threading.Lock()  # one forward at a time: each already uses every core (torch's threads)
+
+
+def _tokenize(tokenizer, texts: list[str], length: int):
+    """Lists, not tensors: a text longer than `length` must not make the batch ragged (or wider)."""
+    return tokenizer(texts, padding="max_length", max_length=length, truncation=False)
+
+
 def encode_batch(items: list[BertItem], bert: BertConfig, stage: BertStageConfig, root: Path,
                  device: str) -> list[tuple[str, Entry]]:
-    """One full-shape batch of one language's BERT (`bert`) and one length bucket -> cache entries."""
+    """One batch of one language's BERT (`bert`), all of one `batch_shape` -> cache entries."""
     import torch
 
     tokenizer, (model, index) = tokenizer_for(root, bert), encoder_for(root, bert, device)
-    size, bucket = stage.batch_size, stage.length_bucket
-    padded_len = -(-max(i.n_tokens for i in items) // bucket) * bucket
+    (rows, length), = {batch_shape(i.n_tokens, stage) for i in items}
     limit = getattr(model.config, "max_position_embeddings", 512)
-    texts = [i.row["norm_text"] for i in items] + [""] * (size - len(items))  # fixed shape: see module doc
-    enc = tokenizer(texts, padding="max_length", max_length=max(padded_len, 8), truncation=False,
-                    return_tensors="pt").to(device)
-    if enc["input_ids"].shape[1] > limit:
+    if length > limit:
         return [(i.key, Entry({"reject": f"{i.n_tokens} BERT tokens exceed the model's {limit}"}, b""))
                 for i in items]
-    with torch.inference_mode():
-        hidden = model(**enc, output_hidden_states=True).hidden_states[index]  # [B, L, dim]
+    texts = [i.row["norm_text"] for i in items] + [""] * (rows - len(items))  # fixed shape: see module doc
+    enc = _tokenize(tokenizer, texts, length)
+    rejects = {}
+    for row, item in enumerate(items):
+        n = sum(enc["attention_mask"][row])
+        if n != item.n_tokens:  # its row becomes an empty one, so the shape stays its mates'
+            rejects[row] = f"tokenizer gives {n} tokens but word2ph has {item.n_tokens} entries"
+            texts[row] = ""
+    if rejects:
+        enc = _tokenize(tokenizer, texts, length)
+    enc = enc.convert_to_tensors("pt").to(device)
+    with _forward, torch.inference_mode():
+        hidden = model(**enc, output_hidden_states=True).hidden_states[index]  # [rows, length, dim]
     out = []
     for row, item in enumerate(items):
-        n = int(enc["attention_mask"][row].sum())
-        if n != item.n_tokens:
-            reason = f"tokenizer gives {n} tokens but word2ph has {item.n_tokens} entries"
-            out.append((item.key, Entry({"reject": reason}, b"")))
+        if row in rejects:
+            out.append((item.key, Entry({"reject": rejects[row]}, b"")))
             continue
-        feats = phone_features(hidden[row, :n].float(), item.row["word2ph"]).to(torch.float16).cpu()
+        feats = phone_features(hidden[row, :item.n_tokens].float(), item.row["word2ph"]).to(torch.float16).cpu()
         out.append((item.key, Entry({"dim": feats.shape[0], "n_phones": feats.shape[1]},
                                     feats.contiguous().numpy().tobytes())))
     return out
 
 
 def bert_chunk(items: list[BertItem], params: Params, root: Path, device: str) -> list[tuple[str, Entry]]:
-    groups: dict[tuple, list[BertItem]] = defaultdict(list)
-    for item in items:
-        groups[(item.row["language"], -(-item.n_tokens // params.features.bert.length_bucket))].append(item)
+    """A chunk's batches (a chunk from `chunks` is whole batches, so these are the same ones)."""
     out = []
-    size = params.features.bert.batch_size
-    for group in groups.values():
-        for start in range(0, len(group), size):
-            out += encode_batch(group[start:start + size], params.languages[group[0].row["language"]].bert,
-                                params.features.bert, root, device)
+    for batch in batches(items, params.features.bert):
+        out += encode_batch(batch, params.languages[batch[0].row["language"]].bert, params.features.bert,
+                            root, device)
     return out
 
 

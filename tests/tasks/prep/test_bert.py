@@ -4,7 +4,8 @@ import torch
 
 from tasks.core.config import load_params
 from tasks.core.hf import tokenizer_for
-from tasks.prep.bert import SLOTS, bert_chunk, encode_batch, phone_features, plan_bert, slot_inputs
+from tasks.prep.bert import (SLOTS, batch_shape, batches, bert_chunk, chunks, encode_batch, phone_features,
+                              plan_bert, slot_inputs)
 from tasks.prep.text import text_one
 from pathlib import Path
 
@@ -44,11 +45,115 @@ def test_features_are_the_configured_layer_expanded_to_phones(params, rows):
     assert np.abs(feats.astype(np.float32) - ref).max() < 1e-2  # fp16 storage, other batch shape
 
 
-def test_an_utterance_gets_the_same_bytes_whatever_it_is_batched_with(params, rows):
-    items = plan_bert(rows, params, REPO, "cpu")
-    alone = dict(bert_chunk(items[:1], params, REPO, "cpu"))
-    together = dict(bert_chunk(list(reversed(items)), params, REPO, "cpu"))
-    assert alone[items[0].key].data == together[items[0].key].data
+SAME_SHAPE = ["Hello, world.", "Good night, moon.", "See you soon, Sam.", "Thanks a lot, Bob.",
+              "Come in, please.", "Well done, team."]  # 5-7 BERT tokens each: one shape
+
+
+def _stage(params, **bert):
+    return params.model_copy(update={"features": params.features.model_copy(update={
+        "bert": params.features.bert.model_copy(update=bert)})})
+
+
+def _en_rows(params, sentences):
+    lang = params.languages["en"]
+    return [{"id": f"s{i}", "language": "en", **text_one(t, "en", lang, tokenizer_for(REPO, lang.bert)).meta}
+            for i, t in enumerate(sentences)]
+
+
+@pytest.fixture
+def encoder_shapes(params):
+    """The input shapes the English encoder is run on, recorded."""
+    from tasks.core.hf import encoder_for
+
+    model, _ = encoder_for(REPO, params.languages["en"].bert, "cpu")
+    shapes, forward = [], model.forward
+
+    def recording(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    model.forward = recording
+    yield shapes
+    del model.forward
+
+
+def test_an_utterance_gets_the_same_bytes_and_batch_shape_whatever_it_is_batched_with(params, encoder_shapes):
+    """Alone (a short batch padded with empty rows), with one mate, and in a full batch of other
+    sentences: the same input shape each time, so the same bytes on any device, not only where
+    the kernels happen not to depend on the row count."""
+    p = _stage(params, length_bucket=8, token_budget=32, batch_size=32)  # 4 rows of 8 tokens
+    rows = _en_rows(p, SAME_SHAPE)
+    items = plan_bert(rows, p, REPO, "cpu")
+    assert {batch_shape(i.n_tokens, p.features.bert) for i in items} == {(4, 8)}
+    alone = dict(bert_chunk(items[:1], p, REPO, "cpu"))
+    pair = dict(bert_chunk(items[:2], p, REPO, "cpu"))
+    full = dict(bert_chunk(items[3:] + items[:1], p, REPO, "cpu"))  # its mates all different
+    assert alone[items[0].key].data == pair[items[0].key].data == full[items[0].key].data
+    assert pair[items[1].key].data != alone[items[0].key].data
+    assert set(encoder_shapes) == {(4, 8)} and len(encoder_shapes) == 3
+
+
+def test_a_row_the_tokenizer_disagrees_with_does_not_change_its_mates_batch_shape(params, encoder_shapes):
+    p = _stage(params, length_bucket=8, token_budget=32, batch_size=32)
+    rows = _en_rows(p, SAME_SHAPE[:2])
+    long = dict(_en_rows(p, ["This sentence has many more words than its word2ph claims it has."])[0], id="bad")
+    bad = dict(long, word2ph=rows[0]["word2ph"])  # 7 entries, so the 8-token shape; 15 real tokens
+    items = plan_bert(rows + [bad], p, REPO, "cpu")
+    alone = dict(bert_chunk(items[:1], p, REPO, "cpu"))
+    entries = dict(bert_chunk(items, p, REPO, "cpu"))
+    assert "tokenizer gives" in entries[items[2].key].meta["reject"]
+    assert entries[items[0].key].data == alone[items[0].key].data
+    assert set(encoder_shapes) == {(4, 8)}
+
+
+def test_batch_shapes_follow_the_token_count_alone(params):
+    stage = params.features.bert.model_copy(update={"length_bucket": 8, "token_budget": 256, "batch_size": 16})
+    assert [batch_shape(n, stage) for n in (1, 8, 9, 16, 17, 40, 300)] == \
+        [(16, 8), (16, 8), (16, 16), (16, 16), (10, 24), (6, 40), (1, 304)]
+
+
+def test_runs_are_cut_into_whole_batches_so_only_the_last_of_each_shape_is_short(params):
+    p = _stage(params, length_bucket=8, token_budget=24, batch_size=32, chunk_size=5)  # 3 rows of 8
+    sentences = SAME_SHAPE * 2 + ["The quick brown fox jumps over the lazy dog, twice."]
+    rows = [dict(r, id=f"r{i}", norm_text=r["norm_text"] + " " * i) for i, r in enumerate(_en_rows(p, sentences))]
+    items = plan_bert(rows, p, REPO, "cpu")  # 12 of one shape (keys differ by text), 1 longer
+    parts, whole = chunks(items, p.features.bert), batches(items, p.features.bert)
+    assert [len(b) for b in whole] == [3, 3, 3, 3, 1]
+    chunk_of = {i.key: n for n, c in enumerate(parts) for i in c}
+    assert all(len({chunk_of[i.key] for i in b}) == 1 for b in whole)  # no batch cut by a chunk
+    assert [len(c) for c in parts] == [3, 3, 3, 4]  # at most chunk_size items
+    assert sorted(chunk_of) == sorted(i.key for i in items)
+
+
+def test_bert_keys_name_the_batch_shape_so_a_policy_change_recomputes_only_what_it_reshapes(params):
+    p = _stage(params, length_bucket=8, token_budget=256, batch_size=32)
+    rows = _en_rows(p, SAME_SHAPE[:1] + ["The quick brown fox jumps over the lazy dog, twice over."])
+    before = [i.key for i in plan_bert(rows, p, REPO, "cpu")]
+    smaller = _stage(params, length_bucket=8, token_budget=128, batch_size=32)  # 16 rows at 8, 8 at 16
+    after = [i.key for i in plan_bert(rows, smaller, REPO, "cpu")]
+    assert [batch_shape(len(r["word2ph"]), s.features.bert) for s in (p, smaller) for r in rows] == \
+        [(32, 8), (16, 16), (16, 8), (8, 16)]
+    assert before[0] != after[0] and before[1] != after[1]
+    wide = _stage(params, length_bucket=8, token_budget=256, batch_size=16)  # only the 8-token shape changes
+    assert [a == b.key for a, b in zip(before, plan_bert(rows, wide, REPO, "cpu"))] == [False, True]
+
+
+def test_an_encoder_is_float32_whatever_its_config_says(tmp_path):
+    """transformers 5 follows a config's torch_dtype (ku-nlp's Japanese DeBERTa says float16);
+    upstream's transformers 4 ran it in float32, and so do we."""
+    import json
+
+    from tasks.core.config import BertConfig
+    from tasks.core.hf import encoder_for
+
+    folder = _shrunk_upstream_bert("deberta-v2-large-japanese-char-wwm", tmp_path / "ja")
+    from safetensors import safe_open
+
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float16}
+    model, _ = encoder_for(tmp_path, BertConfig(model=str(folder), layer=-3), "cpu")
+    assert {t.dtype for t in model.parameters()} == {torch.float32}
 
 
 def test_bert_keys_follow_the_model_and_layer_but_not_spectrogram_params(params, rows):
