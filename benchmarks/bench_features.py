@@ -1,19 +1,56 @@
 """P1 and P2: the feature stages against what upstream Bert-VITS2 does, in the same process.
 
-P1 (bert): utterances/s of the bert stage's work (tasks.prep.bert.bert_chunk: batched, fixed-shape
-encoder, then the commit of its results to the stage cache) against what upstream's bert_gen.py
-does: one sentence at a time through AutoModelForMaskedLM (upstream loads the masked-LM head too),
-hidden_states[-3], a Python loop repeating each token's vector per phone, one torch.save per
-utterance. Same model, same torch threads on both sides. Run twice: with the demo's MiniLM (6
-layers of 384) on the demo corpus, and at upstream's size (`--upstream-size N`: random-init models
-of upstream's own architectures from tests/data/upstream_bv2_23/tokenizers/*/config.json, with
-those real tokenizers, on N gold sentences each of zh and ja).
+P1 (bert): utterances/s of the bert stage's work (tasks.prep.bert: the run cut into whole batches
+by `chunks`, `bert_chunk` on each, its results committed to the stage cache) against what
+upstream's bert_gen.py does: one sentence at a time through AutoModelForMaskedLM (upstream loads
+the masked-LM head too), hidden_states[-3], a Python loop repeating each token's vector per phone,
+one torch.save per utterance. Same model, same torch threads on both sides, both in float32 (as
+upstream's transformers 4 loaded the models). Run twice: with the demo's MiniLM (6 layers of 384)
+on the demo corpus, and at upstream's size (`--upstream-size N`: random-init models of upstream's
+own architectures from tests/data/upstream_bv2_23/tokenizers/*/config.json, with those real
+tokenizers, on N sentences each of zh and ja: upstream's gold sentences, then real transcripts,
+then new sentences of their clauses, `real_sentences`).
+
+P1 profile at upstream's size (96 sentences, 2 threads, 2026-12-07; seconds):
+
+    vitsflow  38.1 total: forward ja 26.5, forward zh 11.5, tokenise 0.04, per-phone repeat 0.01,
+              fp16 + bytes ~0.01, cache commit 0.04
+    upstream  80.4 total: forward (24 layers + MLM head) 80.1, tokenise 0.06, torch.save 0.13
+
+The forward is everything. Before this profile the stage loaded the Japanese DeBERTa in float16
+(transformers 5 follows its config's torch_dtype): 1.9 s a row at 32 tokens on this AVX2 CPU,
+4-5x float32, and other numbers than upstream's; both sides now load float32. What is left:
+tokens/s of one encoder forward against its shape (rows x padded length), 2 threads:
+
+    roberta-large   1 x 16: 39   1 x 32: 90   16 x 16: 187   8 x 32: 137   16 x 32: 184
+    deberta-v2-ja   1 x 16: 25   1 x 32: 31   16 x 16:  89   8 x 32:  90   16 x 32: 103
+
+(DeBERTa projects its 512 relative-position embeddings with each layer's key and query weights in
+every forward, whatever the batch: 85 tokens' worth of work a layer, which rows share.) Upstream
+pays one forward per sentence at its exact length; the stage pays padding for a fixed shape per
+length (module doc of tasks/prep/bert.py). The old shape, 16 rows at a 16-token bucket, filled
+2.14 token slots per real token on 96 sentences; rows by a 256-token budget at an 8-token bucket
+fill 1.82 (budget 128: 1.38, but M = 128 runs at 2/3 of M = 256's rate; 512: 2.48). At 480
+sentences a language the short last batch of each shape matters less and the 8-token bucket
+pads a sentence by 4 tokens on average instead of 8.
 
 P2 (spec): times real time of the spec stage's work (read the ingest shards, the model's torch
-STFT and mel per utterance in `runtime.workers` processes, commit to the stage cache) against what
+STFT per utterance in `runtime.workers` processes, commit to the stage cache) against what
 upstream does in its DataLoader workers: read each wav, `spectrogram_torch` (the same linear STFT),
 `torch.save` of the spectrogram to its own file, in the same number of processes with one torch
 thread each (as DataLoader workers have). Worker start is outside both timings. Same audio.
+
+P2 profile, microseconds per utterance of the demo corpus (2.5 s at 22.05 kHz, n_fft 1024, hop
+256), one process, one thread, 2026-12-07:
+
+    vitsflow before  read pcm 45, STFT 1021, mel 510, fp16 + bytes 118, cache commit 615: 2310
+    upstream         read wav 526, STFT 1338, torch.save 1001: 2865
+
+The mel went: nothing read it (the trainer takes its mel from the linear spectrogram of each
+batch, as upstream's train_ms.py does), so the stage now stores the linear one only, and with it
+the mel's fp16 copy (0.95x before, 1.87x after, each against upstream in the same run). A batched STFT over a chunk's
+utterances was not tried: the STFT left is a 1024-point FFT per frame, which batching does not
+shorten, and the per-call overhead it would save is a few percent of 1 ms.
 
     .venv/bin/python benchmarks/bench_features.py [--copies 4] [--upstream-size 48]
 """
@@ -71,7 +108,10 @@ def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
     models = {}
     for code in {r["language"] for r in text_rows}:
         path = resolve_model_path(REPO, params.languages[code].bert.model)
-        models[code] = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path).eval()
+        # float32 as upstream's transformers 4 loaded it (transformers 5 would follow a config's
+        # torch_dtype: float16 for the Japanese model, 4-5x slower on this CPU)
+        models[code] = (AutoTokenizer.from_pretrained(path),
+                        AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32).eval())
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
     for i, row in enumerate(text_rows):
@@ -89,18 +129,17 @@ def our_bert(text_rows, params, cache_path: Path) -> float:
     """The bert stage's chunks, each committed to the stage cache as the flow does."""
     from tasks.core.cache import ResultCache
     from tasks.core.hf import encoder_for, tokenizer_for
-    from tasks.prep.bert import batch_order, bert_chunk, plan_bert
+    from tasks.prep.bert import bert_chunk, chunks, plan_bert
 
     for code in {r["language"] for r in text_rows}:  # loading is once per process, outside the loop
         bert = params.languages[code].bert
         tokenizer_for(REPO, bert), encoder_for(REPO, bert, "cpu")
     torch.set_num_threads(THREADS)
     cache = ResultCache(cache_path)
-    items = batch_order(plan_bert(text_rows, params, REPO, "cpu"), params.features.bert.length_bucket)
+    items = plan_bert(text_rows, params, REPO, "cpu")
     start = time.perf_counter()
-    chunk = params.features.bert.chunk_size
-    for s in range(0, len(items), chunk):
-        cache.put_many(bert_chunk(items[s:s + chunk], params, REPO, "cpu"))
+    for chunk in chunks(items, params.features.bert):  # as the flow cuts them: whole batches
+        cache.put_many(bert_chunk(chunk, params, REPO, "cpu"))
     return time.perf_counter() - start
 
 
@@ -129,11 +168,45 @@ def upstream_size_rows(work: Path, n: int):
                 shutil.copy(f, folder / f.name)
         langs[code] = langs[code].model_copy(update={"bert": langs[code].bert.model_copy(update={"model": str(folder)})})
         lang = langs[code]
-        items = json.loads((gold / f"{code}.json").read_text(encoding="utf-8"))["items"][:n]
-        for i, item in enumerate(items):
-            meta = text_one(item["text"], code, lang, tokenizer_for(REPO, lang.bert)).meta
-            rows.append({"id": f"{code}{i}", "language": code, **meta})
+        for i, sentence in enumerate(real_sentences(code, n)):
+            meta = text_one(sentence, code, lang, tokenizer_for(REPO, lang.bert)).meta
+            if "reject" not in meta:
+                rows.append({"id": f"{code}{i}", "language": code, **meta})
     return params.model_copy(update={"languages": langs}), rows
+
+
+def real_sentences(code: str, n: int) -> list[str]:
+    """`n` sentences of language `code`: upstream's gold sentences first, then the demo's and the
+    test speech sets' transcripts, then (when more are asked for than these ~150) new sentences of
+    their clauses, each as long as a real sentence drawn at random. The models are random-init, so
+    what matters is real text of realistic length through the real tokenizers."""
+    import csv
+    import json
+    import random
+    import re
+
+    data = REPO / "tests" / "data"
+    pool = [i["text"] for i in json.loads((data / "upstream_bv2_23" / f"{code}.json").read_text(encoding="utf-8"))["items"]]
+    pool += (REPO / "demo" / "sentences" / f"{code}.txt").read_text(encoding="utf-8").split()
+    speech = {"zh": "zh_aishell3", "ja": "ja_commonvoice"}[code]
+    with open(data / "speech" / speech / "metadata.csv", encoding="utf-8") as f:
+        pool += [row[1] for row in csv.reader(f, delimiter="|") if len(row) > 1]
+    pool = list(dict.fromkeys(p.strip() for p in pool if p.strip()))
+    clauses = [c for p in pool for c in re.findall(r"[^，。！？、,.!?]+[，。！？、,.!?]?", p)]
+    rng, out = random.Random(0), pool[:n]
+    while len(out) < n:
+        target, sentence = len(rng.choice(pool)), ""
+        while len(sentence) < target:
+            sentence += rng.choice(clauses)
+        sentence = sentence.rstrip("，、,") + ("" if sentence[-1] in "。！？.!?" else "。")
+        if sentence not in out:  # distinct texts: the stage computes a repeated one once
+            out.append(sentence)
+    return out
+
+
+def shape_policy(params) -> str:
+    b = params.features.bert
+    return f"rows {b.token_budget} // length <= {b.batch_size}, length bucket {b.length_bucket}"
 
 
 def _one_thread() -> None:
@@ -191,7 +264,7 @@ def main() -> None:
         t_ours = our_bert(text_rows, params, work / "bert.sqlite")
         print(f"P1 bert, demo MiniLM ({n} utterances, CPU, {THREADS} threads on both sides)")
         print(f"  upstream-style, one sentence at a time, torch.save each: {n / t_up:8.1f} utt/s ({t_up:.2f} s)")
-        print(f"  vitsflow stage (batch {params.features.bert.batch_size}, cache commit):      "
+        print(f"  vitsflow stage ({shape_policy(params)}, cache commit):      "
               f"{n / t_ours:8.1f} utt/s ({t_ours:.2f} s)")
         print(f"  ratio: {t_up / t_ours:.2f}x")
         if args.upstream_size:
@@ -203,7 +276,7 @@ def main() -> None:
             print(f"P1 bert at upstream's size (random-init chinese-roberta-wwm-ext-large and "
                   f"deberta-v2-large-japanese-char-wwm, 24 x 1024, real tokenizers; {m} zh+ja sentences)")
             print(f"  upstream-style, one sentence at a time, torch.save each: {m / t_up:8.2f} utt/s ({t_up:.2f} s)")
-            print(f"  vitsflow stage (batch {up_params.features.bert.batch_size}, cache commit):      "
+            print(f"  vitsflow stage ({shape_policy(up_params)}, cache commit):      "
                   f"{m / t_ours:8.2f} utt/s ({t_ours:.2f} s)")
             print(f"  ratio: {t_up / t_ours:.2f}x")
 
@@ -236,7 +309,7 @@ def main() -> None:
         print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio, {os.cpu_count()} cores, best of 3)")
         print(f"  upstream-style ({params.runtime.workers} processes: read wav, spectrogram_torch, torch.save): "
               f"{seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
-        print(f"  vitsflow stage ({params.runtime.workers} processes: read shards, STFT + mel, cache): "
+        print(f"  vitsflow stage ({params.runtime.workers} processes: read shards, STFT, cache): "
               f"{seconds / t_ours:8.1f}x real time ({t_ours:.2f} s)")
         print(f"  ratio: {t_lib / t_ours:.2f}x")
         print(f"  not in the ratio: the workers' start, once per stage run (a forkserver importing torch): {t_start:.2f} s")

@@ -192,7 +192,7 @@ def bert(params: str = PARAMS,
 def spec(params: str = PARAMS,
          ingest_dir: str = typer.Option(paths.INGEST, "--in", help="The ingest stage's folder."),
          out: str = typer.Option(paths.SPEC, help="Output folder.")) -> None:
-    """Stage `spec`: linear and mel spectrograms with the model's own STFT (cached or on the fly)."""
+    """Stage `spec`: linear spectrograms with the model's own STFT (cached or on the fly)."""
     _run("spec_flow", params_path=params, ingest_dir=ingest_dir, out=out)
 
 

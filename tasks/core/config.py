@@ -269,8 +269,8 @@ class SpecConfig(Strict):
     n_mels: int = Field(128, ge=8)
     fmin: float = Field(0.0, ge=0)
     fmax: Optional[float] = None
-    # true: the spec stage stores linear and mel spectrograms (fp16); false: the data loader
-    # computes them on the fly with the same STFT.
+    # true: the spec stage stores linear spectrograms (fp16); false: the data loader computes
+    # them on the fly with the same STFT. The mel is the trainer's, from the linear one.
     cache: bool = True
     shard_mb: int = Field(256, ge=1, le=4096)
     chunk_size: int = Field(16, ge=1, le=4096)
@@ -285,10 +285,13 @@ class SpecConfig(Strict):
 
 
 class BertStageConfig(Strict):
-    batch_size: int = Field(16, ge=1, le=1024)
-    # Token sequences are padded to a multiple of this; with the fixed batch size it fixes every
-    # batch's shape, so an utterance's features do not depend on its batch mates (16: fastest on CPU).
-    length_bucket: int = Field(16, ge=1, le=512)
+    # A batch's shape follows from its utterances' token count alone (tasks/prep/bert.py
+    # batch_shape), so an utterance's features do not depend on its batch mates: the count rounded
+    # up to `length_bucket`, and `token_budget` // that rows, at most `batch_size`.
+    # Measured at upstream's size on 2 CPU cores: benchmarks/bench_features.py.
+    batch_size: int = Field(32, ge=1, le=1024)
+    length_bucket: int = Field(8, ge=1, le=512)
+    token_budget: int = Field(256, ge=1, le=1 << 20)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available
     shard_mb: int = Field(64, ge=1, le=4096)
     chunk_size: int = Field(64, ge=1, le=4096)

@@ -1,12 +1,14 @@
-"""Stage `spec`: linear and mel spectrograms of every ingested utterance, with the model's own STFT.
+"""Stage `spec`: the linear spectrogram of every ingested utterance, with the model's own STFT.
 
-With `features.spec.cache: true` the stage stores both as fp16 in shards; with `false` it stores
-only each utterance's frame count and the data loader computes the spectrograms on the fly through
-the same `model.mel_processing` functions. Each utterance is transformed on its own (no batch
-padding), so its spectrogram is a function of its audio alone.
+With `features.spec.cache: true` the stage stores it as fp16 in shards; with `false` it stores
+only each utterance's frame count and the data loader computes the spectrogram on the fly through
+the same `model.mel_processing` functions. The mel is not stored: the trainer computes it from the
+linear spectrogram of each batch (`spec_to_mel`), as upstream's train_ms.py does, so storing it
+cost the stage a mel per utterance and 8% more bytes that nothing read. Each utterance is
+transformed on its own (no batch padding), so its spectrogram is a function of its audio alone.
 
-Outs: `spec-*.bin` shards (linear [frames, n_fft/2+1] then mel [frames, n_mels], fp16),
-`index.jsonl` (id, frames, shard location), `meta.json` (the STFT params), `summary.json`.
+Outs: `spec-*.bin` shards (linear [frames, n_fft/2+1] fp16), `index.jsonl` (id, frames, shard
+location), `meta.json` (the STFT params), `summary.json`.
 """
 from __future__ import annotations
 
@@ -52,16 +54,6 @@ def plan_spec(rows: list[dict[str, Any]], params: Params) -> list[SpecItem]:
 
     key = cache_key_with(code=code_hash(__name__), stft=stft_settings(params), torch=version("torch"))
     return [SpecItem(row, key(audio=row["sha256"])) for row in rows]
-
-
-def spectrograms(pcm: np.ndarray, p):
-    """int16 PCM [T] -> (linear [n_fft/2+1, T // hop], log-mel [n_mels, T // hop]), float32 tensors."""
-    import torch
-
-    from model.mel_processing import pcm16_linear_spectrogram, spec_to_mel
-
-    linear = pcm16_linear_spectrogram(torch.from_numpy(pcm), p)
-    return linear[0], spec_to_mel(linear, p)[0]
 
 
 class SpecProcesses:
@@ -173,14 +165,12 @@ def spec_chunk(items: list[SpecItem], ingest_dir: Path, settings: dict[str, Any]
 def _spec_entry(pcm: np.ndarray, p) -> Entry:
     import torch
 
-    linear, mel = spectrograms(pcm, p)
-    (n_freq, frames), n_mels = linear.shape, mel.shape[0]
+    from model.mel_processing import pcm16_linear_spectrogram
+
+    linear = pcm16_linear_spectrogram(torch.from_numpy(pcm), p)[0]
     # Time-major, because torch.stft's output already is: storing [frames, bins] is one fp16
-    # copy per tensor, where [bins, frames] would cost a transpose each.
-    payload = torch.empty((n_freq + n_mels) * frames, dtype=torch.float16)
-    payload[: n_freq * frames].view(frames, n_freq).copy_(linear.T)
-    payload[n_freq * frames:].view(frames, n_mels).copy_(mel.T)
-    return Entry({"frames": frames}, payload.numpy().tobytes())
+    # copy, where [bins, frames] would cost a transpose.
+    return Entry({"frames": linear.shape[1]}, linear.T.to(torch.float16).numpy().tobytes())
 
 
 def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, params: Params) -> dict[str, Any]:
@@ -203,7 +193,7 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
         n_shards = len(shards.names)
     write_jsonl(tmp / "index.jsonl", rows)
     meta = {"stft": p, "cached": cache is not None, "dtype": "float16", "n_freq": n_freq,
-            "layout": "linear [frames, n_freq] then mel [frames, n_mels], row-major (time-major)"}
+            "layout": "linear [frames, n_freq], row-major (time-major)"}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     frames = sum(r["frames"] for r in rows)
     summary = {"utterances": len(rows), "rejects": 0, "frames": frames, "shards": n_shards}
@@ -213,8 +203,7 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
     return summary
 
 
-def read_spectrograms(spec_dir: Path, row: dict[str, Any], meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """One utterance's cached (linear [n_freq, frames], mel [n_mels, frames]) float16 views."""
+def read_linear(spec_dir: Path, row: dict[str, Any], meta: dict[str, Any]) -> np.ndarray:
+    """One utterance's cached linear spectrogram, a [n_freq, frames] float16 view."""
     data = np.frombuffer(read_record(spec_dir, row), dtype=np.float16)
-    n_freq, n_mels, frames = meta["n_freq"], meta["stft"]["n_mels"], row["frames"]
-    return data[: n_freq * frames].reshape(frames, n_freq).T, data[n_freq * frames:].reshape(frames, n_mels).T
+    return data.reshape(row["frames"], meta["n_freq"]).T

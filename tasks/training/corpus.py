@@ -147,13 +147,13 @@ class TextAudioDataset(Dataset):
         pcm = read_pcm(c.ingest_dir, row["pcm"])
         wav = torch.from_numpy(pcm.astype(np.float32) / 32768.0).unsqueeze(0)  # [1, T]
         if self.cached_spec:
-            from tasks.prep.spec import read_spectrograms
+            from tasks.prep.spec import read_linear
 
-            linear = torch.from_numpy(read_spectrograms(c.spec_dir, row["spec"], c.spec_meta)[0].astype(np.float32))
+            linear = torch.from_numpy(read_linear(c.spec_dir, row["spec"], c.spec_meta).astype(np.float32))
         else:
-            from tasks.prep.spec import spectrograms
+            from model.mel_processing import pcm16_linear_spectrogram
 
-            linear = spectrograms(pcm, c.stft)[0]
+            linear = pcm16_linear_spectrogram(torch.from_numpy(pcm), c.stft)[0]
         item = {"id": row["id"], "spec": linear, "wav": wav, "sid": self.speaker_ids[row["speaker"]]}
         if self.use_bert:
             feats = read_features(c.bert_dir, row["bert"])

@@ -9,29 +9,30 @@ import numpy as np
 import pytest
 import torch
 
-from model.mel_processing import STFTParams, mel_spectrogram
+from model.mel_processing import STFTParams, linear_spectrogram, mel_spectrogram, pcm16_linear_spectrogram, spec_to_mel
 from tasks.core.cache import ResultCache
 from tasks.core.config import load_params
-from tasks.prep.spec import SpecProcesses, assemble, plan_spec, read_spectrograms, spec_chunk, spectrograms, stft_params, stft_settings
+from tasks.prep.spec import SpecProcesses, assemble, plan_spec, read_linear, spec_chunk, stft_params, stft_settings
 from tests.tasks.prep.test_ingest import run_ingest, corpus  # noqa: F401  (fixture)
 from tasks.prep.ingest import read_index
 
 P = STFTParams(22050, 1024, 256, 1024, 80)
 
 
-def test_spectrograms_are_the_training_loss_stft():
+def test_the_stages_spectrogram_of_int16_pcm_is_the_training_loss_stft_bit_for_bit():
     pcm = (np.sin(np.arange(22050) * 0.05) * 8000).astype(np.int16)
-    linear, mel = spectrograms(pcm, P)
-    assert linear.shape == (513, 22050 // 256) and mel.shape == (80, 22050 // 256)
+    linear = pcm16_linear_spectrogram(torch.from_numpy(pcm), P)
+    assert linear.shape == (1, 513, 22050 // 256)
     y = torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None]
-    assert torch.equal(mel, mel_spectrogram(y, P)[0])
+    assert torch.equal(linear, linear_spectrogram(y, P))
+    assert torch.equal(spec_to_mel(linear, P), mel_spectrogram(y, P))  # the trainer's mel of it
 
 
 def test_log_mel_agrees_with_librosa_when_framed_the_same_way():
     import librosa
     rng = np.random.default_rng(0)
     pcm = (rng.normal(0, 0.1, 22050) * 32767).astype(np.int16)
-    _, mel = spectrograms(pcm, P)
+    mel = spec_to_mel(pcm16_linear_spectrogram(torch.from_numpy(pcm), P), P)[0]
     y = pcm.astype(np.float32) / 32768.0
     y = np.pad(y, ((1024 - 256) // 2,) * 2, mode="reflect")
     ref = librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=256, win_length=1024,
@@ -56,11 +57,11 @@ def test_cached_spectrograms_read_back_as_computed(ingested, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "spec" / "index.jsonl").read_text().splitlines()]
     assert summary["utterances"] == len(items) == len(rows)
     ingest_row = items[0].row
-    linear, mel = read_spectrograms(tmp_path / "spec", rows[0], meta)
+    linear = read_linear(tmp_path / "spec", rows[0], meta)
     from tasks.core.shards import read_pcm
-    ref_linear, ref_mel = spectrograms(read_pcm(ingest_dir, ingest_row), stft_params(params))
+    ref = pcm16_linear_spectrogram(torch.from_numpy(read_pcm(ingest_dir, ingest_row)), stft_params(params))[0]
     assert rows[0]["frames"] == ingest_row["num_samples"] // params.features.spec.hop_length
-    assert np.array_equal(linear, ref_linear.half().numpy()) and np.array_equal(mel, ref_mel.half().numpy())
+    assert np.array_equal(linear, ref.half().numpy())
 
 
 def test_with_caching_off_only_frame_counts_are_written(ingested, tmp_path):
