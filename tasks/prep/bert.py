@@ -9,7 +9,7 @@ come from the cache starts in a second.
 
 Determinism: a token's features depend on the shape of the batch it ran in (the GEMM kernels
 change with it), so the shape is a function of the utterance's own token count (`batch_shape`):
-its length rounded up to `features.bert.length_bucket`, and as many rows as fit
+its length plus one pad position rounded up to `features.bert.length_bucket`, and as many rows as fit
 `features.bert.token_budget` tokens (at most `batch_size`); short batches are padded with empty
 rows. An utterance's features are then a function of its own text alone, so a resumed or
 incremental run writes the same bytes as a full one; the shape is part of its cache key.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -46,12 +47,27 @@ SLOTS = ("zh", "ja", "en")  # the network's three BERT inputs, as upstream 2.3
 FILL = "zeros"  # what the slots of the other languages hold, in training and inference alike
 
 
+# Device nodes one of which a GPU torch could use needs (NVIDIA, ROCm, WSL2's CUDA): with none of
+# them, "auto" is the CPU without importing torch (1.5-2.5 s of a stage run that has nothing to compute).
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def _gpu_possible() -> bool:
+    if sys.platform == "darwin":
+        return False  # no CUDA build of torch exists for macOS
+    if sys.platform.startswith("linux"):
+        return any(Path(node).exists() for node in _GPU_NODES)
+    return True  # elsewhere: ask torch
+
+
 def pick_device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if not _gpu_possible():
+        return "cpu"
     import torch
 
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -69,14 +85,23 @@ def read_text_rows(text_dir: Path) -> Iterable[dict[str, Any]]:
         yield from read_jsonl(shard)
 
 
+BATCH_POLICY = ("batch_size", "length_bucket", "token_budget")  # the features.bert keys batch_shape reads
 MIN_LENGTH = 8  # the shortest padded length: [CLS] and [SEP] around a few characters
+MAX_POSITIONS = 512  # every BERT upstream uses (and the demo's) has 512 positions
 
 
 def batch_shape(n_tokens: int, stage: BertStageConfig) -> tuple[int, int]:
     """(rows, padded length) of the batch an utterance of `n_tokens` BERT tokens runs in: a function
-    of its own length alone, so its features do not depend on its batch mates (module doc)."""
-    length = max(-(-n_tokens // stage.length_bucket) * stage.length_bucket, MIN_LENGTH)
-    return max(1, min(stage.batch_size, stage.token_budget // length)), length
+    of its own length alone, so its features do not depend on its batch mates (module doc).
+
+    The length leaves at least one pad position: transformers' SDPA attention drops the mask when
+    a batch has no padding at all and runs another kernel, so a full batch of utterances exactly
+    a bucket long would get other bits than the same utterance in a short batch. Capped at
+    MAX_POSITIONS (where the one pad cannot fit, the batch is that one utterance's alone)."""
+    length = max(-(-(n_tokens + 1) // stage.length_bucket) * stage.length_bucket, MIN_LENGTH)
+    length = min(length, max(MAX_POSITIONS, n_tokens))
+    rows = 1 if length <= n_tokens else max(1, min(stage.batch_size, stage.token_budget // length))
+    return rows, length
 
 
 def plan_bert(rows: Iterable[dict[str, Any]], params: Params, root: Path, device: str) -> list[BertItem]:
@@ -132,7 +157,7 @@ _forward = threading.Lock()  # one forward at a time: each already uses every co
 
 def _tokenize(tokenizer, texts: list[str], length: int):
     """Lists, not tensors: a text longer than `length` must not make the batch ragged (or wider)."""
-    return tokenizer(texts, padding="max_length", max_length=length, truncation=False)
+    return tokenizer(texts, padding="max_length", max_length=length, truncation=False, padding_side="right")
 
 
 def encode_batch(items: list[BertItem], bert: BertConfig, stage: BertStageConfig, root: Path,

@@ -5,7 +5,7 @@ import torch
 from tasks.core.config import load_params
 from tasks.core.hf import tokenizer_for
 from tasks.prep.bert import (SLOTS, batch_shape, batches, bert_chunk, chunks, encode_batch, phone_features,
-                              plan_bert, slot_inputs)
+                              pick_device, plan_bert, slot_inputs)
 from tasks.prep.text import text_one
 from pathlib import Path
 
@@ -45,8 +45,8 @@ def test_features_are_the_configured_layer_expanded_to_phones(params, rows):
     assert np.abs(feats.astype(np.float32) - ref).max() < 1e-2  # fp16 storage, other batch shape
 
 
-SAME_SHAPE = ["Hello, world.", "Good night, moon.", "See you soon, Sam.", "Thanks a lot, Bob.",
-              "Come in, please.", "Well done, team."]  # 5-7 BERT tokens each: one shape
+SAME_SHAPE = ["Hello, world.", "Good night, moon.", "See you, Sam.", "Thanks a lot.",
+              "Come in, please.", "Well done, team."]  # 6-7 BERT tokens each: one shape
 
 
 def _stage(params, **bert):
@@ -93,6 +93,35 @@ def test_an_utterance_gets_the_same_bytes_and_batch_shape_whatever_it_is_batched
     assert set(encoder_shapes) == {(4, 8)} and len(encoder_shapes) == 3
 
 
+EXACTLY_8 = ["Good night, dear moon.", "Come right in, please.", "Well done, my team.",
+             "Good night, moon now."]  # 8 BERT tokens each: a multiple of the bucket
+
+
+def test_a_full_batch_of_bucket_length_utterances_is_padded_and_gives_the_bytes_of_one_alone(params):
+    """transformers' SDPA attention drops the mask when a batch has no padding at all, a different
+    kernel from the masked one (on this CPU the same bits; not on every device); so every row keeps
+    at least one pad position and a full batch of utterances exactly a bucket long takes the
+    masked path as a short batch does."""
+    from tasks.core.hf import encoder_for
+
+    p = _stage(params, length_bucket=8, token_budget=32, batch_size=32)
+    rows = _en_rows(p, EXACTLY_8)
+    items = plan_bert(rows, p, REPO, "cpu")
+    assert {i.n_tokens for i in items} == {8}
+    n_rows, length = batch_shape(8, p.features.bert)
+    assert len(items) >= n_rows
+    model, _ = encoder_for(REPO, p.languages["en"].bert, "cpu")
+    masks, forward = [], model.forward
+    model.forward = lambda *a, **kw: masks.append(kw["attention_mask"].clone()) or forward(*a, **kw)
+    try:
+        full = dict(bert_chunk(items[:n_rows], p, REPO, "cpu"))
+        alone = {i.key: dict(bert_chunk([i], p, REPO, "cpu"))[i.key] for i in items[:n_rows]}
+    finally:
+        del model.forward
+    assert all(bool((m == 0).any(dim=1).all()) for m in masks) and len(masks) == n_rows + 1
+    assert all(alone[i.key].data == full[i.key].data for i in items[:n_rows])
+
+
 def test_a_row_the_tokenizer_disagrees_with_does_not_change_its_mates_batch_shape(params, encoder_shapes):
     p = _stage(params, length_bucket=8, token_budget=32, batch_size=32)
     rows = _en_rows(p, SAME_SHAPE[:2])
@@ -108,8 +137,11 @@ def test_a_row_the_tokenizer_disagrees_with_does_not_change_its_mates_batch_shap
 
 def test_batch_shapes_follow_the_token_count_alone(params):
     stage = params.features.bert.model_copy(update={"length_bucket": 8, "token_budget": 256, "batch_size": 16})
-    assert [batch_shape(n, stage) for n in (1, 8, 9, 16, 17, 40, 300)] == \
-        [(16, 8), (16, 8), (16, 16), (16, 16), (10, 24), (6, 40), (1, 304)]
+    assert [batch_shape(n, stage) for n in (1, 7, 8, 9, 16, 17, 40, 300, 510, 511, 512, 600)] == \
+        [(16, 8), (16, 8), (16, 16), (16, 16), (10, 24), (10, 24), (5, 48), (1, 304), (1, 512), (1, 512),
+         (1, 512), (1, 600)]  # always one pad position, until the 512 positions leave none
+    odd = stage.model_copy(update={"length_bucket": 10})
+    assert [batch_shape(n, odd) for n in (9, 10, 505, 510)] == [(16, 10), (12, 20), (1, 510), (1, 512)]
 
 
 def test_runs_are_cut_into_whole_batches_so_only_the_last_of_each_shape_is_short(params):
@@ -250,3 +282,19 @@ def test_bert_stage_with_upstreams_tokenizers_gets_one_feature_per_phone_for_eve
     assert len(metas) == len(items) and not [m for m in metas if "reject" in m]
     assert sorted(m["n_phones"] for m in metas) == sorted(len(r["phones"]) for r in rows)
     assert {m["dim"] for m in metas} == {32}
+
+
+def test_auto_device_on_a_machine_without_gpu_device_nodes_is_the_cpu_without_importing_torch():
+    """A bert stage run with nothing to compute must not pay torch's import to learn the device."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tasks.prep.bert import _gpu_possible, pick_device; d = pick_device('auto'); "
+            "print(d, _gpu_possible(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    device, possible, imported = out.stdout.split()
+    if possible == "False":
+        assert (device, imported) == ("cpu", "False")
+    else:  # a machine with GPU device nodes asks torch
+        assert imported == "True" and device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu") == "cpu" and pick_device("cuda") == "cuda"
