@@ -155,7 +155,8 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
                      frontends: Mapping[str, Any], audio: Mapping[str, Any], model_hparams: Mapping[str, Any],
                      speakers: Mapping[str, int], lineage: Mapping[str, Any],
                      formats: Iterable[str] = DEFAULT_FORMATS, *, opset: int = 17,
-                     example: Optional[dict] = None) -> dict[str, Any]:
+                     example: Optional[dict] = None, bert_batch: Optional[Mapping[str, Any]] = None
+                     ) -> dict[str, Any]:
     """Write the inference bundle of `generator` to out_dir (see the module docstring) and return
     the config written.
 
@@ -166,7 +167,9 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
     generator's own constructor arguments are what load_inference rebuilds from);
     speakers: name -> speaker id; lineage: where the weights came from (run, step, data...).
     formats: any of "safetensors", "onnx", "torchscript". example: named inputs to trace with
-    (default: random ones from model.export.example_inputs).
+    (default: random ones from model.export.example_inputs). bert_batch: the batch shape policy the
+    features were computed with (params features.bert: batch_size, length_bucket, token_budget),
+    recorded so that synthesis from the export computes them the same way.
     The tables are checked against the generator; a mismatch raises ExportError.
     """
     formats = tuple(dict.fromkeys(formats))
@@ -203,7 +206,7 @@ def export_inference(generator: nn.Module, out_dir: PathLike, symbols: SymbolTab
         "model": {"variant": net.variant, "generator": _jsonable(net.hparams), "params": _jsonable(model_hparams)},
         "symbols": symbols.to_json(),
         "languages": {code: _language_entry(code, languages.get(code), symbols) for code in symbols.language_ids},
-        "bert": _bert_section(net),
+        "bert": {**_bert_section(net), **({"batch": _jsonable(dict(bert_batch))} if bert_batch else {})},
         "frontends": _jsonable(frontends),
         "audio": _jsonable(audio),
         "speakers": {str(k): int(v) for k, v in speakers.items()},

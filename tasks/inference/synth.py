@@ -13,7 +13,8 @@ What a model reference can be, and where each piece comes from:
   (normaliser, G2P backend and options, BERT model/layer/slot), BERT dims and fill, audio
   parameters, speaker map, generator hyperparameters; weights from model.safetensors. Inference
   only: it has no posterior encoder, so no voice conversion. `params_path`, when given, only
-  supplies the BERT batch shape (features.bert) and a language config the export lacks.
+  supplies a language config the export lacks, and the BERT batch shape (features.bert) to an
+  export that does not record it (`bert.batch`, written since 2026-12-07).
 - a checkpoint bundle (`file://…/runs/<id>/step_N`, `s3://…/runs/<id>/step_N`, a local path to
   such a folder, or the run folder `…/runs/<id>` for its latest bundle, or the train stage's
   `train/run.json`): the generator's weights, symbol table, speaker list, model section,
@@ -24,8 +25,8 @@ What a model reference can be, and where each piece comes from:
 
 Synthesis takes the training data's path for every step, reusing its code: `tasks.prep.text.text_one`
 (normalise, G2P, the word2ph/phone checks), `tasks.prep.bert.encode_batch` (tokenizer, encoder cut at
-the configured layer, a full fixed-shape batch padded to the length bucket, word2ph expansion,
-fp16 rounding), `tasks.prep.bert.slot_inputs` (the language's slot gets the features, the others
+the configured layer, the batch shape `batch_shape` gives the utterance's token count, filled with
+empty rows as in the stage, word2ph expansion, fp16 rounding), `tasks.prep.bert.slot_inputs` (the language's slot gets the features, the others
 zeros), `SymbolTable.to_ids` and `tasks.training.corpus.add_blanks`/`blank_features` (add_blank as in
 training), then `SynthesizerTrn.infer`.
 """
@@ -44,7 +45,7 @@ import torch
 
 from model.mel_processing import STFTParams, linear_spectrogram
 from model.models import VARIANTS, SynthesizerTrn
-from tasks.prep.bert import SLOTS, BertItem, encode_batch, slot_inputs
+from tasks.prep.bert import BATCH_POLICY, SLOTS, BertItem, encode_batch, slot_inputs
 from tasks.core.config import (SYNTHESIS_DEFAULTS, BertStageConfig, LanguageConfig, ModelConfig, Params,
                                find_repo_root, load_params)
 from tasks.frontends import backend_info
@@ -286,8 +287,17 @@ def _load_export(folder: Path, ref: str, params_path: Optional[PathLike], device
                  {slot: config["bert"]["dims"].get(slot) for slot in SLOTS}, bool(model_params.get("add_blank", True)),
                  int(audio["sample_rate"]), int(audio["hop_length"]), stft, "export", ref,
                  find_repo_root(Path(params_path)) if params_path is not None else Path.cwd(),
-                 params.features.bert if params is not None else BertStageConfig(), device,
+                 _export_bert_batch(config, params), device,
                  {"variant": config["variant"], "lineage": config.get("lineage")})
+
+
+def _export_bert_batch(config: Mapping[str, Any], params: Optional[Params]) -> BertStageConfig:
+    """The batch shape policy the export records; params' (or the defaults) for an older export."""
+    base = params.features.bert if params is not None else BertStageConfig()
+    recorded = config["bert"].get("batch")
+    if not recorded:
+        return base
+    return base.model_copy(update={k: int(recorded[k]) for k in BATCH_POLICY})
 
 
 def _checkpoint_location(ref: str) -> Optional[tuple[str, str, Optional[int]]]:

@@ -89,6 +89,7 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
     from tasks.inference.export import (CONFIG_NAME, FILES, UPSTREAM_DIR, ExportError, export_inference,
                                         export_upstream, upstream_problems)
     from tasks.inference.synth import SynthError, load_voice
+    from tasks.prep.bert import BATCH_POLICY
 
     params_path = Path(params_path)
     params = load_params(params_path)
@@ -114,7 +115,8 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
         raise ExportError("cannot export in upstream Bert-VITS2 2.3 format: " + "; ".join(problems))
     if bundle_formats:
         export_inference(voice.generator, out, voice.symbols, voice.languages, frontends, audio, info["model"],
-                         voice.speakers, lineage, formats=bundle_formats)
+                         voice.speakers, lineage, formats=bundle_formats,
+                         bert_batch={k: getattr(voice.bert_stage, k) for k in BATCH_POLICY})
     else:  # only the upstream format: no bundle files of an earlier export stay behind
         for name in [*FILES.values(), CONFIG_NAME]:
             (out / name).unlink(missing_ok=True)

@@ -98,6 +98,19 @@ def test_a_checkpoint_bundle_exports_the_bundle_and_says_why_upstream_cannot_run
     assert {p.name for p in (tmp_path / "auto").iterdir()} >= set(FILES.values())
 
 
+def test_an_export_records_the_bert_batch_policy_it_was_made_with_and_synthesis_from_it_uses_it(models, tmp_path):
+    params = json.loads(Path(models["params"]).read_text(encoding="utf-8"))
+    params["features"]["bert"].update(batch_size=4, length_bucket=16, token_budget=64)
+    other = tmp_path / "params.json"
+    other.write_text(json.dumps(params), encoding="utf-8")
+    export_model(models["bundle"], tmp_path / "out", other, ["safetensors"])
+    config = json.loads((tmp_path / "out" / "config.json").read_text(encoding="utf-8"))
+    assert config["bert"]["batch"] == {"batch_size": 4, "length_bucket": 16, "token_budget": 64}
+    voice = load_voice(tmp_path / "out")  # no params: the export's own policy, not the defaults
+    assert (voice.bert_stage.batch_size, voice.bert_stage.length_bucket, voice.bert_stage.token_budget) == (4, 16, 64)
+    assert load_voice(tmp_path / "out", models["params"]).bert_stage.length_bucket == 16  # params do not override it
+
+
 def test_asking_for_the_upstream_format_of_a_model_upstream_cannot_run_is_refused_with_every_reason(models, tmp_path):
     with pytest.raises(ExportError, match=r"upstream Bert-VITS2 2\.3 format: .*symbol table was extended.*"
                                           r"BERT width 384"):
