@@ -193,7 +193,7 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
         n_shards = len(shards.names)
     write_jsonl(tmp / "index.jsonl", rows)
     meta = {"stft": p, "cached": cache is not None, "dtype": "float16", "n_freq": n_freq,
-            "layout": "linear [frames, n_freq], row-major (time-major)"}
+            "layout": LAYOUT}
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
     frames = sum(r["frames"] for r in rows)
     summary = {"utterances": len(rows), "rejects": 0, "frames": frames, "shards": n_shards}
@@ -201,6 +201,9 @@ def assemble(items: list[SpecItem], cache: ResultCache | None, out_dir: Path, pa
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return summary
+
+
+LAYOUT = "linear [frames, n_freq], row-major (time-major)"  # meta.json's "layout" of what read_linear reads
 
 
 def read_linear(spec_dir: Path, row: dict[str, Any], meta: dict[str, Any]) -> np.ndarray:

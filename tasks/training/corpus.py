@@ -83,10 +83,15 @@ class Corpus:
                            "(its rejects.jsonl says why) and are left out: %s",
                            len(ingest_rows) - len(rows), len(ingest_rows), missing)
         symbols = SymbolTable.from_json(json.loads((text_dir / "symbols.json").read_text(encoding="utf-8")))
+        spec_meta = json.loads((spec_dir / "meta.json").read_text(encoding="utf-8"))
+        from tasks.prep.spec import LAYOUT
+
+        if spec_meta.get("cached") and spec_meta.get("layout") != LAYOUT:
+            raise ValueError(f"{spec_dir}/meta.json: layout {spec_meta.get('layout')!r} was written by another "
+                             f"vitsflow version; this one reads {LAYOUT!r}: re-run the spec stage (dvc repro spec)")
         return cls(ingest_dir, text_dir, bert_dir, spec_dir, rows, symbols,
                    sorted({r["speaker"] for r in ingest_rows}),
-                   json.loads((bert_dir / "meta.json").read_text(encoding="utf-8")),
-                   json.loads((spec_dir / "meta.json").read_text(encoding="utf-8")), missing)
+                   json.loads((bert_dir / "meta.json").read_text(encoding="utf-8")), spec_meta, missing)
 
     @property
     def frontends(self) -> dict[str, str]:

@@ -141,3 +141,15 @@ def test_sampler_resumes_at_the_batch_it_stopped_at():
 def test_missing_stage_outputs_name_the_stage(tmp_path, train_corpus):
     with pytest.raises(FileNotFoundError, match="run the bert stage"):
         Corpus.open(train_corpus / "data/ingest", train_corpus / "data/text", tmp_path, train_corpus / "data/spec")
+
+
+def test_a_spec_folder_in_another_layout_is_refused_with_the_way_out(tmp_path, train_corpus):
+    import shutil
+
+    spec = tmp_path / "spec"
+    shutil.copytree(train_corpus / "data/spec", spec)
+    meta = json.loads((spec / "meta.json").read_text(encoding="utf-8"))
+    meta["layout"] = "linear [frames, n_freq] then mel [frames, n_mels], row-major (time-major)"  # before 2026-12-07
+    (spec / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"spec/meta.json: layout .*then mel.* re-run the spec stage"):
+        Corpus.open(train_corpus / "data/ingest", train_corpus / "data/text", train_corpus / "data/bert", spec)
