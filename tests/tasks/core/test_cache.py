@@ -67,6 +67,39 @@ def test_a_truncated_payload_file_is_a_clear_error_naming_the_file(tmp_path):
         cache.get("big")
 
 
+def test_a_batch_of_large_payloads_is_one_pack_file_and_each_reads_back_alone(tmp_path):
+    cache = ResultCache(tmp_path / "c.sqlite")
+    payloads = {f"k{i}": os.urandom(FILE_BYTES + i) for i in range(5)}
+    cache.put_many([(k, Entry({"i": k}, v)) for k, v in payloads.items()] + [("small", Entry({}, b"s"))])
+    [pack] = [p for p in (tmp_path / "c.blobs").rglob("*") if p.is_file()]
+    assert pack.read_bytes() == b"".join(payloads.values()) and not list(tmp_path.rglob("*.tmp"))
+    again = ResultCache(tmp_path / "c.sqlite")
+    assert all(again.get(k) == Entry({"i": k}, v) for k, v in payloads.items())
+    assert dict(again.iter_entries(["k3", "small", "k0"])) == {
+        "k3": Entry({"i": "k3"}, payloads["k3"]), "small": Entry({}, b"s"), "k0": Entry({"i": "k0"}, payloads["k0"])}
+    pack.write_bytes(pack.read_bytes()[:3 * FILE_BYTES])  # k0-k2 whole, k3 cut, k4 gone
+    assert again.get("k1").data == payloads["k1"]
+    with pytest.raises(CacheError, match=f"{pack}.*k3.*truncated.*at {3 * FILE_BYTES + 3}"):
+        again.get("k3")
+
+
+def test_a_cache_with_one_file_a_payload_reads_as_it_did_and_takes_packs_beside(tmp_path):
+    """The layout before packs: file_size set, the payload alone in the file named by the key's hash."""
+    import hashlib
+
+    path, blob = tmp_path / "c.sqlite", os.urandom(FILE_BYTES)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE results (key TEXT PRIMARY KEY, meta TEXT NOT NULL, data BLOB NOT NULL, "
+                     "file_size INTEGER)")
+        conn.execute("INSERT INTO results VALUES ('old', '{}', x'', ?)", (len(blob),))
+    name = hashlib.sha256(b"old").hexdigest()
+    (tmp_path / "c.blobs" / name[:2]).mkdir(parents=True)
+    (tmp_path / "c.blobs" / name[:2] / name).write_bytes(blob)
+    cache = ResultCache(path)
+    cache.put_many([("new", Entry({}, b"n" * FILE_BYTES))])
+    assert cache.get("old").data == blob and cache.get("new").data == b"n" * FILE_BYTES
+
+
 def test_a_cache_from_before_payload_files_is_upgraded_in_place(tmp_path):
     path = tmp_path / "c.sqlite"
     with sqlite3.connect(path) as conn:
