@@ -216,7 +216,9 @@ def test_adding_an_utterance_computes_only_it_and_a_removed_one_leaves_every_out
     gone = "aishell/" + lines[0].split("|")[0].removesuffix(".wav")
     lines = lines[1:] + [f"wavs/{utt}.wav|{speaker}|ZH|{text}"]
     (corpus / "aishell" / "filelist.list").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out = run(["dvc", "repro"], project, env)  # the corpus lives outside DVC: its source stage notices
+    # the corpus lives outside DVC: its source stage notices. Up to the data stages this test is
+    # about: train, evaluate and export after them were 182 s of its 228 (without them: 45 s)
+    out = run(["dvc", "repro", "bert", "spec"], project, env)
     assert "Running stage 'source@5'" in out and "Running stage 'source@0'" not in out
     assert computed(out, "ingest") == 1
     for stage in ["text", "bert", "spec"]:
@@ -240,7 +242,7 @@ def test_hop_length_recomputes_spectrograms_but_not_bert_and_the_bert_layer_bert
     assert "Running stage 'bert'" not in out and computed(out, "text") == 0
     edit_params(project, lambda p: p["languages"]["ja"]["bert"].update(layer=-2))
     assert "text" in changed_stages(project, env)  # text writes the BERT settings bert reads
-    out = run(["dvc", "repro"], project, env)
+    out = run(["dvc", "repro", "bert", "spec"], project, env)  # the data stages: training is not what this proves
     assert "Running stage 'spec'" in out and "Running stage 'text'" in out
     assert computed(out, "spec") == json.loads((project / "data/spec/summary.json").read_text())["utterances"]
     n_ja = json.loads((project / "data/bert/summary.json").read_text())["by_language"]["ja"]
