@@ -32,7 +32,13 @@ length (module doc of tasks/prep/bert.py). The old shape, 16 rows at a 16-token 
 2.14 token slots per real token on 96 sentences; rows by a 256-token budget at an 8-token bucket
 fill 1.82 (budget 128: 1.38, but M = 128 runs at 2/3 of M = 256's rate; 512: 2.48). At 480
 sentences a language the short last batch of each shape matters less and the 8-token bucket
-pads a sentence by 4 tokens on average instead of 8.
+pads a sentence by 4 tokens on average instead of 8. With the pad position every row now keeps
+(tasks/prep/bert.py batch_shape: SDPA drops the mask of a batch without padding), the slots per
+real token are 1.83 on 96 sentences and 1.22 on 960 (raw sentences through the tokenizers).
+
+Measured (2026-12-07, 2 threads): 480 + 480 sentences upstream 778 s, ours 275 s (2.83x);
+48 + 48 upstream 68.6 s, ours 26.2 s (2.62x; the day before, without the pad position, 1.74x:
+1.53 against 2.65 utt/s; the 48 case is a minute a side, and this VM's speed varies by the day).
 
 P2 (spec): times real time of the spec stage's work (read the ingest shards, the model's torch
 STFT per utterance in `runtime.workers` processes, commit to the stage cache) against what
@@ -44,13 +50,22 @@ P2 profile, microseconds per utterance of the demo corpus (2.5 s at 22.05 kHz, n
 256), one process, one thread, 2026-12-07:
 
     vitsflow before  read pcm 45, STFT 1021, mel 510, fp16 + bytes 118, cache commit 615: 2310
+    vitsflow after   read pcm 56, STFT 1110, fp16 + bytes 96, cache commit 182: 1444
     upstream         read wav 526, STFT 1338, torch.save 1001: 2865
 
-The mel went: nothing read it (the trainer takes its mel from the linear spectrogram of each
-batch, as upstream's train_ms.py does), so the stage now stores the linear one only, and with it
-the mel's fp16 copy (0.95x before, 1.87x after, each against upstream in the same run). A batched STFT over a chunk's
-utterances was not tried: the STFT left is a 1024-point FFT per frame, which batching does not
-shorten, and the per-call overhead it would save is a few percent of 1 ms.
+Two things went. The mel: nothing read it (the trainer takes its mel from the linear spectrogram
+of each batch, as upstream's train_ms.py does), so the stage stores the linear one only, and with
+it the mel's fp16 copy. And one file per utterance: most of the commit was creating each
+payload's file (open() under /tmp on this VM: 350-590 us, against 100 us for writing its 220 KB;
+under /work, the same ext4: 25-100 us), so the cache now writes one pack file per committed
+batch (tasks/core/cache.py); upstream's torch.save still creates one per utterance. Ratios, each
+against upstream in the same run: 0.95x before both; 1.29x-1.87x in four runs with the mel gone
+(one side's half-second runs vary by 15% and more from round to round, so the rounds now
+alternate the sides, 7 of them); with packs 1.76x and 2.63x in two runs (best of 7; round by
+round 1.63x-2.44x and 1.78x-3.38x, medians 1.76x and 2.02x).
+A batched STFT over a chunk's utterances was not tried: the STFT left is a 1024-point FFT per
+frame, which batching does not shorten, and the per-call overhead it would save is a few percent
+of 1 ms.
 
     .venv/bin/python benchmarks/bench_features.py [--copies 4] [--upstream-size 48]
 """
@@ -61,6 +76,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -167,11 +183,16 @@ def upstream_size_rows(work: Path, n: int):
             if f.name != "config.json":
                 shutil.copy(f, folder / f.name)
         langs[code] = langs[code].model_copy(update={"bert": langs[code].bert.model_copy(update={"model": str(folder)})})
-        lang = langs[code]
-        for i, sentence in enumerate(real_sentences(code, n)):
+        lang, kept = langs[code], 0
+        for i, sentence in enumerate(real_sentences(code, 2 * n)):  # spares: a frontend reject is replaced
             meta = text_one(sentence, code, lang, tokenizer_for(REPO, lang.bert)).meta
             if "reject" not in meta:
                 rows.append({"id": f"{code}{i}", "language": code, **meta})
+                kept += 1
+                if kept == n:
+                    break
+        if kept < n:
+            raise SystemExit(f"{code}: only {kept} of {n} sentences pass the frontend")
     return params.model_copy(update={"languages": langs}), rows
 
 
@@ -272,9 +293,10 @@ def main() -> None:
             (work / "pt_up").mkdir()
             t_up = upstream_style_bert(up_rows, up_params, work / "pt_up")
             t_ours = our_bert(up_rows, up_params, work / "bert_up.sqlite")
-            m = len(up_rows)
+            m, per = len(up_rows), Counter(r["language"] for r in up_rows)
             print(f"P1 bert at upstream's size (random-init chinese-roberta-wwm-ext-large and "
-                  f"deberta-v2-large-japanese-char-wwm, 24 x 1024, real tokenizers; {m} zh+ja sentences)")
+                  f"deberta-v2-large-japanese-char-wwm, 24 x 1024, real tokenizers; "
+                  f"{per['zh']} zh + {per['ja']} ja sentences)")
             print(f"  upstream-style, one sentence at a time, torch.save each: {m / t_up:8.2f} utt/s ({t_up:.2f} s)")
             print(f"  vitsflow stage ({shape_policy(up_params)}, cache commit):      "
                   f"{m / t_ours:8.2f} utt/s ({t_ours:.2f} s)")
@@ -286,32 +308,38 @@ def main() -> None:
         wavs = [work / "wavs" / f"{k}.wav" for k in range(len(rows))]
         for wav, row in zip(wavs, rows):
             sf.write(wav, read_pcm(work / "ingest", row), p.sample_rate, subtype="PCM_16")
-        # Best of three for each side (the same work each time: store_chunk computes and commits
-        # every chunk it is given): this 2-core VM's timings vary by +-15% from run to run.
+        # Rounds alternate the two sides (the same work each time: store_chunk computes and commits
+        # every chunk it is given) and each side's best counts: on this 2-core VM one side's run
+        # of half a second varies by +-15% and more from round to round, as other tenants come and go.
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         from tasks.prep.spec import SpecItem, SpecProcesses
 
         context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(params.runtime.workers, context, _one_thread) as pool:
+        rounds, t_libs, t_ourss = 7, [], []
+        with ProcessPoolExecutor(params.runtime.workers, context, _one_thread) as pool, \
+                SpecProcesses(params.runtime.workers, work / "spec.sqlite") as workers:
             list(pool.map(_upstream_spec_file, [str(w) for w in wavs[:params.runtime.workers]],
                           [p] * params.runtime.workers))  # every worker started and warm, not timed
-            t_lib = min(upstream_spec_files(wavs, pool, p) for _ in range(3))
-
-        with SpecProcesses(params.runtime.workers, work / "spec.sqlite") as workers:
             start = time.perf_counter()  # one utterance per worker, at once: every worker starts
-            with ThreadPoolExecutor(params.runtime.workers) as pool:
-                list(pool.map(lambda r: workers.store_chunk([SpecItem(r, r["id"])], work / "ingest",
-                                                            stft_settings(params)), rows[:params.runtime.workers]))
+            with ThreadPoolExecutor(params.runtime.workers) as threads:
+                list(threads.map(lambda r: workers.store_chunk([SpecItem(r, r["id"])], work / "ingest",
+                                                               stft_settings(params)), rows[:params.runtime.workers]))
             t_start = time.perf_counter() - start
-            t_ours = min(our_spec(rows, work / "ingest", workers, stft_settings(params), params) for _ in range(3))
-        print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio, {os.cpu_count()} cores, best of 3)")
+            for _ in range(rounds):
+                t_libs.append(upstream_spec_files(wavs, pool, p))
+                t_ourss.append(our_spec(rows, work / "ingest", workers, stft_settings(params), params))
+        t_lib, t_ours = min(t_libs), min(t_ourss)
+        per_round = sorted(a / b for a, b in zip(t_libs, t_ourss))
+        print(f"P2 spec ({len(rows)} utterances, {seconds / 60:.1f} min of audio, {os.cpu_count()} cores, "
+              f"best of {rounds} alternating rounds)")
         print(f"  upstream-style ({params.runtime.workers} processes: read wav, spectrogram_torch, torch.save): "
               f"{seconds / t_lib:8.1f}x real time ({t_lib:.2f} s)")
         print(f"  vitsflow stage ({params.runtime.workers} processes: read shards, STFT, cache): "
               f"{seconds / t_ours:8.1f}x real time ({t_ours:.2f} s)")
-        print(f"  ratio: {t_lib / t_ours:.2f}x")
+        print(f"  ratio: {t_lib / t_ours:.2f}x (round by round: {per_round[0]:.2f}x to {per_round[-1]:.2f}x, "
+              f"median {per_round[len(per_round) // 2]:.2f}x)")
         print(f"  not in the ratio: the workers' start, once per stage run (a forkserver importing torch): {t_start:.2f} s")
 
 
