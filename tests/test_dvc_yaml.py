@@ -26,6 +26,9 @@ def test_stage_outs_and_commands_use_the_folders_of_tasks_core_paths():
     assert f"--run {paths.RUN_RECORD} --out {paths.EVAL}" in stages["evaluate"]["cmd"]
     assert _outs(stages["export"]) == {paths.EXPORT} and stages["export"]["cmd"].endswith(f"--out {paths.EXPORT}")
     assert {paths.RUN_RECORD, paths.EVAL + "/metrics.json"} <= set(stages["export"]["deps"])
+    from tasks.prep.bert import BATCH_POLICY  # the export records it, so a change re-runs the export
+
+    assert {f"features.bert.{k}" for k in BATCH_POLICY} <= set(stages["export"]["params"])
     for name in ("train", "evaluate"):
         assert set(paths.DATA_DIRS.values()) <= set(stages[name]["deps"])
     assert stages["source"]["do"]["outs"] == [paths.SOURCES + "/${item.name}.json"]

@@ -26,6 +26,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -167,7 +168,9 @@ class ResultCache:
             else:
                 rows.append((key, meta, entry.data, None, None, None))
         if packed:  # the pack first, outside the write lock
-            name = hashlib.sha256("\n".join(k for k, _, _ in packed).encode()).hexdigest() + ".pack"
+            # A fresh name each write: two writers of the same keys (a retried task, two stage
+            # processes) must not replace the pack the other's committed rows point into.
+            name = uuid.uuid4().hex + ".pack"
             self._write_pack(name, [data for _, _, data in packed])
             offset = 0
             for key, meta, data in packed:
@@ -192,7 +195,7 @@ class ResultCache:
 
     def _write_pack(self, name: str, payloads: list[bytes]) -> None:
         # No fsync, like the database (synchronous=NORMAL): a SIGKILL keeps what the OS has; a
-        # power cut may truncate a file, and _read's size check turns that into a clear error.
+        # power cut may truncate a file, and _payload's size check turns that into a clear error.
         path = self._pack(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")

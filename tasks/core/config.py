@@ -287,8 +287,8 @@ class SpecConfig(Strict):
 class BertStageConfig(Strict):
     # A batch's shape follows from its utterances' token count alone (tasks/prep/bert.py
     # batch_shape), so an utterance's features do not depend on its batch mates: the count plus
-    # one pad position rounded up to `length_bucket`, and `token_budget` // that rows, at most
-    # `batch_size`.
+    # one pad position rounded up to `length_bucket` (at most 512), and `token_budget` // that
+    # rows, at most `batch_size`.
     # Measured at upstream's size on 2 CPU cores: benchmarks/bench_features.py.
     batch_size: int = Field(32, ge=1, le=1024)
     length_bucket: int = Field(8, ge=1, le=512)

@@ -10,8 +10,9 @@
     config.json        everything a runtime needs besides the weights: symbol table, language ids
                        and tone offsets, the BERT slots, their width and the fill rule, frontend
                        versions, audio parameters, the model hyperparameters and variant, the
-                       speaker map, lineage, the ONNX/TorchScript input and output names, and the
-                       size and sha256 of every file
+                       speaker map, lineage, the BERT batch shape policy its features were
+                       computed with (bert.batch), the ONNX/TorchScript input and output names,
+                       and the size and sha256 of every file
 
 Every file is written to a temporary name and renamed into place; config.json comes last, so a
 config always describes files that are complete (and its hashes catch a half-replaced bundle).

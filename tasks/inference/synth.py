@@ -297,7 +297,15 @@ def _export_bert_batch(config: Mapping[str, Any], params: Optional[Params]) -> B
     recorded = config["bert"].get("batch")
     if not recorded:
         return base
-    return base.model_copy(update={k: int(recorded[k]) for k in BATCH_POLICY})
+    from pydantic import ValidationError
+
+    try:
+        return BertStageConfig.model_validate({**base.model_dump(), **{k: recorded[k] for k in BATCH_POLICY}})
+    except ValidationError as e:
+        detail = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+    except (KeyError, TypeError) as e:
+        detail = f"{e!r} missing"
+    raise SynthError(f"config.json bert.batch: not a batch policy ({detail})")
 
 
 def _checkpoint_location(ref: str) -> Optional[tuple[str, str, Optional[int]]]:

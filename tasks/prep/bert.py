@@ -9,7 +9,8 @@ come from the cache starts in a second.
 
 Determinism: a token's features depend on the shape of the batch it ran in (the GEMM kernels
 change with it), so the shape is a function of the utterance's own token count (`batch_shape`):
-its length plus one pad position rounded up to `features.bert.length_bucket`, and as many rows as fit
+its length plus one pad position rounded up to `features.bert.length_bucket` (capped at the
+512 positions of the models), and as many rows as fit
 `features.bert.token_budget` tokens (at most `batch_size`); short batches are padded with empty
 rows. An utterance's features are then a function of its own text alone, so a resumed or
 incremental run writes the same bytes as a full one; the shape is part of its cache key.
@@ -49,7 +50,9 @@ FILL = "zeros"  # what the slots of the other languages hold, in training and in
 
 # Device nodes one of which a GPU torch could use needs (NVIDIA, ROCm, WSL2's CUDA): with none of
 # them, "auto" is the CPU without importing torch (1.5-2.5 s of a stage run that has nothing to compute).
-_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+# NVIDIA's driver, Jetson's (nvhost, nvmap), AMD's ROCm (kfd), WSL's (dxg)
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/nvhost-ctrl", "/dev/nvmap",
+              "/dev/kfd", "/dev/dxg")
 
 
 def _gpu_possible() -> bool:
@@ -96,10 +99,15 @@ def batch_shape(n_tokens: int, stage: BertStageConfig) -> tuple[int, int]:
 
     The length leaves at least one pad position: transformers' SDPA attention drops the mask when
     a batch has no padding at all and runs another kernel, so a full batch of utterances exactly
-    a bucket long would get other bits than the same utterance in a short batch. Capped at
-    MAX_POSITIONS (where the one pad cannot fit, the batch is that one utterance's alone)."""
-    length = max(-(-(n_tokens + 1) // stage.length_bucket) * stage.length_bucket, MIN_LENGTH)
-    length = min(length, max(MAX_POSITIONS, n_tokens))
+    a bucket long would get other bits than the same utterance in a short batch. Below
+    MAX_POSITIONS tokens the length is capped there, so an odd bucket cannot reject a 510-token
+    utterance; from MAX_POSITIONS on it is the bucket's rounding of the tokens alone and the batch
+    is that one utterance's (no pad fits), so 512 tokens run and 513 are longer than any model
+    here takes (RoBERTa's 514 positions start at 2) and encode_batch rejects them."""
+    bucket = stage.length_bucket
+    if n_tokens >= MAX_POSITIONS:
+        return 1, -(-n_tokens // bucket) * bucket
+    length = min(max(-(-(n_tokens + 1) // bucket) * bucket, MIN_LENGTH), MAX_POSITIONS)
     rows = 1 if length <= n_tokens else max(1, min(stage.batch_size, stage.token_budget // length))
     return rows, length
 

@@ -77,10 +77,25 @@ def test_a_batch_of_large_payloads_is_one_pack_file_and_each_reads_back_alone(tm
     assert all(again.get(k) == Entry({"i": k}, v) for k, v in payloads.items())
     assert dict(again.iter_entries(["k3", "small", "k0"])) == {
         "k3": Entry({"i": "k3"}, payloads["k3"]), "small": Entry({}, b"s"), "k0": Entry({"i": "k0"}, payloads["k0"])}
-    pack.write_bytes(pack.read_bytes()[:3 * FILE_BYTES])  # k0-k2 whole, k3 cut, k4 gone
+    assert [(k, size) for k, _, size in again.iter_sizes(["k4", "k0"])] == [("k4", FILE_BYTES + 4), ("k0", FILE_BYTES)]
+    pack.write_bytes(pack.read_bytes()[:3 * FILE_BYTES])  # k0, k1 whole (2F + 1 bytes), k2 3 bytes short, k3, k4 gone
     assert again.get("k1").data == payloads["k1"]
+    with pytest.raises(CacheError, match=f"{pack}.*k2.*truncated.*at {2 * FILE_BYTES + 1}"):
+        again.get("k2")
     with pytest.raises(CacheError, match=f"{pack}.*k3.*truncated.*at {3 * FILE_BYTES + 3}"):
         again.get("k3")
+
+
+def test_putting_the_same_keys_twice_keeps_the_first_pack_until_its_rows_are_replaced(tmp_path):
+    """Two writers of one batch (a retried task): each writes its own pack, so the rows the first
+    committed never point into a file the second is replacing."""
+    cache = ResultCache(tmp_path / "c.sqlite")
+    first, second = os.urandom(FILE_BYTES), os.urandom(FILE_BYTES)
+    cache.put_many([("k", Entry({}, first))])
+    cache.put_many([("k", Entry({}, second))])
+    packs = [p for p in (tmp_path / "c.blobs").rglob("*.pack")]
+    assert len(packs) == 2 and sorted(p.read_bytes() for p in packs) == sorted([first, second])
+    assert cache.get("k").data == second
 
 
 def test_a_cache_with_one_file_a_payload_reads_as_it_did_and_takes_packs_beside(tmp_path):

@@ -109,6 +109,10 @@ def test_an_export_records_the_bert_batch_policy_it_was_made_with_and_synthesis_
     voice = load_voice(tmp_path / "out")  # no params: the export's own policy, not the defaults
     assert (voice.bert_stage.batch_size, voice.bert_stage.length_bucket, voice.bert_stage.token_budget) == (4, 16, 64)
     assert load_voice(tmp_path / "out", models["params"]).bert_stage.length_bucket == 16  # params do not override it
+    config["bert"]["batch"]["token_budget"] = 0  # a hand-edited export: refused, naming the key
+    (tmp_path / "out" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(SynthError, match=r"config\.json bert\.batch.*token_budget"):
+        load_voice(tmp_path / "out")
 
 
 def test_asking_for_the_upstream_format_of_a_model_upstream_cannot_run_is_refused_with_every_reason(models, tmp_path):
