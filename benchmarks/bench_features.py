@@ -85,10 +85,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 THREADS = os.cpu_count() or 1  # torch intra-op threads for both sides of P1
+UPSTREAM_BERTS = {"zh": "chinese-roberta-wwm-ext-large", "ja": "deberta-v2-large-japanese-char-wwm"}
 
 
 def demo_rows(work: Path, copies: int):
@@ -116,8 +116,9 @@ def demo_rows(work: Path, copies: int):
     return params, [r for k in range(copies) for r in uniq(rows, k)], [r for k in range(copies) for r in uniq(text_rows, k)]
 
 
-def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
-    """bert_gen.py's loop; each row's language's model (loaded before the clock starts)."""
+def upstream_style_bert(text_rows, params, out_dir: Path, device: str = "cpu") -> float:
+    """bert_gen.py's loop; each row's language's model (loaded, and on `device`, before the clock
+    starts)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     from tasks.core.config import resolve_model_path
 
@@ -127,13 +128,13 @@ def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
         # float32 as upstream's transformers 4 loaded it (transformers 5 would follow a config's
         # torch_dtype: float16 for the Japanese model, 4-5x slower on this CPU)
         models[code] = (AutoTokenizer.from_pretrained(path),
-                        AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32).eval())
+                        AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32).eval().to(device))
     torch.set_num_threads(THREADS)
     start = time.perf_counter()
     for i, row in enumerate(text_rows):
         tokenizer, model = models[row["language"]]
         with torch.no_grad():
-            inputs = tokenizer(row["norm_text"], return_tensors="pt")
+            inputs = tokenizer(row["norm_text"], return_tensors="pt").to(device)
             res = model(**inputs, output_hidden_states=True)
             res = torch.cat(res["hidden_states"][-3:-2], -1)[0].cpu()
         phone_level = [res[j].repeat(row["word2ph"][j], 1) for j in range(len(row["word2ph"]))]
@@ -141,7 +142,7 @@ def upstream_style_bert(text_rows, params, out_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def our_bert(text_rows, params, cache_path: Path) -> float:
+def our_bert(text_rows, params, cache_path: Path, device: str = "cpu") -> float:
     """The bert stage's chunks, each committed to the stage cache as the flow does."""
     from tasks.core.cache import ResultCache
     from tasks.core.hf import encoder_for, tokenizer_for
@@ -149,39 +150,51 @@ def our_bert(text_rows, params, cache_path: Path) -> float:
 
     for code in {r["language"] for r in text_rows}:  # loading is once per process, outside the loop
         bert = params.languages[code].bert
-        tokenizer_for(REPO, bert), encoder_for(REPO, bert, "cpu")
+        tokenizer_for(REPO, bert), encoder_for(REPO, bert, device)
     torch.set_num_threads(THREADS)
     cache = ResultCache(cache_path)
-    items = plan_bert(text_rows, params, REPO, "cpu")
+    items = plan_bert(text_rows, params, REPO, device)
     start = time.perf_counter()
     for chunk in chunks(items, params.features.bert):  # as the flow cuts them: whole batches
-        cache.put_many(bert_chunk(chunk, params, REPO, "cpu"))
+        cache.put_many(bert_chunk(chunk, params, REPO, device))
+    if device == "cuda":  # bert_chunk's .cpu() already waits; the clock stops when all is done
+        torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def random_upstream_bert(work: Path, name: str, layers: int = 0) -> Path:
+    """A random-init model of upstream's BERT `name` (its config from tests/data, all its layers
+    or `layers`), saved with the masked-LM head as upstream's folders hold it, beside the real
+    tokenizer's files."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    src = REPO / "tests" / "data" / "upstream_bv2_23" / "tokenizers" / name
+    config = AutoConfig.from_pretrained(str(src))
+    if layers:
+        config.num_hidden_layers = layers
+    torch.manual_seed(0)
+    folder = work / name
+    AutoModelForMaskedLM.from_config(config).save_pretrained(folder)
+    for f in src.iterdir():
+        if f.name != "config.json":
+            shutil.copy(f, folder / f.name)
+    return folder
 
 
 def upstream_size_rows(work: Path, n: int):
     """Params whose zh and ja BERTs are random-init models of upstream's architectures (saved with
     the masked-LM head, as upstream's folders hold them) beside upstream's real tokenizers, and
     text rows of `n` gold sentences each through our frontends."""
-    import json
-    import shutil
-
-    from transformers import AutoConfig, AutoModelForMaskedLM
-
     from tasks.core.config import load_params
     from tasks.core.hf import tokenizer_for
     from tasks.prep.text import text_one
 
-    gold = REPO / "tests" / "data" / "upstream_bv2_23"
     params = load_params(REPO / "params.yaml")
     langs, rows = dict(params.languages), []
-    for code, name in [("zh", "chinese-roberta-wwm-ext-large"), ("ja", "deberta-v2-large-japanese-char-wwm")]:
-        folder = work / name
-        torch.manual_seed(0)
-        AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(str(gold / "tokenizers" / name))).save_pretrained(folder)
-        for f in (gold / "tokenizers" / name).iterdir():
-            if f.name != "config.json":
-                shutil.copy(f, folder / f.name)
+    for code, name in UPSTREAM_BERTS.items():
+        folder = random_upstream_bert(work, name)
         langs[code] = langs[code].model_copy(update={"bert": langs[code].bert.model_copy(update={"model": str(folder)})})
         lang, kept = langs[code], 0
         for i, sentence in enumerate(real_sentences(code, 2 * n)):  # spares: a frontend reject is replaced
@@ -273,6 +286,8 @@ def main() -> None:
     ap.add_argument("--upstream-size", type=int, default=0, metavar="N",
                     help="also P1 with random-init models of upstream's BERT architectures on N zh + N ja sentences")
     args = ap.parse_args()
+    import soundfile as sf
+
     from tasks.core.shards import read_pcm
     from tasks.prep.spec import stft_params, stft_settings
 
