@@ -16,6 +16,10 @@ and appended to --out. `bash benchmarks/gpu_check.sh` sets up and runs it on a b
   24 x 1024 architectures with the real tokenizers, on upstream's own gold frontend output
   (tests/data/upstream_bv2_23: 97 zh + 102 ja sentences, norm_text and word2ph), so no frontend
   runs here. Goal 5x.
+- waveglow: benchmarks/bench_waveglow.py on CUDA in fp16 (NVIDIA's inference.py --is_fp16; its
+  fp16_run training with a GradScaler), NVIDIA's 256-channel config, 10 s of audio: inference
+  and training-step speed-up over NVIDIA's glow.py loops (issue 26's 1.3x and 1.0x), each
+  side's real-time factor.
 - p8, resume, torchrun: these need a preprocessed corpus: --corpus DIR (a folder with params.yaml
   and data/, as the stages write it), else the tests' tiny corpus is built (tests/train_corpus.py;
   it needs espeak-ng and the G2P packages); without either they print `skipped` and why.
@@ -233,6 +237,32 @@ def check_bert(fig: Figures, device, smoke: bool, work: Path) -> None:
     fig("p1_bert_ratio", t_up / t_ours, "x")
 
 
+def check_waveglow(fig: Figures, device, smoke: bool) -> None:
+    import re
+
+    args = ["--device", "cpu", "--seconds", "0.1", "--channels", "32", "--repeats", "1", "--segment", "4096"] \
+        if smoke else ["--device", "cuda", "--half", "--seconds", "10", "--repeats", "5"]
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_waveglow.py"), *args], env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    print(out.stdout, file=sys.stderr)
+    if out.returncode != 0:
+        fig("waveglow", "failed", f"rc_{out.returncode}")
+        print(out.stderr[-3000:], file=sys.stderr)
+        return
+    part = "infer"
+    for line in out.stdout.splitlines():
+        if line.startswith("training step"):
+            part = "train"
+        m = re.match(r"\s+(.+?)\s{2,}([\d.]+) ms\s+(?:RTF ([\d.]+)|[\d.]+ steps/s)\s+speed-up vs NVIDIA ([\d.]+)x", line)
+        if m:
+            side = re.sub(r"\W+", "_", m.group(1)).strip("_")
+            fig(f"waveglow_{part}_{side}", float(m.group(2)), "ms")
+            if m.group(3):
+                fig(f"waveglow_{part}_{side}_rtf", float(m.group(3)))
+            if side != "nvidia":
+                fig(f"waveglow_{part}_{side}_ratio", float(m.group(4)), "x")
+
+
 # ----------------------------------------------------------------------------- with a corpus
 
 
@@ -370,7 +400,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="the same code on the CPU at the tiny config")
     ap.add_argument("--missing", action="store_true", help="print the requirements this Python lacks, and exit")
     ap.add_argument("--requirements", action="store_true", help="print every requirement, and exit")
-    ap.add_argument("--only", nargs="*", default=None, help="of p6 p1 corpus (default: all)")
+    ap.add_argument("--only", nargs="*", default=None, help="of p6 p1 waveglow corpus (default: all)")
     args = ap.parse_args()
     if args.missing or args.requirements:
         print(" ".join(requirements(only_missing=args.missing)))
@@ -387,7 +417,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
         fig("gpu", torch.cuda.get_device_name().replace(" ", "_"))
     fig("torch", torch.__version__)
-    only = set(args.only or ("p6", "p1", "corpus"))
+    only = set(args.only or ("p6", "p1", "waveglow", "corpus"))
     step_rate = None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -397,6 +427,8 @@ def main() -> None:
             fig("p6_seconds", time.perf_counter() - started, "s")
         if "p1" in only:
             check_bert(fig, device, args.smoke, work)
+        if "waveglow" in only:
+            check_waveglow(fig, device, args.smoke)
         if "corpus" in only:
             corpus = find_corpus(args.corpus, work, fig)
             if corpus is not None:

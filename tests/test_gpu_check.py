@@ -24,7 +24,8 @@ def test_the_gpu_check_script_prints_every_figure_and_a_cpu_resume_is_exact_plum
         figures[name] = value
     assert out.stdout.split() == (tmp_path / "gpu_check.txt").read_text(encoding="utf-8").split()
     for name in ("p6_step_vitsflow", "p6_step_upstream_style", "p6_step_ratio", "p1_bert_vitsflow",
-                 "p1_bert_upstream_style", "p1_bert_ratio", "p8_loader", "p8_loader_over_step"):
+                 "p1_bert_upstream_style", "p1_bert_ratio", "p8_loader", "p8_loader_over_step",
+                 "waveglow_infer_ours_eager_ratio", "waveglow_infer_nvidia_rtf", "waveglow_train_ours_ratio"):
         assert float(figures[name]) > 0, name
     # the trainer SIGKILLed after a checkpoint and run again ends where the uninterrupted run ends
     assert int(figures["resume_killed_at_step"]) < int(figures["resume_final_step"]) == 6
