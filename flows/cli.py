@@ -239,6 +239,22 @@ def waveglow(params: str = PARAMS,
     typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
 
 
+@app.command()
+def asr(params: str = PARAMS,
+        out: str = typer.Option(paths.ASR_RECORD, help="The content encoder's run record to write.")) -> None:
+    """Stage `asr`: HiFi-VC's Conformer content encoder, CTC-trained on the text stage's phones (params `asr`); a rerun resumes."""
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
+    from tasks.prep.content import ClipTooShort
+    from tasks.training.asr import AsrError
+
+    try:
+        record = _run("asr_flow", params_path=params, out=out)
+    except (ConfigError, CheckpointError, AsrError, ClipTooShort, RuntimeError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
+
+
 @app.command("train-node")
 def train_node(params: Optional[str] = typer.Option(None, help="Train on this checkout's params (default: the flow "
                                                      "run's data version, or params.yaml)."),

@@ -254,3 +254,64 @@ def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGE
     log.info("waveglow: run %s at step %d, val_loss %s; features of %d clips (%d computed), %.1f s", run_id,
              manifest["step"], manifest["metrics"].get("val_loss"), len(items), computed, time.perf_counter() - started)
     return record
+
+
+@task(name="asr-chunk", **RETRIES)
+def asr_chunk_task(chunk, ingest_dir, settings):
+    from tasks.prep import content
+
+    return content.content_chunk(chunk, ingest_dir, settings)
+
+
+@flow(name="asr")
+def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, out: str = paths.ASR_RECORD) -> dict:
+    """The content encoder's features (16 kHz log-mels, cached by content), then its CTC training
+    on the text stage's phones (in-process, or torchrun for asr.nproc > 1), then the run record
+    `out`; with asr.enabled false only a record saying so."""
+    from tasks.core.checkpoints import CheckpointStore
+    from tasks.core.storage import atomic_write_bytes, storage_from_config
+
+    started = time.perf_counter()
+    log = get_run_logger()
+    path = Path(params_path).resolve()
+    params = load_params(path)
+    root = find_repo_root(path)
+    a = params.asr
+    if not a.enabled:
+        record = {"enabled": False, "reason": "params asr.enabled is false"}
+        atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        log.info("asr: off (params asr.enabled is false)")
+        return record
+    from tasks.prep import content, vocoder
+    from tasks.training import asr
+    from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
+
+    ingest_path = resolve_local(root, ingest_dir)
+    items = content.plan_content(ingest.read_index(ingest_path), params.audio.sample_rate)
+    cache = stage_cache(params, root, content.CACHE_NAME)
+    with vocoder.one_torch_thread():
+        computed = fill_cache(asr_chunk_task, items, cache, params.features.spec.chunk_size,
+                              params.runtime.in_flight_chunks, "asr features", ingest_dir=ingest_path,
+                              settings=content.content_settings(params.audio.sample_rate))
+    run_id = asr.run_id_for(params, root, asr.clips(root, params, asr.symbol_table(root)))
+    launch = torchrun_args(a.nproc)
+    if is_distributed(launch):
+        launch_torchrun(path, launch, root, log, module="tasks.training.asr")
+    else:
+        import logging
+
+        logging.getLogger("vitsflow.asr").setLevel(logging.INFO)
+        asr.train(params, root)
+    manifest = CheckpointStore(storage_from_config(params.storage, root), run_id).latest()
+    if manifest is None:
+        raise RuntimeError(f"asr run {run_id}: training finished without a checkpoint")
+    import os
+
+    uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
+    record = {"enabled": True, "run_id": run_id,
+              "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
+              "metrics": manifest["metrics"], "lineage": manifest["lineage"], "clips": len(items)}
+    atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    log.info("asr: run %s at step %d, val PER %s; features of %d clips (%d computed), %.1f s", run_id,
+             manifest["step"], manifest["metrics"].get("per"), len(items), computed, time.perf_counter() - started)
+    return record

@@ -46,6 +46,8 @@ def _stage_modules() -> dict[str, tuple[list[str], list[str]]]:
             "bert": (["tasks.prep.bert"], data_flow), "spec": (["tasks.prep.spec"], data_flow),
             "stats": (["tasks.prep.stats"], ["flows/stages.py"]), "train": (["tasks.training.train"], ["flows/train.py"]),
             "waveglow": (["tasks.prep.vocoder", "tasks.training.waveglow", "tasks.training.launch"], data_flow),
+            "asr": (["tasks.prep.content", "tasks.prep.vocoder", "tasks.training.asr", "tasks.training.launch"],
+                    data_flow),
             "evaluate": (["tasks.evaluation.evaluate", "tasks.evaluation.copy_synthesis", *frontends],
                          ["flows/evaluate.py"]),
             "export": (["tasks.orchestration.export", *frontends], ["flows/export.py"])}

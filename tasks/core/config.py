@@ -670,6 +670,47 @@ class AppConfig(Strict):
     exports: list[str] = Field(default_factory=lambda: ["export", "exports"])
 
 
+class AsrModelConfig(Strict):
+    """The Conformer content encoder (model/hifivc.py ContentEncoder): HiFi-VC's ASR bottleneck."""
+    d_model: int = Field(144, ge=8)
+    n_heads: int = Field(4, ge=1)
+    n_layers: int = Field(4, ge=1)
+    ff_mult: int = Field(4, ge=1)
+    conv_kernel: int = Field(15, ge=1)  # odd: a centred depthwise convolution
+    p_dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "AsrModelConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel {self.conv_kernel} must be odd (a centred convolution)")
+        return self
+
+
+class AsrConfig(Strict):
+    """Stage `asr` (tasks/training/asr.py): a Conformer with a CTC head trained on the corpus's
+    phones (the text stage's symbols) from 16 kHz log-mels: HiFi-VC's content encoder, and an
+    in-domain phone recogniser. Off by default (the demo trains the voice only)."""
+    enabled: bool = False
+    model: AsrModelConfig = AsrModelConfig()
+    learning_rate: float = Field(5e-4, gt=0)  # AdamW
+    batch_size: int = Field(8, ge=1)  # per process
+    grad_clip: float = Field(5.0, gt=0)
+    seed: int = 1234
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA
+    max_steps: int = Field(1000, ge=0)
+    epochs: int = Field(100000, ge=1)
+    log_interval: int = Field(50, ge=1)
+    eval_interval: int = Field(250, ge=1)
+    save_interval: int = Field(250, ge=1)
+    keep_best: int = Field(2, ge=1)
+    val_max_utterances: int = Field(16, ge=1)
+    nproc: int = Field(1, ge=1)  # > 1: torchrun --nproc_per_node nproc (DDP)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_id: Optional[str] = None  # null: derived from these params and the data (same params, same run)
+
+
 class Params(Strict):
     demo: DemoConfig = DemoConfig()
     datasets: list[DatasetConfig]
@@ -689,6 +730,7 @@ class Params(Strict):
     export: ExportConfig = ExportConfig()
     app: AppConfig = AppConfig()
     vocoder: VocoderConfig = VocoderConfig()
+    asr: AsrConfig = AsrConfig()
 
     @field_validator("languages")
     @classmethod

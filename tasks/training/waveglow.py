@@ -34,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from tasks.core.config import Params, VocoderConfig, resolve_local
 from tasks.core.storage import open_storage, storage_from_config
 from tasks.prep.ingest import read_index
 from tasks.prep.vocoder import CACHE_NAME, plan_vocoder, read_features
+from tasks.training.order import Order
 
 logger = logging.getLogger("vitsflow.waveglow")
 
@@ -125,40 +126,6 @@ class Segments:
         items = [self.item(i, np.random.default_rng([seed, epoch, i]) if epoch is not None else None)
                  for i in indices]
         return torch.stack([m for m, _ in items]), torch.stack([a for _, a in items])
-
-
-@dataclass
-class Order:
-    """Which clips each step takes: a seeded permutation per epoch, this rank's share of it, in
-    batches (the last incomplete one dropped, as NVIDIA's DataLoader). Resumable by (epoch, position)."""
-    n: int
-    batch_size: int
-    seed: int
-    rank: int = 0
-    world: int = 1
-    epoch: int = 0
-    position: int = 0  # batches of this epoch already taken
-
-    def batches(self) -> list[list[int]]:
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        mine = perm[self.rank::self.world][: self.n // self.world]  # every rank the same count
-        return [mine[i:i + self.batch_size] for i in range(0, len(mine) - self.batch_size + 1, self.batch_size)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches()[self.position:]:
-            yield batch
-
-    def advance(self) -> None:
-        self.position += 1
-
-    def next_epoch(self) -> None:
-        self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
 # ----------------------------------------------------------------------------- model and init

@@ -1,0 +1,58 @@
+"""`vitsflow asr` (the DVC stage as a Prefect flow on a real server) on the tiny corpus with a tiny
+random-init Conformer: the features are cached by content, the record names the checkpoint and its
+phone error rate, a rerun resumes instead of starting over, and the stage off writes only a record."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.tasks.training.test_asr_training import make_project
+
+pytestmark = pytest.mark.slow  # the stage as a process
+
+
+def vitsflow(project: Path, prefect_server: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PREFECT_API_URL=prefect_server, OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(Path(sys.executable).with_name("vitsflow")), *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def test_the_asr_stage_caches_features_trains_records_its_per_and_a_rerun_resumes(train_corpus, tmp_path,
+                                                                                   prefect_server):
+    project = make_project(train_corpus, tmp_path, fill=False)
+    first = vitsflow(project, prefect_server, "asr")
+    record = json.loads((project / "train/asr.json").read_text())
+    run_id = record["run_id"]
+    assert record["enabled"] is True and run_id.startswith("asr-") and record["checkpoint"]["step"] == 4
+    assert record["checkpoint"]["uri"].endswith(f"/runs/{run_id}/step_00000004/")
+    assert 0 <= record["metrics"]["per"] and record["clips"] >= 8
+    assert "computed)" in first.stdout + first.stderr and (project / ".cache/vitsflow/asr.sqlite").is_file()
+    again = vitsflow(project, prefect_server, "asr")
+    assert json.loads((project / "train/asr.json").read_text()) == record  # resumed at its last step: nothing to do
+    assert "(0 computed)" in again.stdout + again.stderr
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["asr"]["max_steps"] = 6  # a larger budget continues the same run
+    (project / "params.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    more = vitsflow(project, prefect_server, "asr")
+    longer = json.loads((project / "train/asr.json").read_text())
+    assert longer["run_id"] == run_id and longer["checkpoint"]["step"] == 6
+    assert f"resumed run {run_id} at step 4" in more.stdout + more.stderr
+
+
+def test_the_asr_stage_off_writes_only_a_record_saying_so(train_corpus, tmp_path, prefect_server):
+    project = make_project(train_corpus, tmp_path, fill=False)
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["asr"] = {"enabled": False}
+    (project / "params.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    vitsflow(project, prefect_server, "asr")
+    assert json.loads((project / "train/asr.json").read_text()) == {"enabled": False,
+                                                                    "reason": "params asr.enabled is false"}
+    assert not (project / "storage").exists()
