@@ -9,7 +9,8 @@ and appended to --out. `bash benchmarks/gpu_check.sh` sets up and runs it on a b
   per step: G forward and the mels inside the bf16 autocast, DUR's step inside it, then D's, then
   G's; its GradScaler, enabled whenever bf16 is; clip_grad_norm_ at 200 / 500 under bf16; its
   clip_grad_value_(None), which reads each parameter's gradient norm with .item(); no compile,
-  one process). Rounds alternate the sides; each side's best round counts. Goal 1.3x; upstream's
+  one process: upstream's DDP wrapper of a one-GPU run is not in it, and neither side has the
+  WavLM discriminator, which needs a WavLM model). Rounds alternate the sides; each side's best round counts. Goal 1.3x; upstream's
   public anchor ~1.5 it/s at batch 16 on an RTX 4090.
 - p1: the bert stage on CUDA (tasks.prep.bert: batches by batch_shape, cache commit) against
   bert_gen.py's loop on CUDA (benchmarks/bench_features.py), random-init models of upstream's
@@ -68,11 +69,21 @@ def requirements(only_missing: bool) -> list[str]:
         name, _, version = line.partition("==")
         if version:
             pins[name.strip().lower().replace("_", "-")] = f"{name.strip()}=={version.split(';')[0].strip()}"
+    from importlib.metadata import PackageNotFoundError, version
+
     out = []
     for dist in REQUIREMENTS:
         module = IMPORTS.get(dist, dist.lower().replace("-", "_"))
+        pin = pins.get(dist.lower().replace("_", "-"), dist)  # the lock's spelling
         if not only_missing or importlib.util.find_spec(module) is None:
-            out.append(pins.get(dist.lower().replace("_", "-"), dist))  # the lock's spelling
+            out.append(pin)
+            continue
+        try:  # present at another version: the machine's stack is kept (it matches its torch); say so
+            have = version(dist)
+        except PackageNotFoundError:
+            continue
+        if "==" in pin and have != pin.split("==")[1]:
+            print(f"gpu_check: keeping the machine's {dist} {have} (requirements.lock: {pin})", file=sys.stderr)
     return out
 
 
@@ -194,8 +205,8 @@ def check_step(fig: Figures, device, smoke: bool) -> float:
     fig("p6_step_vitsflow", ours, "steps/s")
     fig("p6_step_upstream_style", theirs, "steps/s")
     fig("p6_step_ratio", ours / theirs, "x")
-    if device.type == "cuda":
-        fig("p6_peak_memory", torch.cuda.max_memory_allocated(device) / 2**30, "GiB")
+    if device.type == "cuda":  # both sides' nets and optimizers were on the GPU together
+        fig("p6_peak_memory_both_sides", torch.cuda.max_memory_allocated(device) / 2**30, "GiB")
     del setups
     return ours
 

@@ -11,6 +11,10 @@
 # Python lacks, at requirements.lock's pins: from the package registry, or with WHEELS=DIR from a
 # folder of wheels (`--wheels DIR 3.12` fills one on a machine that reaches the registry).
 set -euo pipefail
+# paths the caller gave, from the caller's folder (the script then works in the repository root)
+[ -n "${WHEELS:-}" ] && WHEELS=$(realpath "$WHEELS")
+[ -n "${OUT:-}" ] && OUT=$(realpath "$OUT")
+[ "${1:-}" = "--wheels" ] && [ -n "${2:-}" ] && set -- "$1" "$(realpath -m "$2")" "${@:3}"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
@@ -24,13 +28,17 @@ fi
 
 VENV=${VENV:-.venv-gpu}
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PY" -m venv --system-site-packages "$VENV"
+  "$PY" -c "import torch" 2>/dev/null || { echo "gpu_check: $PY cannot import torch (PYTHON names one that can)" >&2; exit 2; }
+  # (Debian's python3 without python3-venv has no ensurepip: the venv then uses the system's pip)
+  "$PY" -m venv --system-site-packages "$VENV" 2>/dev/null || "$PY" -m venv --system-site-packages --without-pip "$VENV"
 fi
 missing=$("$VENV/bin/python" benchmarks/gpu_check.py --missing)
 if [ -n "$missing" ]; then
   echo "gpu_check: installing $missing" >&2
+  # no retries: an offline machine without WHEELS fails at once instead of spending its GPU minutes
   # shellcheck disable=SC2086  # one word per requirement
-  "$VENV/bin/python" -m pip install --quiet --no-deps ${WHEELS:+--no-index --find-links "$WHEELS"} $missing
+  "$VENV/bin/python" -m pip install --quiet --no-deps --retries 0 --timeout 10 \
+    ${WHEELS:+--no-index --find-links "$WHEELS"} $missing
 fi
 out=${OUT:+$OUT/}gpu_check.txt
 rm -f "$out"

@@ -293,7 +293,8 @@ def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, o
         computed = fill_cache(asr_chunk_task, items, cache, params.features.spec.chunk_size,
                               params.runtime.in_flight_chunks, "asr features", ingest_dir=ingest_path,
                               settings=content.content_settings(params.audio.sample_rate))
-    run_id = asr.run_id_for(params, root, asr.clips(root, params, asr.symbol_table(root)))
+    split = asr.clips(root, params, asr.symbol_table(root))  # the clips with phones: what it trains on
+    run_id = asr.run_id_for(params, split)
     launch = torchrun_args(a.nproc)
     if is_distributed(launch):
         launch_torchrun(path, launch, root, log, module="tasks.training.asr")
@@ -310,7 +311,8 @@ def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, o
     uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
     record = {"enabled": True, "run_id": run_id,
               "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
-              "metrics": manifest["metrics"], "lineage": manifest["lineage"], "clips": len(items)}
+              "metrics": manifest["metrics"], "lineage": manifest["lineage"],
+              "clips": {name: len(rows) for name, rows in split.items()}}
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     log.info("asr: run %s at step %d, val PER %s; features of %d clips (%d computed), %.1f s", run_id,
              manifest["step"], manifest["metrics"].get("per"), len(items), computed, time.perf_counter() - started)

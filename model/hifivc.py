@@ -47,11 +47,6 @@ SPEAKER_MEL = dict(sample_rate=24000, n_fft=1024, hop_length=256, win_length=102
 CONTENT_MEL = dict(sample_rate=CONTENT_RATE, n_fft=512, hop_length=CONTENT_HOP, win_length=400, n_mels=80,
                    fmin=0.0, fmax=8000.0)
 
-# HiFi-GAN V1's width at 24 kHz and 20 ms content frames (8 * 5 * 4 * 3 = 480 samples a frame).
-HIFIVC_CONFIG = dict(d_model=256, n_heads=4, n_layers=8, ff_mult=4, conv_kernel=15, n_symbols=0, f0_channels=64,
-                     speaker_dim=128, upsample_initial_channel=512, upsample_rates=[8, 5, 4, 3],
-                     upsample_kernel_sizes=[16, 11, 8, 7], resblock="1", resblock_kernel_sizes=[3, 7, 11],
-                     resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])
 
 
 # ----------------------------------------------------------------------------- features
@@ -93,6 +88,9 @@ def yin_lf0(y: torch.Tensor, sample_rate: int = CONTENT_RATE, hop_length: int = 
     pad = (frame_length - hop_length) // 2
     x = F.pad(y.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
     frames = x.unfold(-1, frame_length, hop_length)  # [B, F, L]
+    # the gate reads the raw window: after the frame's mean is taken out, a silent window before
+    # an onset holds a constant offset loud enough to pass, and a constant has d(tau) = 0 everywhere
+    rms_db = 10 * torch.log10(frames[..., :width].square().mean(-1) + 1e-12)
     frames = frames - frames.mean(-1, keepdim=True)
     n_fft = 1
     while n_fft < frame_length + width:  # no wrap-around in the correlation
@@ -121,8 +119,8 @@ def yin_lf0(y: torch.Tensor, sample_rate: int = CONTENT_RATE, hop_length: int = 
     denom = left - 2 * mid + right
     shift = torch.where(denom.abs() > 1e-12, 0.5 * (left - right) / denom, torch.zeros_like(denom))
     period = t.to(y.dtype) + shift.clamp(-1.0, 1.0)
-    rms_db = 10 * torch.log10(frames[..., :width].square().mean(-1) + 1e-12)
-    voiced = below.any(-1) & (rms_db > silence_db)
+    flat = cum[..., -1] <= 1e-6 * energy[..., 0]  # no variation in the window: no period to find
+    voiced = below.any(-1) & (rms_db > silence_db) & ~flat
     return torch.where(voiced, torch.log(period.reciprocal() * sample_rate), torch.zeros_like(period))
 
 
@@ -357,7 +355,8 @@ class Generator(nn.Module):
 
 
 class HiFiVC(nn.Module):
-    """Any-to-any conversion: the source's content and F0, the reference's voice (module doc)."""
+    """Any-to-any conversion: the source's content and F0, the reference's voice (module doc). The
+    defaults: HiFi-GAN V1's width at 24 kHz and 20 ms content frames (8 * 5 * 4 * 3 = 480 samples)."""
 
     def __init__(self, d_model: int = 256, n_heads: int = 4, n_layers: int = 8, ff_mult: int = 4, conv_kernel: int = 15,
                  n_symbols: int = 0, f0_channels: int = 64, speaker_dim: int = 128, upsample_initial_channel: int = 512,

@@ -710,6 +710,13 @@ class AsrConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     run_id: Optional[str] = None  # null: derived from these params and the data (same params, same run)
 
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.'")
+        return v
+
 
 class Params(Strict):
     demo: DemoConfig = DemoConfig()

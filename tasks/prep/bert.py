@@ -101,12 +101,12 @@ def batch_shape(n_tokens: int, stage: BertStageConfig) -> tuple[int, int]:
     a batch has no padding at all and runs another kernel, so a full batch of utterances exactly
     a bucket long would get other bits than the same utterance in a short batch. Below
     MAX_POSITIONS tokens the length is capped there, so an odd bucket cannot reject a 510-token
-    utterance; from MAX_POSITIONS on it is the bucket's rounding of the tokens alone and the batch
-    is that one utterance's (no pad fits), so 512 tokens run and 513 are longer than any model
-    here takes (RoBERTa's 514 positions start at 2) and encode_batch rejects them."""
+    utterance; from MAX_POSITIONS on the batch is that one utterance at its own length (no pad
+    fits), whatever the bucket: 512 tokens run, and encode_batch rejects more (RoBERTa's 514
+    positions start at 2, so 512 is what every model here takes)."""
     bucket = stage.length_bucket
     if n_tokens >= MAX_POSITIONS:
-        return 1, -(-n_tokens // bucket) * bucket
+        return 1, n_tokens
     length = min(max(-(-(n_tokens + 1) // bucket) * bucket, MIN_LENGTH), MAX_POSITIONS)
     rows = 1 if length <= n_tokens else max(1, min(stage.batch_size, stage.token_budget // length))
     return rows, length
@@ -175,7 +175,7 @@ def encode_batch(items: list[BertItem], bert: BertConfig, stage: BertStageConfig
 
     tokenizer, (model, index) = tokenizer_for(root, bert), encoder_for(root, bert, device)
     (rows, length), = {batch_shape(i.n_tokens, stage) for i in items}
-    limit = getattr(model.config, "max_position_embeddings", 512)
+    limit = min(getattr(model.config, "max_position_embeddings", MAX_POSITIONS), MAX_POSITIONS)
     if length > limit:
         return [(i.key, Entry({"reject": f"{i.n_tokens} BERT tokens exceed the model's {limit}"}, b""))
                 for i in items]

@@ -14,7 +14,8 @@ targets, tones too). A step: a batch of whole clips (padded, masked by length), 
 AdamW, gradients clipped to asr.grad_clip. bf16 autocast on CUDA when asr.precision says so.
 
 The order of clips (tasks/training/order.py), dropout's RNG and the optimizer are in every
-checkpoint, so a resumed run continues with exactly the losses an uninterrupted one has. The run
+checkpoint, so a resumed run continues with exactly the losses an uninterrupted one has (on the
+CPU, as tested; CUDA's CTC backward is not bit-deterministic). The run
 id hashes the asr params (minus how-only knobs), the clips' audio and split and their phones.
 Validation: the CTC loss on the first `val_max_utterances` val clips and their phone error rate
 (greedy decoding: the best class per frame, repeats merged, blanks dropped; Levenshtein distance
@@ -37,7 +38,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model.hifivc import ContentEncoder
+from model.hifivc import CONTENT_RATE, ContentEncoder
 from tasks.core import paths
 from tasks.core.cache import ResultCache
 from tasks.core.checkpoints import CheckpointStore, lineage, rng_state, set_rng_state
@@ -45,14 +46,14 @@ from tasks.core.config import AsrConfig, Params, resolve_local
 from tasks.core.shards import read_jsonl
 from tasks.core.storage import storage_from_config
 from tasks.frontends.symbols import PAD, SymbolTable
-from tasks.prep.content import CACHE_NAME, plan_content, read_mel
+from tasks.prep.content import CACHE_NAME, content_settings, plan_content, read_mel
 from tasks.prep.ingest import read_index
 from tasks.training.order import Order
 
 logger = logging.getLogger("vitsflow.asr")
 
 NET = "ContentEncoder"  # the bundle's network name
-BLANK = 0  # the CTC blank: the symbol table's pad `_`, which no target holds
+BLANK = 0  # the CTC blank: the symbol table's pad `_` (its first symbol), which no target holds
 HOW_ONLY = {"enabled", "max_steps", "epochs", "log_interval", "eval_interval", "save_interval", "keep_best",
             "val_max_utterances", "nproc", "device", "run_id"}
 
@@ -68,7 +69,10 @@ def symbol_table(root: Path) -> SymbolTable:
     path = resolve_local(root, paths.TEXT) / "symbols.json"
     if not path.is_file():
         raise AsrError(f"{path}: the text stage's symbol table is missing; run the text stage first")
-    return SymbolTable.from_json(json.loads(path.read_text(encoding="utf-8")))
+    table = SymbolTable.from_json(json.loads(path.read_text(encoding="utf-8")))
+    if table.symbols[:1] != [PAD]:
+        raise AsrError(f"{path}: the first symbol is {table.symbols[:1]}, not the pad {PAD!r} the CTC blank is")
+    return table
 
 
 def clips(root: Path, params: Params, symbols: SymbolTable) -> dict[str, list[dict[str, Any]]]:
@@ -84,16 +88,17 @@ def clips(root: Path, params: Params, symbols: SymbolTable) -> dict[str, list[di
     return out
 
 
-def run_id_for(params: Params, root: Path, split: dict[str, list[dict[str, Any]]]) -> str:
-    """The run these params and clips define: the asr params minus how-only knobs, each clip's
-    audio (ingest's sha256), split and phone ids (not the feature keys, which also hash code and
-    library versions: an edit there would start a new run instead of resuming this one)."""
+def run_id_for(params: Params, split: dict[str, list[dict[str, Any]]]) -> str:
+    """The run these params and clips define: the asr params minus how-only knobs, the mel's
+    settings, each clip's audio (ingest's sha256), split and phone ids (not the feature keys, which
+    also hash code and library versions: an edit there would start a new run instead of resuming
+    this one)."""
     a = params.asr
     if a.run_id:
         return a.run_id
     clip_hash = hashlib.sha256("\n".join(f"{r['split']}:{r['sha256']}:{r['target']}" for s in ("train", "val")
                                          for r in split.get(s, [])).encode()).hexdigest()
-    what = {"asr": a.model_dump(mode="json", exclude=HOW_ONLY), "source_rate": params.audio.sample_rate,
+    what = {"asr": a.model_dump(mode="json", exclude=HOW_ONLY), "features": content_settings(params.audio.sample_rate),
             "clips": clip_hash}
     return "asr-" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -118,10 +123,14 @@ def build_model(a: AsrConfig, n_classes: int) -> ContentEncoder:
     return ContentEncoder(n_symbols=n_classes - 1, **a.model.model_dump())
 
 
-def ctc_loss(net: torch.nn.Module, model: ContentEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`net` is the model or its DDP wrapper (whose forward runs the gradient hooks); the head is the model's."""
+def ctc_logits(net: torch.nn.Module, model: ContentEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, Tc, C]. `net` is the model or its DDP wrapper (whose forward runs the gradient hooks);
+    the head is the model's."""
+    return model.ctc_logits(net(batch["mel"], batch["mel_lengths"]))
+
+
+def ctc_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     lengths = ContentEncoder.output_lengths(batch["mel_lengths"])
-    logits = model.ctc_logits(net(batch["mel"], batch["mel_lengths"]))  # [B, Tc, C]
     log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # [Tc, B, C]
     return F.ctc_loss(log_probs, batch["targets"], lengths, batch["target_lengths"], blank=BLANK,
                       zero_infinity=True)
@@ -154,9 +163,9 @@ def validate(model: ContentEncoder, cache: ResultCache, rows: list[dict[str, Any
     total, errors, ref_len = 0.0, 0, 0
     for row in rows:
         batch = {k: v.to(device) for k, v in collate(cache, [row]).items()}
-        total += float(ctc_loss(model, model, batch))
-        logits = model.ctc_logits(model(batch["mel"], batch["mel_lengths"]))[0]
-        hyp = greedy_decode(logits, int(ContentEncoder.output_lengths(batch["mel_lengths"])[0]))
+        logits = ctc_logits(model, model, batch)
+        total += float(ctc_loss(logits, batch))
+        hyp = greedy_decode(logits[0], int(ContentEncoder.output_lengths(batch["mel_lengths"])[0]))
         errors, ref_len = errors + edit_distance(hyp, row["target"]), ref_len + len(row["target"])
     model.train(was)
     return total / len(rows), errors / max(ref_len, 1)
@@ -196,7 +205,7 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
     rank, world, local_rank, device = _setup_distributed(a)
     symbols = symbol_table(root)
     split = clips(root, params, symbols)
-    run_id = run_id_for(params, root, split)
+    run_id = run_id_for(params, split)
     cache = ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{CACHE_NAME}.sqlite")
     missing = cache.missing(r["key"] for s in split.values() for r in s)
     if missing:
@@ -209,7 +218,8 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
     order = Order(len(train_rows), a.batch_size, a.seed, rank, world)
 
     torch.manual_seed(a.seed)
-    model = build_model(a, len(symbols.symbols)).to(device)
+    model = build_model(a, len(symbols.symbols)).to(device)  # the same initial weights on every rank
+    torch.manual_seed(a.seed + rank)  # and each rank its own dropout masks
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.learning_rate, betas=(0.9, 0.98), weight_decay=1e-3)
     store = CheckpointStore(storage_from_config(params.storage, root), run_id)
     resuming = store.latest() is not None
@@ -250,7 +260,7 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
             return None
         state = {"step": step, "order": order.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
                  "world_size": world, "val_loss": val_loss, "per": per, "model_config": a.model.model_dump(),
-                 "symbols": symbols.to_json(), "sample_rate": 16000}
+                 "symbols": symbols.to_json(), "sample_rate": CONTENT_RATE}
         return store.save(step, {NET: model.state_dict()}, state, {"val_loss": val_loss, "per": per, "loss": last_loss},
                           run_lineage, keep_best=a.keep_best)
 
@@ -259,7 +269,7 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
         for indices in order:
             batch = {k: v.to(device, non_blocking=True) for k, v in collate(cache, [train_rows[i] for i in indices]).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = ctc_loss(net, model, batch)
+                loss = ctc_loss(ctc_logits(net, model, batch), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)

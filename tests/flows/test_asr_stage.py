@@ -33,7 +33,7 @@ def test_the_asr_stage_caches_features_trains_records_its_per_and_a_rerun_resume
     run_id = record["run_id"]
     assert record["enabled"] is True and run_id.startswith("asr-") and record["checkpoint"]["step"] == 4
     assert record["checkpoint"]["uri"].endswith(f"/runs/{run_id}/step_00000004/")
-    assert 0 <= record["metrics"]["per"] and record["clips"] >= 8
+    assert 0 <= record["metrics"]["per"] and record["clips"]["train"] >= 8 and record["clips"]["val"] >= 1
     assert "computed)" in first.stdout + first.stderr and (project / ".cache/vitsflow/asr.sqlite").is_file()
     again = vitsflow(project, prefect_server, "asr")
     assert json.loads((project / "train/asr.json").read_text()) == record  # resumed at its last step: nothing to do

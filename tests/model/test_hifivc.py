@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from model.hifivc import (CONTENT_HOP, SPEAKER_MEL, ContentEncoder, HiFiVC, LogMel, SpeakerEncoder, kl_divergence,
+from model.hifivc import (CONTENT_HOP, CONTENT_MEL, SPEAKER_MEL, ContentEncoder, HiFiVC, LogMel, SpeakerEncoder, kl_divergence,
                           yin_lf0)
 from model.mel_processing import STFTParams, mel_spectrogram
 
@@ -95,10 +95,10 @@ def test_the_speaker_embedding_reaches_every_upsampling_block():
         assert (other - model(src, mel_ref, lf0)).abs().max() > 1e-4  # another reference, another voice
 
 
-def test_the_mels_are_the_projects_mel_spectrogram():
+@pytest.mark.parametrize("settings", [SPEAKER_MEL, CONTENT_MEL], ids=["speaker-24k", "content-16k"])
+def test_the_mels_are_the_projects_mel_spectrogram(settings):
     y = 0.2 * torch.randn(2, 24000, generator=torch.Generator().manual_seed(0))
-    p = STFTParams(**SPEAKER_MEL)
-    assert torch.allclose(LogMel(**SPEAKER_MEL)(y), mel_spectrogram(y, p), atol=1e-5)
+    assert torch.allclose(LogMel(**settings)(y), mel_spectrogram(y, STFTParams(**settings)), atol=1e-5)
 
 
 @pytest.mark.parametrize("f0", [80.0, 120.0, 220.0, 440.0, 700.0])
@@ -110,6 +110,16 @@ def test_yin_finds_the_pitch_of_a_tone_within_half_a_percent_and_calls_silence_u
     assert lf0[voiced].exp().median().item() == pytest.approx(f0, rel=5e-3)
     assert not yin_lf0(torch.zeros(1, 16000)).any()
     assert yin_lf0(0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))).gt(0).float().mean() < 0.1
+
+
+def test_yin_calls_the_silence_before_an_onset_unvoiced_and_finds_the_tone_after_it():
+    t = torch.arange(16000) / 16000
+    y = torch.where(t >= 0.5, 0.5 * torch.sin(2 * math.pi * 200 * t), torch.zeros_like(t)).unsqueeze(0)
+    lf0 = yin_lf0(y)[0]
+    assert not lf0[:45].any()  # frames whose window is silence (the onset is at frame 50)
+    tone = lf0[55:-4]  # (the last frames' windows run into the end's reflect padding)
+    assert (tone > 0).all() and tone.exp().sub(200).abs().max() < 2
+    assert not (lf0.exp() > 400).any()  # no frame at an octave or the search's top
 
 
 def test_the_content_encoder_subsamples_to_20_ms_and_its_ctc_head_has_a_blank():

@@ -139,10 +139,10 @@ def test_batch_shapes_follow_the_token_count_alone(params):
     stage = params.features.bert.model_copy(update={"length_bucket": 8, "token_budget": 256, "batch_size": 16})
     assert [batch_shape(n, stage) for n in (1, 7, 8, 9, 16, 17, 40, 300, 510, 511, 512, 513, 600)] == \
         [(16, 8), (16, 8), (16, 16), (16, 16), (10, 24), (10, 24), (5, 48), (1, 304), (1, 512), (1, 512),
-         (1, 512), (1, 520), (1, 600)]  # one pad position, until the 512 positions leave none; past
-    # 512 tokens the length is no longer capped, so encode_batch's position limit rejects them
+         (1, 512), (1, 513), (1, 600)]  # one pad position, until the 512 positions leave none; past
+    # them the utterance's own length, so encode_batch's position limit rejects it
     odd = stage.model_copy(update={"length_bucket": 10})
-    assert [batch_shape(n, odd) for n in (9, 10, 505, 510)] == [(16, 10), (12, 20), (1, 510), (1, 512)]
+    assert [batch_shape(n, odd) for n in (9, 10, 505, 510, 512)] == [(16, 10), (12, 20), (1, 510), (1, 512), (1, 512)]
 
 
 def test_runs_are_cut_into_whole_batches_so_only_the_last_of_each_shape_is_short(params):

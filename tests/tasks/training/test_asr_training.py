@@ -92,12 +92,14 @@ def test_a_stopped_run_continues_with_the_losses_and_weights_of_an_uninterrupted
 def test_the_run_id_follows_the_model_and_the_data_not_the_step_budget(project):
     params = _params(project, run_id=None)
     split = clips(project, params, symbol_table(project))
-    same = run_id_for(_params(project, run_id=None, max_steps=99, eval_interval=7), project, split)
-    assert run_id_for(params, project, split) == same and same.startswith("asr-")
+    same = run_id_for(_params(project, run_id=None, max_steps=99, eval_interval=7), split)
+    assert run_id_for(params, split) == same and same.startswith("asr-")
     wider = _params(project, run_id=None, model={**TINY_ASR["model"], "d_model": 64})
-    assert run_id_for(wider, project, split) != same
+    assert run_id_for(wider, split) != same
     fewer = {"train": split["train"][1:], "val": split["val"]}
-    assert run_id_for(params, project, fewer) != same
+    assert run_id_for(params, fewer) != same
+    with pytest.raises(ValueError, match="asr.run_id"):
+        _params(project, run_id="../elsewhere")
 
 
 def test_training_without_the_stages_features_says_to_run_the_stage(train_corpus, tmp_path):
