@@ -255,6 +255,22 @@ def asr(params: str = PARAMS,
     typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
 
 
+@app.command()
+def vc(params: str = PARAMS,
+       out: str = typer.Option(paths.VC_RECORD, help="The HiFi-VC run record to write.")) -> None:
+    """Stage `vc`: HiFi-VC trained on the ingested clips with the asr stage's content encoder (params `vc`); a rerun resumes."""
+    from tasks.core.checkpoints import CheckpointError
+    from tasks.core.config import ConfigError
+    from tasks.prep.content import ClipTooShort
+    from tasks.training.vc import VcError
+
+    try:
+        record = _run("vc_flow", params_path=params, out=out)
+    except (ConfigError, CheckpointError, VcError, ClipTooShort) as err:
+        _fail(str(err))
+    typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
+
+
 @app.command("train-node")
 def train_node(params: Optional[str] = typer.Option(None, help="Train on this checkout's params (default: the flow "
                                                      "run's data version, or params.yaml)."),

@@ -317,3 +317,61 @@ def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, o
     log.info("asr: run %s at step %d, val PER %s; features of %d clips (%d computed), %.1f s", run_id,
              manifest["step"], manifest["metrics"].get("per"), len(items), computed, time.perf_counter() - started)
     return record
+
+
+@task(name="vc-chunk", **RETRIES)
+def vc_chunk_task(chunk, ingest_dir, settings):
+    from tasks.prep import content
+
+    return content.vc_chunk(chunk, ingest_dir, settings)
+
+
+@flow(name="vc")
+def vc_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, out: str = paths.VC_RECORD) -> dict:
+    """HiFi-VC's features (the content mels the asr stage caches too, and per clip lf0 and 24 kHz
+    audio), then its training with the asr stage's encoder frozen, then the run record `out`; with
+    vc.enabled false only a record saying so."""
+    from tasks.core.checkpoints import CheckpointStore
+    from tasks.core.storage import atomic_write_bytes, storage_from_config
+
+    started = time.perf_counter()
+    log = get_run_logger()
+    path = Path(params_path).resolve()
+    params = load_params(path)
+    root = find_repo_root(path)
+    if not params.vc.enabled:
+        record = {"enabled": False, "reason": "params vc.enabled is false"}
+        atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        log.info("vc: off (params vc.enabled is false)")
+        return record
+    from tasks.prep import content, vocoder
+    from tasks.training import vc
+
+    _, _, encoder = vc.asr_checkpoint(root, params)  # no encoder: fail before any work
+    ingest_path = resolve_local(root, ingest_dir)
+    rows = ingest.read_index(ingest_path)
+    computed = 0
+    with vocoder.one_torch_thread():
+        for task_fn, items, name, settings in [
+                (asr_chunk_task, content.plan_content(rows, params.audio.sample_rate), content.CACHE_NAME,
+                 content.content_settings(params.audio.sample_rate)),
+                (vc_chunk_task, content.plan_vc(rows, params.audio.sample_rate), content.VC_CACHE_NAME,
+                 content.vc_settings(params.audio.sample_rate))]:
+            computed += fill_cache(task_fn, items, stage_cache(params, root, name), params.features.spec.chunk_size,
+                                   params.runtime.in_flight_chunks, f"{name} features", ingest_dir=ingest_path,
+                                   settings=settings)
+    import logging
+
+    logging.getLogger("vitsflow.vc").setLevel(logging.INFO)
+    result = vc.train(params, root)
+    manifest = CheckpointStore(storage_from_config(params.storage, root), result.run_id).latest()
+    import os
+
+    uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
+    record = {"enabled": True, "run_id": result.run_id, "encoder": encoder,
+              "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
+              "metrics": manifest["metrics"], "lineage": manifest["lineage"], "clips": len(rows)}
+    atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    log.info("vc: run %s at step %d, val mel L1 %s; features of %d clips (%d computed), %.1f s", result.run_id,
+             manifest["step"], manifest["metrics"].get("val_loss"), len(rows), computed, time.perf_counter() - started)
+    return record

@@ -390,10 +390,14 @@ class HiFiVC(nn.Module):
         """The content features [B, d, Tc] of 16 kHz audio [B, T] (what the `vc` stage caches)."""
         return self.content(self.content_mel(wav_src_16k))
 
+    def features(self, content: torch.Tensor, lf0: torch.Tensor) -> torch.Tensor:
+        """The generator's input [B, d + f0_channels, Tc]: content and F0 features (training
+        slices it, as HiFi-GAN slices mels)."""
+        return torch.cat([content, self.f0(lf0, content.shape[-1])], 1)
+
     def decode(self, content: torch.Tensor, lf0: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
         """content [B, d, Tc], lf0 [B, F], speaker [B, speaker_dim, 1] -> [B, 1, Tc * 480]."""
-        x = torch.cat([content, self.f0(lf0, content.shape[-1])], 1)
-        return self.generator(x, speaker)
+        return self.generator(self.features(content, lf0), speaker)
 
     def forward(self, wav_src_16k: torch.Tensor, mel_ref_24k: torch.Tensor, lf0: torch.Tensor) -> torch.Tensor:
         """The seminar's call: [B, T] 16 kHz, [B, 80, T_ref], [B, F] -> 24 kHz audio [B, N]."""

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow  # end to end: minutes, not seconds
 # clean clone, which needs only the first run's dvc.lock, is test_dvc_clone.py, on the other worker.
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["demo", "prepare", "ingest", "text", "bert", "spec", "train", "waveglow", "asr", "stats", "evaluate",
-          "export"]  # Prefect flows; plus one source@N per dataset
+STAGES = ["demo", "prepare", "ingest", "text", "bert", "spec", "train", "waveglow", "asr", "vc", "stats",
+          "evaluate", "export"]  # Prefect flows; plus one source@N per dataset
 def dvc_json(args: list[str], cwd: Path, env: dict) -> dict:
     """`dvc <args> --json`, parsed (stdout only: DVC logs go to stderr)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env)
@@ -161,6 +161,8 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefe
     assert exported["vocoder"] is None and not (project / "export/waveglow").exists()
     assert json.loads((project / "train/asr.json").read_text()) == {"enabled": False,
                                                                     "reason": "params asr.enabled is false"}
+    assert json.loads((project / "train/vc.json").read_text()) == {"enabled": False,
+                                                                   "reason": "params vc.enabled is false"}
     # every stage ran as a Prefect flow, reported to the server named by PREFECT_API_URL
     req = urllib.request.Request(f"{prefect_server}/flows/filter", data=b"{}", method="POST",
                                  headers={"Content-Type": "application/json"})

@@ -48,6 +48,7 @@ def _stage_modules() -> dict[str, tuple[list[str], list[str]]]:
             "waveglow": (["tasks.prep.vocoder", "tasks.training.waveglow", "tasks.training.launch"], data_flow),
             "asr": (["tasks.prep.content", "tasks.prep.vocoder", "tasks.training.asr", "tasks.training.launch"],
                     data_flow),
+            "vc": (["tasks.prep.content", "tasks.prep.vocoder", "tasks.training.vc", "tasks.training.launch"], data_flow),
             "evaluate": (["tasks.evaluation.evaluate", "tasks.evaluation.copy_synthesis", *frontends],
                          ["flows/evaluate.py"]),
             "export": (["tasks.orchestration.export", *frontends], ["flows/export.py"])}

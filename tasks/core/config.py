@@ -718,6 +718,61 @@ class AsrConfig(Strict):
         return v
 
 
+class VcModelConfig(Strict):
+    """HiFi-VC's F0 encoder, speaker encoder and HiFi-GAN generator (model/hifivc.py); the content
+    encoder's size is the `asr` stage's (its checkpoint is loaded, frozen)."""
+    f0_channels: int = Field(64, ge=1)
+    speaker_dim: int = Field(128, ge=1)
+    upsample_initial_channel: int = Field(256, ge=16)  # HiFi-GAN V1: 512
+    resblock: Literal["1", "2"] = "1"
+    resblock_kernel_sizes: list[int] = [3, 7, 11]
+    resblock_dilation_sizes: list[list[int]] = [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    disc_divisor: int = Field(4, ge=1)  # the discriminators' widths divided by it (1: VITS' full width)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "VcModelConfig":
+        if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
+            raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes need one entry each per branch")
+        if self.upsample_initial_channel % 16:
+            raise ValueError(f"upsample_initial_channel {self.upsample_initial_channel} must divide by 16 "
+                             "(four upsampling blocks halve it)")
+        if self.disc_divisor & (self.disc_divisor - 1):
+            raise ValueError(f"disc_divisor {self.disc_divisor} must be a power of two")
+        return self
+
+
+class VcConfig(Strict):
+    """Stage `vc` (tasks/training/vc.py): HiFi-VC trained on the ingested clips with the `asr`
+    stage's content encoder frozen: HiFi-GAN's losses plus the speaker VAE's KL, each clip's
+    reference another clip of its speaker. Off by default (it needs the asr stage on)."""
+    enabled: bool = False
+    model: VcModelConfig = VcModelConfig()
+    segment_frames: int = Field(32, ge=4)  # 20 ms content frames a training slice (32: 0.64 s)
+    reference_seconds: float = Field(2.0, gt=0.4)  # the reference window's length (shorter clips: whole)
+    c_mel: float = Field(45.0, ge=0)  # HiFi-GAN's mel L1 weight
+    c_kl: float = Field(0.01, ge=0)  # the speaker VAE's KL weight
+    learning_rate: float = Field(2e-4, gt=0)  # AdamW, as HiFi-GAN
+    betas: tuple[float, float] = (0.8, 0.99)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 1234
+    max_steps: int = Field(1000, ge=0)
+    epochs: int = Field(100000, ge=1)
+    log_interval: int = Field(50, ge=1)
+    eval_interval: int = Field(250, ge=1)
+    save_interval: int = Field(250, ge=1)
+    keep_best: int = Field(2, ge=1)
+    val_max_utterances: int = Field(8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_id: Optional[str] = None  # null: derived from these params, the content encoder and the data
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not NAME.match(v):
+            raise ValueError("expected letters, digits, '_', '-' or '.'")
+        return v
+
+
 class Params(Strict):
     demo: DemoConfig = DemoConfig()
     datasets: list[DatasetConfig]
@@ -738,6 +793,7 @@ class Params(Strict):
     app: AppConfig = AppConfig()
     vocoder: VocoderConfig = VocoderConfig()
     asr: AsrConfig = AsrConfig()
+    vc: VcConfig = VcConfig()
 
     @field_validator("languages")
     @classmethod

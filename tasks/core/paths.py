@@ -13,6 +13,7 @@ REPORTS = "reports"  # `stats`
 RUN_RECORD = "train/run.json"
 WAVEGLOW_RECORD = "train/waveglow.json"  # `waveglow`: the vocoder run (or that it is off)
 ASR_RECORD = "train/asr.json"  # `asr`: the content encoder's run (or that it is off)
+VC_RECORD = "train/vc.json"  # `vc`: the HiFi-VC run (or that it is off)
 EVAL = "eval"
 EXPORT = "export"  # the `export` stage: the judged checkpoint as a bundle + upstream format
 

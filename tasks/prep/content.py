@@ -90,3 +90,56 @@ def read_mel(cache: ResultCache, key: str) -> np.ndarray:
     if entry is None:
         raise KeyError(f"{key}: not in the asr cache {cache.path} (run the asr stage)")
     return np.frombuffer(entry.data, dtype="<f4").reshape(entry.meta["n_mels"], entry.meta["frames"])
+
+
+# ----------------------------------------------------------------------------- the vc stage's
+
+
+VC_CACHE_NAME = "vc"  # runtime.cache_dir/vc.sqlite: per clip the source's lf0 and the 24 kHz target
+
+
+def vc_settings(source_rate: int) -> dict[str, Any]:
+    from model.hifivc import CONTENT_HOP, CONTENT_RATE, OUTPUT_RATE
+
+    return {"source_rate": source_rate, "content_rate": CONTENT_RATE, "hop": CONTENT_HOP, "output_rate": OUTPUT_RATE}
+
+
+def plan_vc(rows: list[dict[str, Any]], source_rate: int) -> list[ContentItem]:
+    from importlib.metadata import version
+
+    key = cache_key_with(code=code_hash(__name__), settings=vc_settings(source_rate), torch=version("torch"),
+                         soxr=version("soxr"))
+    return [ContentItem(row, key(audio=row["sha256"])) for row in rows]
+
+
+def vc_chunk(items: list[ContentItem], ingest_dir: Path, settings: dict[str, Any]) -> list[tuple[str, Entry]]:
+    """Per clip: lf0 [T16k // 160] float32 (model.hifivc.yin_lf0, which the exported model's
+    `preprocess` computes too) and int16 PCM at 24 kHz (the generator's target and the references)."""
+    import torch
+
+    from model.hifivc import yin_lf0
+    from tasks.prep.audio import resample, to_int16
+
+    out = []
+    with RecordReader(ingest_dir) as shards:
+        for item in items:
+            audio = shards.pcm(item.row).astype(np.float32) / 32768.0
+            src = resample(audio, settings["source_rate"], settings["content_rate"])
+            if len(src) <= 1024:
+                raise ClipTooShort(f"clip {item.row.get('id')!r}: {len(src)} samples at 16 kHz is too short for "
+                                   "the F0 frames; raise params audio.min_seconds")
+            with torch.no_grad():
+                lf0 = yin_lf0(torch.from_numpy(np.ascontiguousarray(src))[None])[0].numpy().astype("<f4")
+            pcm24 = to_int16(resample(audio, settings["source_rate"], settings["output_rate"])).astype("<i2")
+            out.append((item.key, Entry({"frames": len(lf0), "samples": len(pcm24)}, lf0.tobytes() + pcm24.tobytes())))
+    return out
+
+
+def read_vc(cache: ResultCache, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One clip's (lf0 [F] float32, int16 PCM at 24 kHz [N])."""
+    entry = cache.get(key)
+    if entry is None:
+        raise KeyError(f"{key}: not in the vc cache {cache.path} (run the vc stage)")
+    f = entry.meta["frames"]
+    return (np.frombuffer(entry.data, dtype="<f4", count=f),
+            np.frombuffer(entry.data, dtype="<i2", offset=4 * f, count=entry.meta["samples"]))

@@ -1,5 +1,5 @@
-"""`vitsflow asr` (the DVC stage as a Prefect flow on a real server) on the tiny corpus with a tiny
-random-init Conformer: the features are cached by content, the record names the checkpoint and its
+"""`vitsflow asr` and `vitsflow vc` (the DVC stages as Prefect flows on a real server) on the tiny
+corpus with a tiny random-init Conformer (and HiFi-VC): the features are cached by content, the record names the checkpoint and its
 phone error rate, a rerun resumes instead of starting over, and the stage off writes only a record."""
 from __future__ import annotations
 
@@ -56,3 +56,23 @@ def test_the_asr_stage_off_writes_only_a_record_saying_so(train_corpus, tmp_path
     assert json.loads((project / "train/asr.json").read_text()) == {"enabled": False,
                                                                     "reason": "params asr.enabled is false"}
     assert not (project / "storage").exists()
+
+
+def test_the_vc_stage_trains_on_the_asr_stages_encoder_and_a_rerun_resumes(train_corpus, tmp_path, prefect_server):
+    from tests.tasks.training.test_vc_training import TINY_VC
+
+    project = make_project(train_corpus, tmp_path, fill=False)
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["asr"]["max_steps"] = 2
+    data["vc"] = TINY_VC
+    (project / "params.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    vitsflow(project, prefect_server, "asr")
+    asr_record = json.loads((project / "train/asr.json").read_text())
+    vitsflow(project, prefect_server, "vc")
+    record = json.loads((project / "train/vc.json").read_text())
+    assert record["enabled"] is True and record["run_id"].startswith("vc-") and record["checkpoint"]["step"] == 4
+    assert record["encoder"] == {"run_id": asr_record["run_id"], "step": 2}
+    assert record["metrics"]["val_loss"] > 0 and (project / ".cache/vitsflow/vc.sqlite").is_file()
+    again = vitsflow(project, prefect_server, "vc")
+    assert json.loads((project / "train/vc.json").read_text()) == record
+    assert "(0 computed)" in again.stdout + again.stderr

@@ -1,0 +1,99 @@
+"""tasks/training/vc.py on the tiny corpus: with the asr stage's encoder frozen, the mel loss falls,
+a stopped run continues exactly, references are other clips of the speaker, and without the asr
+stage's record the error says what to run. Tiny random-init nets: these prove the loop, not
+conversion quality (that is the held-out evaluation's, not built yet)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tasks.core.cache import ResultCache
+from tasks.core.checkpoints import CheckpointStore
+from tasks.core.config import parse_params
+from tasks.core.storage import open_storage
+from tasks.prep.content import VC_CACHE_NAME, plan_vc, read_vc, vc_chunk, vc_settings
+from tasks.prep.ingest import read_index
+from tasks.training import asr
+from tests.tasks.training.test_asr_training import make_project
+
+TINY_VC = {"enabled": True, "device": "cpu", "batch_size": 4, "max_steps": 4, "save_interval": 2, "eval_interval": 2,
+           "log_interval": 1, "val_max_utterances": 2, "segment_frames": 8, "reference_seconds": 1.0,
+           "learning_rate": 1e-3,
+           "model": {"f0_channels": 8, "speaker_dim": 16, "upsample_initial_channel": 32, "resblock": "2",
+                     "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3]], "disc_divisor": 16}}
+
+
+def _params(project: Path, **vc):
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["vc"] = {**TINY_VC, **vc}
+    return parse_params(data)
+
+
+@pytest.fixture(scope="module")
+def project(train_corpus, tmp_path_factory) -> Path:
+    """The asr test's project with a 2-step content encoder, its record, and the vc features."""
+    work = make_project(train_corpus, tmp_path_factory.mktemp("vc"))
+    params = _params(work)
+    result = asr.train(params.model_copy(update={"asr": params.asr.model_copy(update={"max_steps": 2})}), work)
+    (work / "train").mkdir(exist_ok=True)
+    (work / "train/asr.json").write_text(json.dumps({"enabled": True, "run_id": result.run_id,
+                                                     "checkpoint": {"uri": "unused", "step": result.step}}))
+    items = plan_vc(read_index(work / "data/ingest"), params.audio.sample_rate)
+    ResultCache(work / ".cache/vitsflow" / f"{VC_CACHE_NAME}.sqlite").put_many(
+        vc_chunk(items, work / "data/ingest", vc_settings(params.audio.sample_rate)))
+    return work
+
+
+def test_the_vc_features_are_the_sources_yin_frames_and_its_audio_at_24k(project):
+    from tasks.training.vc import clips
+
+    params = _params(project)
+    row = clips(project, params)["train"][0]
+    lf0, pcm = read_vc(ResultCache(project / ".cache/vitsflow/vc.sqlite"), row["key"])
+    seconds = row["num_samples"] / params.audio.sample_rate
+    assert abs(len(pcm) - seconds * 24000) <= 2 and len(lf0) == int(seconds * 16000 + 0.5) // 160
+    assert (lf0 > 0).mean() > 0.2 and ((lf0 == 0) | ((lf0 > 3.9) & (lf0 < 6.7))).all()  # 50-800 Hz or unvoiced
+
+
+@pytest.mark.slow
+def test_the_mel_loss_falls_and_a_stopped_run_continues_as_an_uninterrupted_one(project):
+    from tasks.training.vc import DISC, NET, train
+
+    losses = []
+    learned = train(_params(project, max_steps=80, save_interval=80, eval_interval=80, run_id="vc-learns"), project,
+                    on_step=lambda s: losses.append(s["g/mel"]))
+    assert sum(losses[-10:]) / 10 < 0.75 * sum(losses[:10]) / 10, losses
+    nets, state, _ = CheckpointStore(open_storage(f"file://{project}/storage"), "vc-learns").load()
+    assert learned.val_loss is not None and set(nets) == {NET, DISC} and state["step"] == 80
+    assert state["encoder"]["run_id"].startswith("asr-")  # the content encoder it trained on
+    straight, resumed = [], []
+    full = train(_params(project, max_steps=4, run_id="vc-straight"), project, on_step=lambda s: straight.append(s))
+    train(_params(project, max_steps=2, run_id="vc-stopped"), project, on_step=lambda s: resumed.append(s))
+    again = train(_params(project, max_steps=4, run_id="vc-stopped"), project, on_step=lambda s: resumed.append(s))
+    assert again.step == 4 and resumed == straight
+    for (k, p), q in zip(full.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(p, q), k
+
+
+def test_each_clips_reference_is_another_clip_of_its_speaker(project):
+    from tasks.training.vc import Clips, build_model, clips
+
+    params = _params(project)
+    split = clips(project, params)
+    model = build_model(params, params.asr.model.model_dump())
+    c = Clips(model, None, None, split["train"], split["train"], params, torch.device("cpu"))
+    for row, others in zip(c.rows, c.others):
+        assert all(o["speaker"] == row["speaker"] for o in others)
+        assert all(o["id"] != row["id"] for o in others) or others == [row]
+
+
+def test_without_the_asr_stages_record_the_error_says_to_run_it(train_corpus, tmp_path):
+    from tasks.training.vc import VcError, train
+
+    bare = make_project(train_corpus, tmp_path, fill=False)
+    with pytest.raises(VcError, match=r"asr\.json: the asr stage's record is missing.*asr\.enabled"):
+        train(_params(bare), bare)
