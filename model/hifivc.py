@@ -387,7 +387,8 @@ class HiFiVC(nn.Module):
         return emb, mean, logvar
 
     def bottleneck(self, wav_src_16k: torch.Tensor) -> torch.Tensor:
-        """The content features [B, d, Tc] of 16 kHz audio [B, T] (what the `vc` stage caches)."""
+        """The content features [B, d, Tc] of 16 kHz audio [B, T] (the `vc` stage runs the encoder
+        on the cached mel of each clip)."""
         return self.content(self.content_mel(wav_src_16k))
 
     def features(self, content: torch.Tensor, lf0: torch.Tensor) -> torch.Tensor:

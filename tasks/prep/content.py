@@ -1,7 +1,7 @@
 """The content encoder's features: every ingested clip as HiFi-VC's ASR input, a 16 kHz log-mel.
 
-The `asr` stage fills these into its cache before training (cached by content like every other
-stage: the clip's audio hash, the mel's settings, the code below and the torch/soxr versions).
+The `asr` stage (and the `vc` stage, whose frozen encoder reads them) fills these into its cache
+before training (cached by content like every other stage: the clip's audio hash, the mel's settings, the code below and the torch/soxr versions).
 Per clip:
 
     int16 PCM at audio.sample_rate (ingest) --soxr VHQ--> float at 16 kHz
@@ -131,6 +131,9 @@ def vc_chunk(items: list[ContentItem], ingest_dir: Path, settings: dict[str, Any
             with torch.no_grad():
                 lf0 = yin_lf0(torch.from_numpy(np.ascontiguousarray(src))[None])[0].numpy().astype("<f4")
             pcm24 = to_int16(resample(audio, settings["source_rate"], settings["output_rate"])).astype("<i2")
+            if len(pcm24) < 32 * 256:  # the speaker encoder's five halvings need 32 mel frames of a reference
+                raise ClipTooShort(f"clip {item.row.get('id')!r}: {len(pcm24) / 24000:.2f} s is shorter than the "
+                                   "0.35 s a reference needs; raise params audio.min_seconds")
             out.append((item.key, Entry({"frames": len(lf0), "samples": len(pcm24)}, lf0.tobytes() + pcm24.tobytes())))
     return out
 

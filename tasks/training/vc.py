@@ -291,7 +291,8 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
                 break
         else:
             order.next_epoch()
-    if saved_step != step or (not resuming and steps_run == 0):
+    if saved_step != step or (not resuming and steps_run == 0):  # (stopped by epochs: its val loss is stale)
+        val_loss = validation_mel_l1(model, val_set)
         manifest = save()
     writer.close()
     logger.info("run %s: step %d, val mel L1 %s (%d steps in %.1f s)", run_id, step, val_loss, steps_run,

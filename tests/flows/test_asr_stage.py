@@ -37,7 +37,7 @@ def test_the_asr_stage_caches_features_trains_records_its_per_and_a_rerun_resume
     assert "computed)" in first.stdout + first.stderr and (project / ".cache/vitsflow/asr.sqlite").is_file()
     again = vitsflow(project, prefect_server, "asr")
     assert json.loads((project / "train/asr.json").read_text()) == record  # resumed at its last step: nothing to do
-    assert "(0 computed)" in again.stdout + again.stderr
+    assert "(0 computed)" in again.stdout + again.stderr and f"resumed run {run_id} at step 4" in again.stderr
     data = yaml.safe_load((project / "params.yaml").read_text())
     data["asr"]["max_steps"] = 6  # a larger budget continues the same run
     (project / "params.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
@@ -76,3 +76,4 @@ def test_the_vc_stage_trains_on_the_asr_stages_encoder_and_a_rerun_resumes(train
     again = vitsflow(project, prefect_server, "vc")
     assert json.loads((project / "train/vc.json").read_text()) == record
     assert "(0 computed)" in again.stdout + again.stderr
+    assert f"resumed run {record['run_id']} at step 4" in again.stdout + again.stderr

@@ -52,10 +52,13 @@ def test_the_vc_features_are_the_sources_yin_frames_and_its_audio_at_24k(project
     from tasks.training.vc import clips
 
     params = _params(project)
+    from tasks.prep.content import read_mel
+
     row = clips(project, params)["train"][0]
     lf0, pcm = read_vc(ResultCache(project / ".cache/vitsflow/vc.sqlite"), row["key"])
     seconds = row["num_samples"] / params.audio.sample_rate
     assert abs(len(pcm) - seconds * 24000) <= 2 and len(lf0) == int(seconds * 16000 + 0.5) // 160
+    assert len(lf0) == read_mel(ResultCache(project / ".cache/vitsflow/asr.sqlite"), row["mel_key"]).shape[1]
     assert (lf0 > 0).mean() > 0.2 and ((lf0 == 0) | ((lf0 > 3.9) & (lf0 < 6.7))).all()  # 50-800 Hz or unvoiced
 
 
@@ -67,6 +70,7 @@ def test_the_mel_loss_falls_and_a_stopped_run_continues_as_an_uninterrupted_one(
     learned = train(_params(project, max_steps=80, save_interval=80, eval_interval=80, run_id="vc-learns"), project,
                     on_step=lambda s: losses.append(s["g/mel"]))
     assert sum(losses[-10:]) / 10 < 0.75 * sum(losses[:10]) / 10, losses
+    _assert_encoder_frozen(learned.model, project)
     nets, state, _ = CheckpointStore(open_storage(f"file://{project}/storage"), "vc-learns").load()
     assert learned.val_loss is not None and set(nets) == {NET, DISC} and state["step"] == 80
     assert state["encoder"]["run_id"].startswith("asr-")  # the content encoder it trained on
@@ -75,8 +79,17 @@ def test_the_mel_loss_falls_and_a_stopped_run_continues_as_an_uninterrupted_one(
     train(_params(project, max_steps=2, run_id="vc-stopped"), project, on_step=lambda s: resumed.append(s))
     again = train(_params(project, max_steps=4, run_id="vc-stopped"), project, on_step=lambda s: resumed.append(s))
     assert again.step == 4 and resumed == straight
+    _assert_encoder_frozen(again.model, project)
     for (k, p), q in zip(full.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(p, q), k
+
+
+def _assert_encoder_frozen(model, project: Path) -> None:
+    from tasks.training.vc import asr_checkpoint
+
+    encoder = asr_checkpoint(project, _params(project))[0]
+    assert not model.content.training and not any(p.requires_grad for p in model.content.parameters())
+    assert all(torch.equal(encoder[k], v) for k, v in model.content.state_dict().items())
 
 
 def test_each_clips_reference_is_another_clip_of_its_speaker(project):
@@ -84,11 +97,18 @@ def test_each_clips_reference_is_another_clip_of_its_speaker(project):
 
     params = _params(project)
     split = clips(project, params)
-    model = build_model(params, params.asr.model.model_dump())
-    c = Clips(model, None, None, split["train"], split["train"], params, torch.device("cpu"))
-    for row, others in zip(c.rows, c.others):
-        assert all(o["speaker"] == row["speaker"] for o in others)
-        assert all(o["id"] != row["id"] for o in others) or others == [row]
+    model = build_model(params, {**params.asr.model.model_dump(), "p_dropout": 0.0})
+    cache = lambda name: ResultCache(project / ".cache/vitsflow" / f"{name}.sqlite")  # noqa: E731
+    # (the tiny corpus has one train clip a speaker; its val clips make the pool, as validation's)
+    c = Clips(model, cache("asr"), cache("vc"), split["train"], split["train"] + split["val"], params,
+              torch.device("cpu"))
+    picked, reference = [], c.reference
+    c.reference = lambda row, rng: (picked.append(row), reference(row, rng))[1]
+    c.batch(list(range(len(c.rows))), 0, params.vc.seed)
+    assert len(picked) == len(c.rows) and any(others != [row] for row, others in zip(c.rows, c.others))
+    for row, others, ref in zip(c.rows, c.others, picked):
+        assert ref["speaker"] == row["speaker"] and ref in others
+        assert ref["id"] != row["id"] or others == [row]  # itself only for a speaker with one clip
 
 
 def test_without_the_asr_stages_record_the_error_says_to_run_it(train_corpus, tmp_path):
