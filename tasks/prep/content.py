@@ -1,8 +1,8 @@
 """The content encoder's features: every ingested clip as HiFi-VC's ASR input, a 16 kHz log-mel.
 
-The `asr` stage (and the `vc` stage, whose frozen encoder reads them) fills these into its cache
-before training (cached by content like every other stage: the clip's audio hash, the mel's settings, the code below and the torch/soxr versions).
-Per clip:
+The `asr` stage (and the `vc` stage, whose frozen encoder reads them) fills these into its
+cache before training, cached by content like every other stage: the clip's audio hash, the mel's
+settings, the code below and the torch/soxr versions. Per clip:
 
     int16 PCM at audio.sample_rate (ingest) --soxr VHQ--> float at 16 kHz
     --model.hifivc.LogMel(CONTENT_MEL)--> log mel [80, T // 160] float32 (10 ms frames)
@@ -31,7 +31,7 @@ class ClipTooShort(ValueError):
 
 
 def content_settings(source_rate: int) -> dict[str, Any]:
-    """What a clip's features depend on besides its audio: plain values, no torch import."""
+    """What a clip's features depend on besides its audio, as plain values (model.hifivc's)."""
     from model.hifivc import CONTENT_MEL
 
     return {"source_rate": source_rate, "mel": dict(CONTENT_MEL)}

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +27,15 @@ def api(server: str, path: str, body: dict | None = None):
     req = urllib.request.Request(f"{server}{path}", method="POST" if body is not None else "GET",
                                  data=None if body is None else json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req, timeout=30).read())
+    for attempt in range(5):
+        try:
+            return json.loads(urllib.request.urlopen(req, timeout=30).read())
+        except urllib.error.HTTPError as err:
+            # Prefect's server answers 503 while its database is busy (once, 2026-12-07, with the
+            # other worker's stages writing to it): a client retries that, as Prefect's own does
+            if err.code != 503 or attempt == 4:
+                raise
+            time.sleep(2)
 
 
 @pytest.fixture(scope="module")
