@@ -10,13 +10,23 @@ import importlib.util
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+
+
+def _run_id(v: Optional[str]) -> Optional[str]:
+    if v is not None and not NAME.match(v):
+        raise ValueError("expected letters, digits, '_', '-' or '.'")
+    return v
+
+
+RunId = Annotated[Optional[str], AfterValidator(_run_id)]  # a run's folder name under runs/ (null: derived)
 
 
 class ConfigError(ValueError):
@@ -354,7 +364,7 @@ class TrainConfig(Strict):
     init_from: InitFromConfig = InitFromConfig()
     # The run's name under storage `runs/`; null: derived from model/train params and the data, so
     # the same params on the same data resume the same run.
-    run_id: Optional[str] = None
+    run_id: RunId = None
     log_dir: str = "logs"  # TensorBoard event files, under <log_dir>/<run_id>/
 
     @field_validator("bucket_boundaries")
@@ -362,13 +372,6 @@ class TrainConfig(Strict):
     def _increasing(cls, v: list[int]) -> list[int]:
         if len(v) < 2 or any(b <= a for a, b in zip(v, v[1:])) or v[0] < 0:
             raise ValueError("expected at least two strictly increasing, non-negative frame counts")
-        return v
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not NAME.match(v):
-            raise ValueError("expected letters, digits, '_', '-' or '.'")
         return v
 
 
@@ -508,7 +511,7 @@ class VocoderConfig(Strict):
     # copy-synthesis (evaluate, vitsflow vocode): the inference prior's std and the denoiser strength
     infer_sigma: float = Field(0.6, ge=0)
     denoise: float = Field(0.1, ge=0, le=1)
-    run_id: Optional[str] = None  # null: derived from these params and the data (same params, same run)
+    run_id: RunId = None  # null: derived from these params and the data (same params, same run)
 
     @field_validator("init_from")
     @classmethod
@@ -517,13 +520,6 @@ class VocoderConfig(Strict):
             check_path_text(v)
             if v.startswith("run:") and not re.fullmatch(r"run:[A-Za-z0-9][\w.-]*(:\d+)?", v):
                 raise ValueError("expected run:<run_id> or run:<run_id>:<step>")
-        return v
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not NAME.match(v):
-            raise ValueError("expected letters, digits, '_', '-' or '.'")
         return v
 
     @model_validator(mode="after")
@@ -708,14 +704,7 @@ class AsrConfig(Strict):
     val_max_utterances: int = Field(16, ge=1)
     nproc: int = Field(1, ge=1)  # > 1: torchrun --nproc_per_node nproc (DDP)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    run_id: Optional[str] = None  # null: derived from these params and the data (same params, same run)
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not NAME.match(v):
-            raise ValueError("expected letters, digits, '_', '-' or '.'")
-        return v
+    run_id: RunId = None  # null: derived from these params and the data (same params, same run)
 
 
 class VcModelConfig(Strict):
@@ -763,14 +752,7 @@ class VcConfig(Strict):
     keep_best: int = Field(2, ge=1)
     val_max_utterances: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    run_id: Optional[str] = None  # null: derived from these params, the content encoder and the data
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not NAME.match(v):
-            raise ValueError("expected letters, digits, '_', '-' or '.'")
-        return v
+    run_id: RunId = None  # null: derived from these params, the content encoder and the data
 
 
 class Params(Strict):

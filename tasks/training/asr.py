@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from tasks.core.storage import storage_from_config
 from tasks.frontends.symbols import PAD, SymbolTable
 from tasks.prep.content import CACHE_NAME, content_settings, plan_content, read_mel
 from tasks.prep.ingest import read_index
+from tasks.training.launch import setup_distributed
 from tasks.training.order import Order
 
 logger = logging.getLogger("vitsflow.asr")
@@ -174,20 +174,6 @@ def validate(model: ContentEncoder, cache: ResultCache, rows: list[dict[str, Any
 # ----------------------------------------------------------------------------- the loop
 
 
-def _setup_distributed(a: AsrConfig) -> tuple[int, int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        if not use_cuda:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    return (dist.get_rank() if world > 1 else 0), world, local_rank, device
-
-
 @dataclass
 class TrainResult:
     run_id: str
@@ -202,7 +188,7 @@ class TrainResult:
 def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] = None) -> TrainResult:
     """Train (or resume) the ASR run these params and clips define, until asr.max_steps."""
     a, root = params.asr, Path(root)
-    rank, world, local_rank, device = _setup_distributed(a)
+    rank, world, local_rank, device = setup_distributed(a.device)
     symbols = symbol_table(root)
     split = clips(root, params, symbols)
     run_id = run_id_for(params, split)

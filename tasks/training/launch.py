@@ -93,3 +93,23 @@ def trainer_main(description: str, train, argv: Optional[list[str]] = None) -> N
         dist.destroy_process_group()
     if rank == 0:
         print(json.dumps({"run_id": result.run_id, "step": result.step, "val_loss": result.val_loss}))
+
+
+def setup_distributed(device_setting: str):
+    """(rank, world, local_rank, device) of this process for the clip trainers (WaveGlow, ASR):
+    `device_setting` auto/cpu/cuda; under torchrun (WORLD_SIZE > 1) the process group, nccl on
+    CUDA, gloo on the CPU with the cores shared between the machine's processes."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        if not use_cuda:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return (dist.get_rank() if world > 1 else 0), world, local_rank, device

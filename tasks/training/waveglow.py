@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from tasks.core.config import Params, VocoderConfig, resolve_local
 from tasks.core.storage import open_storage, storage_from_config
 from tasks.prep.ingest import read_index
 from tasks.prep.vocoder import CACHE_NAME, plan_vocoder, read_features
+from tasks.training.launch import setup_distributed
 from tasks.training.order import Order
 
 logger = logging.getLogger("vitsflow.waveglow")
@@ -185,20 +185,6 @@ def load_initial(v: VocoderConfig, root: Path, params: Params) -> tuple[dict[str
 # ----------------------------------------------------------------------------- the loop
 
 
-def _setup_distributed(v: VocoderConfig) -> tuple[int, int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = v.device == "cuda" or (v.device == "auto" and torch.cuda.is_available())
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        if not use_cuda:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-    return (dist.get_rank() if world > 1 else 0), world, local_rank, device
-
-
 @dataclass
 class TrainResult:
     run_id: str
@@ -228,7 +214,7 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
     """Train (or resume) the WaveGlow run these params and clips define, until vocoder.max_steps."""
     v, root = params.vocoder, Path(root)
     check_vocoder(v)
-    rank, world, local_rank, device = _setup_distributed(v)
+    rank, world, local_rank, device = setup_distributed(v.device)
     run_id = run_id_for(params, root)
     cache = ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{CACHE_NAME}.sqlite")
     split = clips(root, params)
