@@ -342,6 +342,10 @@ def export(model: Optional[str] = typer.Option(None, "--model", "-m", help="A ch
                                                  "(waveglow/: safetensors, TorchScript, ONNX): train/waveglow.json, a "
                                                  "bundle, an NVIDIA .pt. Default without --model: the waveglow stage's "
                                                  "when params vocoder.enabled."),
+           vc: Optional[str] = typer.Option(None, "--vc", help="A HiFi-VC to export beside the voice (hifivc.ts, "
+                                            "the seminar's TorchScript interface, + .safetensors, .json): "
+                                            "train/vc.json or a vc bundle. Default without --model: the vc stage's "
+                                            "when params vc.enabled."),
            params: str = PARAMS) -> None:
     """Stage `export`: a checkpoint as the inference bundle and in upstream Bert-VITS2 2.3's format."""
     from flows.export import export_flow
@@ -350,13 +354,14 @@ def export(model: Optional[str] = typer.Option(None, "--model", "-m", help="A ch
     from tasks.core.config import ConfigError
     from tasks.inference.export import ExportError
     from tasks.inference.synth import SynthError
+    from tasks.inference.convert import ConvertError
     from tasks.inference.vocode import VocodeError
 
     try:
         summary = export_flow(params_path=params, model=model, out=out,
-                              formats=None if formats is None else formats.split(","), vocoder=vocoder)
+                              formats=None if formats is None else formats.split(","), vocoder=vocoder, vc=vc)
     except (ConfigError, FileNotFoundError, CheckpointError, ExportError, SynthError, VocodeError,
-            WaveGlowCheckpointError) as err:
+            WaveGlowCheckpointError, ConvertError) as err:
         _fail(str(err))
     typer.echo(json.dumps(summary, ensure_ascii=False))
 
@@ -529,21 +534,61 @@ def vocode(model: str = typer.Option(..., "--model", "-m", help="A WaveGlow: tra
 
 
 @app.command()
-def convert(model: str = typer.Option(..., "--model", "-m",
-                                      help="A checkpoint bundle (file://…/runs/<id>/step_N or its run folder, "
-                                      "s3://…) or train/run.json: export folders have no posterior "
-                                      "encoder."),
-            in_: str = typer.Option(..., "--in", "-i", help="The source recording (wav/flac/ogg/mp3)."),
-            source: str = typer.Option(..., "--from", help="The speaker of the recording (a model speaker)."),
-            target: str = typer.Option(..., "--to", help="The speaker to convert to."),
+def convert(model: Optional[str] = typer.Option(None, "--model", "-m",
+                                                help="Any-to-any: the HiFi-VC model (train/vc.json, the default; a vc "
+                                                "bundle or run; an export folder with hifivc.json). In-set: a voice "
+                                                "checkpoint bundle, its run folder or train/run.json (export folders "
+                                                "have no posterior encoder)."),
+            source_wav: Optional[str] = typer.Option(None, "--source", help="Any-to-any: the recording to re-speak "
+                                                     "(wav/flac/ogg/mp3, any rate from 8 kHz, stereo averaged)."),
+            reference: Optional[str] = typer.Option(None, "--reference", help="Any-to-any: a recording of the target "
+                                                    "voice (>= 1 s of voice; longer than 30 s: its most voiced 30 s)."),
+            pitch: Optional[str] = typer.Option(None, "--pitch", help="Any-to-any: match (the reference's pitch "
+                                                "level, the default) or follow (the source's; models trained with "
+                                                "vc.model.f0_norm: none)."),
+            in_: Optional[str] = typer.Option(None, "--in", "-i", help="In-set: the source recording."),
+            source: Optional[str] = typer.Option(None, "--from", help="In-set: the speaker of the recording (a "
+                                                 "model speaker)."),
+            target: Optional[str] = typer.Option(None, "--to", help="In-set: the speaker to convert to."),
             out: str = typer.Option(..., "--out", "-o", help="The WAV file to write."),
             params: Optional[str] = SYNTH_PARAMS) -> None:
-    """Voice conversion: re-speak a recording of one model speaker with another's voice."""
-    from tasks.prep.audio import AudioError, decode
+    """Voice conversion. Any-to-any (HiFi-VC): --source S --reference R re-speaks S in R's voice,
+    neither speaker needing to be a training speaker. In-set (the voice model): --in X --from A --to B
+    re-speaks a recording of model speaker A as model speaker B."""
     from tasks.core.storage import atomic_write_bytes
-    from tasks.inference.synth import SynthError
-    from tasks.prep.audio import wav_bytes
+    from tasks.prep.audio import AudioError, decode, wav_bytes
 
+    any_to_any, in_set = (source_wav, reference, pitch), (in_, source, target)
+    if any(v is not None for v in any_to_any) == any(v is not None for v in in_set):
+        _fail("give either --source and --reference (any-to-any, HiFi-VC) or --in, --from and --to (in-set)")
+    if in_ is None:
+        from tasks.core import paths
+        from tasks.core.checkpoints import CheckpointError
+        from tasks.core.config import ConfigError
+        from tasks.inference.convert import ConvertError, load_converter
+
+        if source_wav is None or reference is None:
+            _fail("any-to-any conversion needs both --source and --reference")
+        try:
+            recordings = []
+            for path in (source_wav, reference):
+                try:
+                    recordings.append(decode(Path(path).read_bytes(), Path(path).name))
+                except (OSError, AudioError) as err:
+                    raise ConvertError(f"{path}: {err}") from None
+            converter = load_converter(model or paths.VC_RECORD, params)
+            (src, src_sr), (ref, ref_sr) = recordings
+            converted, report = converter.convert(src, src_sr, ref, ref_sr, pitch, source_wav, reference)
+        except (ConvertError, ConfigError, CheckpointError) as err:
+            _fail(str(err))
+        atomic_write_bytes(Path(out), wav_bytes(converted, converter.sample_rate))
+        typer.echo(json.dumps({"path": out, "model": converter.info.get("run_id") or converter.source,
+                               "sample_rate": converter.sample_rate, **report}, ensure_ascii=False))
+        return
+    from tasks.inference.synth import SynthError
+
+    if model is None or source is None or target is None:
+        _fail("in-set conversion needs --model, --in, --from and --to")
     try:
         wav, sr = decode(Path(in_).read_bytes(), Path(in_).name)
     except (OSError, AudioError) as err:

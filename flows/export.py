@@ -14,9 +14,9 @@ from tasks.core import paths
 
 @flow(name="export")
 def export_flow(params_path: str = "params.yaml", model: Optional[str] = None, out: str = paths.EXPORT,
-                formats: Optional[list[str]] = None, vocoder: Optional[str] = None) -> dict:
-    """vocoder: a WaveGlow to export beside the voice; default (the stage, no --model): the
-    waveglow stage's model when params vocoder.enabled, else none."""
+                formats: Optional[list[str]] = None, vocoder: Optional[str] = None, vc: Optional[str] = None) -> dict:
+    """vocoder, vc: a WaveGlow, a HiFi-VC to export beside the voice; default (the stage, no
+    --model): the waveglow / vc stage's model when params vocoder.enabled / vc.enabled, else none."""
     from pathlib import Path
 
     from tasks.core.config import find_repo_root, load_params, resolve_local
@@ -28,9 +28,11 @@ def export_flow(params_path: str = "params.yaml", model: Optional[str] = None, o
     ref = model if model is not None else judged_checkpoint(root)
     if vocoder is None and model is None and params.vocoder.enabled:
         vocoder = paths.WAVEGLOW_RECORD  # as the stage's dvc.yaml deps name it (export.json records it)
+    if vc is None and model is None and params.vc.enabled:
+        vc = paths.VC_RECORD
     summary = export_model(ref, resolve_local(root, out) if model is None else Path(out), params_path,
                            formats if formats is not None else (params.export.formats if model is None else None),
-                           vocoder=vocoder)
+                           vocoder=vocoder, vc=vc)
     get_run_logger().info("export of %s to %s (%.1f s):\n%s", summary["checkpoint"], out,
                           time.perf_counter() - started, json.dumps(summary, indent=2))
     return summary

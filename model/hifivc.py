@@ -46,6 +46,7 @@ SPEAKER_MEL = dict(sample_rate=24000, n_fft=1024, hop_length=256, win_length=102
                    fmax=12000.0)  # the reference's mel (HiFi-GAN's at 24 kHz)
 CONTENT_MEL = dict(sample_rate=CONTENT_RATE, n_fft=512, hop_length=CONTENT_HOP, win_length=400, n_mels=80,
                    fmin=0.0, fmax=8000.0)
+LF0_CENTRE, LF0_SCALE = math.log(160.0), 0.5  # F0Encoder norm "none": log Hz around 160 Hz, half a unit ~ 0.7 octave
 
 
 
@@ -227,18 +228,24 @@ class ContentEncoder(nn.Module):
 
 
 class F0Encoder(nn.Module):
-    """lf0 [B, F] (log Hz, 0 unvoiced) -> [B, channels, Tc]: log-F0 normalised per utterance over
-    its voiced frames (the target's pitch range then comes from the speaker embedding), the voiced
-    flag beside it, resampled to the content frames, through two convolutions."""
+    """lf0 [B, F] (log Hz, 0 unvoiced) -> [B, channels, Tc]: log-F0 with the voiced flag beside it,
+    resampled to the content frames, through two convolutions. `norm` "utterance" (the paper's):
+    normalised per utterance over its voiced frames, so the target's pitch level and range come
+    from the speaker embedding; "none": absolute, centred on LF0_CENTRE, so the output follows the
+    lf0 it is given (shift it to the reference's mean for another speaker's level: `--pitch match`)."""
 
-    def __init__(self, channels: int = 64):
+    def __init__(self, channels: int = 64, norm: str = "utterance"):
         super().__init__()
+        if norm not in ("utterance", "none"):
+            raise ValueError(f"F0Encoder norm: 'utterance' or 'none', got {norm!r}")
+        self.norm, self.centre, self.scale = norm, LF0_CENTRE, LF0_SCALE  # (attributes: scripting takes no float globals)
         self.conv1 = nn.Conv1d(2, channels, 3, padding=1)
         self.conv2 = nn.Conv1d(channels, channels, 3, padding=1)
 
-    @staticmethod
-    def normalise(lf0: torch.Tensor) -> torch.Tensor:
+    def normalise(self, lf0: torch.Tensor) -> torch.Tensor:
         voiced = (lf0 > 0).to(lf0.dtype)
+        if self.norm == "none":
+            return torch.stack([(lf0 - self.centre) / self.scale * voiced, voiced], 1)
         n = voiced.sum(-1, keepdim=True).clamp(min=1.0)
         mean = (lf0 * voiced).sum(-1, keepdim=True) / n
         var = (((lf0 - mean) * voiced).square()).sum(-1, keepdim=True) / n
@@ -363,7 +370,7 @@ class HiFiVC(nn.Module):
                  upsample_rates: Sequence[int] = (8, 5, 4, 3), upsample_kernel_sizes: Sequence[int] = (16, 11, 8, 7),
                  resblock: str = "1", resblock_kernel_sizes: Sequence[int] = (3, 7, 11),
                  resblock_dilation_sizes: Sequence[Sequence[int]] = ((1, 3, 5), (1, 3, 5), (1, 3, 5)),
-                 p_dropout: float = 0.1):
+                 p_dropout: float = 0.1, f0_norm: str = "utterance"):
         super().__init__()
         hop = 1
         for u in upsample_rates:
@@ -375,7 +382,7 @@ class HiFiVC(nn.Module):
         self.speaker_mel = LogMel(**SPEAKER_MEL)
         self.content = ContentEncoder(CONTENT_MEL["n_mels"], d_model, n_heads, n_layers, ff_mult, conv_kernel,
                                       n_symbols, p_dropout)
-        self.f0 = F0Encoder(f0_channels)
+        self.f0 = F0Encoder(f0_channels, f0_norm)
         self.speaker_encoder = SpeakerEncoder(SPEAKER_MEL["n_mels"], speaker_dim)
         self.generator = Generator(d_model + f0_channels, speaker_dim, upsample_initial_channel, upsample_rates,
                                    upsample_kernel_sizes, resblock, resblock_kernel_sizes, resblock_dilation_sizes)

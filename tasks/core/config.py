@@ -711,6 +711,9 @@ class VcModelConfig(Strict):
     """HiFi-VC's F0 encoder, speaker encoder and HiFi-GAN generator (model/hifivc.py); the content
     encoder's size is the `asr` stage's (its checkpoint is loaded, frozen)."""
     f0_channels: int = Field(64, ge=1)
+    # utterance: log-F0 normalised per utterance, the pitch level from the reference (the paper's);
+    # none: absolute log-F0, the output follows the source's level unless shifted (--pitch match)
+    f0_norm: Literal["utterance", "none"] = "utterance"
     speaker_dim: int = Field(128, ge=1)
     upsample_initial_channel: int = Field(256, ge=16)  # HiFi-GAN V1: 512
     resblock: Literal["1", "2"] = "1"

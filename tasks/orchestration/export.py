@@ -8,6 +8,8 @@
 writes into the output folder:
 
     model.safetensors, model.onnx, model.ts, config.json   the inference bundle (tasks/inference/export.py)
+    waveglow/                                              a WaveGlow beside it, when given (vocode.py)
+    hifivc.ts, hifivc.safetensors, hifivc.json             a HiFi-VC beside it, when given (convert.py)
     upstream/G_<step>.pth, upstream/config.json            upstream Bert-VITS2 2.3's own format
     export.json                                            what was exported from where, and whether
                                                            that checkpoint is production
@@ -80,11 +82,15 @@ def same_checkpoint(a: Optional[str], b: Optional[str]) -> bool:
 
 
 def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.yaml",
-                 formats: Optional[Sequence[str]] = None, vocoder: Optional[str] = None) -> dict[str, Any]:
+                 formats: Optional[Sequence[str]] = None, vocoder: Optional[str] = None,
+                 vc: Optional[str] = None) -> dict[str, Any]:
     """Export checkpoint `ref` (module docstring) to out_dir; returns the summary (export.json).
     vocoder: a WaveGlow (any reference tasks.inference.vocode.load_vocoder takes: the waveglow
     stage's record, a bundle, an NVIDIA file) to export beside it in out_dir/waveglow/ (weight norm
-    removed: safetensors, TorchScript, ONNX); None removes an earlier export's waveglow/."""
+    removed: safetensors, TorchScript, ONNX); None removes an earlier export's waveglow/.
+    vc: a HiFi-VC (any reference tasks.inference.convert.load_converter takes: the vc stage's
+    record, a bundle) to export beside it as out_dir/hifivc.ts (+ .safetensors, .json); None
+    removes an earlier export's."""
     from tasks.frontends import backend_info
     from tasks.inference.export import (CONFIG_NAME, FILES, UPSTREAM_DIR, ExportError, export_inference,
                                         export_upstream, upstream_problems)
@@ -101,6 +107,7 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
         resolved = str(root / resolved)  # a run record or bundle path relative to the repo, not the cwd
     voice = load_voice(resolved, params_path)
     vocoder_model = _load_vocoder(vocoder, params_path, root)  # a bad vocoder fails before anything is written
+    converter = _load_converter(vc, params_path, root)  # so does a bad conversion model
     if voice.kind != "checkpoint":
         raise SynthError(f"{ref}: an export folder is exported already; export from a checkpoint bundle, a run, "
                          "a run record or the production pointer")
@@ -129,6 +136,7 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
         shutil.rmtree(out / UPSTREAM_DIR, ignore_errors=True)
         upstream = {"written": False, "reasons": problems if upstream_mode == "auto" else ["not requested"]}
     vocoder_summary = _export_vocoder(vocoder, vocoder_model, out)
+    vc_summary = _export_vc(vc, converter, out)
     pointer = read_production_pointer(params, root)
     summary = {"model": ref, "checkpoint": info["checkpoint"], "run_id": info["run_id"], "step": info["step"],
                "variant": info.get("variant"), "formats": list(bundle_formats), "upstream": upstream,
@@ -136,7 +144,7 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
                               "is_production": bool(pointer) and same_checkpoint(pointer["checkpoint"]["uri"],
                                                                                  info["checkpoint"]),
                               "pointer_checkpoint": pointer["checkpoint"]["uri"] if pointer else None},
-               "vocoder": vocoder_summary}
+               "vocoder": vocoder_summary, "vc": vc_summary}
     atomic_write_bytes(out / SUMMARY_NAME, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
     return summary
 
@@ -144,11 +152,30 @@ def export_model(ref: str, out_dir: PathLike, params_path: PathLike = "params.ya
 def _load_vocoder(ref: Optional[str], params_path: Path, root: Path):
     from tasks.inference.vocode import load_vocoder
 
-    if ref is None:
-        return None
+    return None if ref is None else load_vocoder(_local_ref(ref, root), params_path)
+
+
+def _local_ref(ref: str, root: Path) -> str:
     if "://" not in ref and not Path(ref).is_absolute() and not Path(ref).exists() and (root / ref).exists():
-        ref = str(root / ref)  # a record or file relative to the repo, not the cwd (as for the voice)
-    return load_vocoder(ref, params_path)
+        return str(root / ref)  # a record or file relative to the repo, not the cwd (as for the voice)
+    return ref
+
+
+def _load_converter(ref: Optional[str], params_path: Path, root: Path):
+    from tasks.inference.convert import load_converter
+
+    return None if ref is None else load_converter(_local_ref(ref, root), params_path)
+
+
+def _export_vc(ref: Optional[str], converter, out: Path) -> Optional[dict[str, Any]]:
+    from tasks.inference.convert import EXPORT_TS, export_hifivc, remove_export
+
+    if converter is None:
+        remove_export(out)
+        return None
+    config = export_hifivc(converter, out)
+    return {"model": ref, "file": EXPORT_TS, "run_id": config.get("run_id"), "step": config.get("step"),
+            "checkpoint": config.get("checkpoint"), "parity": config["parity"], "onnx": config["onnx"]}
 
 
 def _export_vocoder(ref: Optional[str], vocoder, out: Path) -> Optional[dict[str, Any]]:

@@ -78,7 +78,7 @@ def asr_checkpoint(root: Path, params: Params, record_path: str = paths.ASR_RECO
 
 def build_model(params: Params, asr_config: dict) -> HiFiVC:
     m = params.vc.model
-    return HiFiVC(**asr_config, f0_channels=m.f0_channels, speaker_dim=m.speaker_dim,
+    return HiFiVC(**asr_config, f0_channels=m.f0_channels, f0_norm=m.f0_norm, speaker_dim=m.speaker_dim,
                   upsample_initial_channel=m.upsample_initial_channel, resblock=m.resblock,
                   resblock_kernel_sizes=m.resblock_kernel_sizes, resblock_dilation_sizes=m.resblock_dilation_sizes)
 

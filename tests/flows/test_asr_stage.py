@@ -77,3 +77,19 @@ def test_the_vc_stage_trains_on_the_asr_stages_encoder_and_a_rerun_resumes(train
     assert json.loads((project / "train/vc.json").read_text()) == record
     assert "(0 computed)" in again.stdout + again.stderr
     assert f"resumed run {record['run_id']} at step 4" in again.stdout + again.stderr
+    # any-to-any with the stage's model (train/vc.json, the default), on real speech of tests/data
+    speech = Path(__file__).resolve().parents[1] / "data" / "speech"
+    src, ref = speech / "en_ljspeech/wavs/LJ001-0002.wav", speech / "zh_aishell3/wavs/SSB00050112.wav"
+    done = vitsflow(project, prefect_server, "convert", "--source", str(src), "--reference", str(ref), "--out", "vc.wav")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    import soundfile as sf
+
+    wav, sr = sf.read(project / "vc.wav")
+    assert sr == 24000 and report["model"] == record["run_id"] and abs(len(wav) / sr - sf.info(src).duration) < 0.01
+    env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    silent = project / "silent.wav"
+    sf.write(silent, [0.0] * 48000, 16000)
+    bad = subprocess.run([str(Path(sys.executable).with_name("vitsflow")), "convert", "--source", str(src),
+                          "--reference", str(silent), "--out", "bad.wav"], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and "silent.wav: 0.00 s of voice" in bad.stderr and not (project / "bad.wav").exists()

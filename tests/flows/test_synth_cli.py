@@ -76,3 +76,15 @@ def test_convert(models, tmp_path):
     result = runner.invoke(app, ["convert", "--model", models["export"], "--in", str(src), "--from", "en_m1",
                                  "--to", "de_f1", "--out", str(tmp_path / "c.wav")])
     assert result.exit_code == 2 and "posterior encoder" in result.output and not (tmp_path / "c.wav").exists()
+
+
+def test_convert_takes_one_of_its_two_ways_and_its_help_lists_both(tmp_path):
+    help_text = runner.invoke(app, ["convert", "--help"]).output
+    assert all(opt in help_text for opt in ("--source", "--reference", "--pitch", "--in", "--from", "--to"))
+    both = runner.invoke(app, ["convert", "--source", "a.wav", "--in", "b.wav", "--out", str(tmp_path / "x.wav")])
+    assert both.exit_code == 2 and "give either --source and --reference" in both.output
+    half = runner.invoke(app, ["convert", "--source", "a.wav", "--out", str(tmp_path / "x.wav")])
+    assert half.exit_code == 2 and "needs both --source and --reference" in half.output
+    missing = runner.invoke(app, ["convert", "--source", str(tmp_path / "none.wav"), "--reference",
+                                  str(tmp_path / "none.wav"), "--out", str(tmp_path / "x.wav")])
+    assert missing.exit_code == 2 and "none.wav" in missing.output and not (tmp_path / "x.wav").exists()

@@ -173,3 +173,16 @@ def test_the_scripted_model_equals_eager_and_loads_without_vitsflow_importable(t
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip()) <= 1e-4
+
+
+def test_per_utterance_f0_ignores_the_pitch_level_and_absolute_f0_follows_it():
+    src, ref = _inputs(12000)
+    for norm, level_matters in (("utterance", False), ("none", True)):
+        model = _model(f0_norm=norm)
+        with torch.no_grad():
+            mel_ref, lf0 = model.preprocess(src, ref)
+            up = torch.where(lf0 > 0, lf0 + math.log(2.0), lf0)  # an octave up
+            a, b = model(src, mel_ref, lf0), model(src, mel_ref, up)
+        assert bool((a - b).abs().max() > 1e-4) == level_matters, norm
+    with pytest.raises(ValueError, match="norm: 'utterance' or 'none'"):
+        _model(f0_norm="global")

@@ -221,6 +221,22 @@ def test_vitsflow_export_writes_both_formats_and_fails_clearly(models, tmp_path,
     assert unknown.exit_code == 2 and "formats: expected some of" in unknown.output
 
 
+def test_a_hifivc_is_exported_beside_the_voice_as_the_seminars_torchscript_and_removed_without_one(models,
+                                                                                                 tmp_path):
+    from tasks.inference.convert import load_converter
+    from tests.tasks.inference.test_convert import save_vc_bundle
+
+    storage = models["bundle"].split("/runs/")[0]  # the voice's file:// storage
+    uri = save_vc_bundle(storage)
+    summary = export_model(models["bundle"], tmp_path, models["params"], ["safetensors"], vc=uri)
+    assert summary["vc"]["file"] == "hifivc.ts" and summary["vc"]["run_id"] == "vc-random"
+    assert summary["vc"]["parity"]["forward_max_abs_diff"] <= 1e-4 and _summary(tmp_path)["vc"] == summary["vc"]
+    assert {"hifivc.ts", "hifivc.safetensors", "hifivc.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert load_converter(tmp_path).info["checkpoint"] == summary["vc"]["checkpoint"]
+    summary = export_model(models["bundle"], tmp_path, models["params"], ["safetensors"])
+    assert summary["vc"] is None and not list(tmp_path.glob("hifivc.*"))
+
+
 def test_a_vocoder_is_exported_beside_the_voice_and_an_export_without_one_removes_it(models, tmp_path):
     from tasks.inference.vocode import load_vocoder
 
