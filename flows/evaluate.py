@@ -1,7 +1,9 @@
 """Stage `evaluate` as a Prefect flow: evaluate the run record's checkpoint on the val split
 (tasks/evaluation/evaluate.py: eval/metrics.json, report.md, samples/, plots/), with the waveglow
 stage on judge copy-synthesis of the same recordings beside it (tasks/evaluation/copy_synthesis.py:
-eval/copy_synthesis.json, samples/<id>.wg.wav, a report section), publish the metrics as Prefect
+eval/copy_synthesis.json, samples/<id>.wg.wav, a report section) and the vc stage on, its
+held-out pairs converted and judged (tasks/evaluation/conversion.py: eval/vc.json, samples/vc/, a
+report section, the conversion model's own gate), publish the metrics as Prefect
 artifacts (the report as markdown, the per-group metrics as a table), then run the promotion gate
 on params.storage (models/<model_name>/production.json), production scored on the same utterances
 (eval/production.json when it had to be scored again); the decision goes to the log and to
@@ -33,6 +35,7 @@ def evaluate_flow(params_path: str = "params.yaml", run_record: str = paths.RUN_
                   out: str = paths.EVAL) -> dict:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    from tasks.evaluation.conversion import judge_beside_voice as judge_conversion_beside_voice
     from tasks.evaluation.copy_synthesis import judge_beside_voice
     from tasks.evaluation.evaluate import evaluate, promote, read_run_record, score_production
 
@@ -47,6 +50,10 @@ def evaluate_flow(params_path: str = "params.yaml", run_record: str = paths.RUN_
     copy_section = judge_beside_voice(params, root, metrics, [r["id"] for r in result["rows"]], out, params_path=path)
     if copy_section:
         result["markdown"] += copy_section
+    # with the vc stage on: its held-out pairs converted and judged, and its own gate
+    vc_section = judge_conversion_beside_voice(params, root, out, params_path=path)
+    if vc_section:
+        result["markdown"] += vc_section
     try:
         production = score_production(params, root, metrics, run_record, params_path=path)
     except Exception as err:  # production's checkpoint is gone or unreadable: the gate says so

@@ -733,6 +733,33 @@ class VcModelConfig(Strict):
         return self
 
 
+class VcEvalPair(Strict):
+    """One held-out conversion of the evaluate stage: `source` re-spoken in `reference`'s voice,
+    both recordings of speakers the vc stage did not train on (local paths, relative to the repo)."""
+    source: str
+    reference: str
+    text: Optional[str] = None  # the source's transcript: CER/WER (English) and PER against it
+    language: Optional[str] = None  # the transcript's language (a `languages` key for PER)
+    name: Optional[str] = None  # the pair's name in the report (default: source~reference stems)
+
+    @field_validator("source", "reference")
+    @classmethod
+    def _local(cls, v: str) -> str:
+        if not v.strip() or "://" in v.removeprefix("file://"):
+            raise ValueError(f"expected a local audio file path, got {v!r}")
+        return v
+
+
+class VcPromotionConfig(Strict):
+    """The conversion model's gate: models/<eval.promotion.model_name>-vc/production.json changes
+    when the candidate's held-out pairs pass these (tasks/evaluation/conversion.py)."""
+    # the share of pairs whose output is closer (GE2E cosine) to the reference than to the source
+    min_win_rate: float = Field(0.5, ge=0, le=1)
+    # mean (similarity to reference - similarity to source) over production's, at least
+    min_margin_improvement: float = 0.0
+    max_per_regression: float = Field(0.05, ge=0)  # phone error rate, where both have it
+
+
 class VcConfig(Strict):
     """Stage `vc` (tasks/training/vc.py): HiFi-VC trained on the ingested clips with the `asr`
     stage's content encoder frozen: HiFi-GAN's losses plus the speaker VAE's KL, each clip's
@@ -756,6 +783,8 @@ class VcConfig(Strict):
     val_max_utterances: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     run_id: RunId = None  # null: derived from these params, the content encoder and the data
+    eval: list[VcEvalPair] = []  # held-out pairs judged by the evaluate stage (eval/vc.json)
+    promotion: VcPromotionConfig = VcPromotionConfig()
 
 
 class Params(Strict):

@@ -143,7 +143,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 # the judges' columns in the report's table, in this order
 REPORT_JUDGES = [("mos", "MOS"), ("mos_reference", "MOS (recording)"), ("speaker_similarity", "speaker sim."),
-                 ("cer", "CER"), ("wer", "WER")]
+                 ("cer", "CER"), ("wer", "WER"), ("per", "PER (in-domain)")]
 
 
 def markdown_report(metrics: dict) -> str:
@@ -181,6 +181,10 @@ def markdown_report(metrics: dict) -> str:
                                 f"set eval.models.{kind} to a model that does)" if missing else "") + "\n")
             else:
                 lines.append(f"- {what} (`{key}`): {NOT_COMPUTED_NOTE} (eval.models.{kind})\n")
+    if "per" in judged:
+        lines.append(f"- phone error rate of the synthesis's recognised phones against its transcript's (`per`): "
+                     f"{_fmt(metrics['overall'].get('per'))} overall, every language, by the {judged['per']}; "
+                     "a recogniser trained on this corpus: in-domain, not comparable across corpora\n")
     if metrics.get("failed"):
         lines.append(f"- {len(metrics['failed'])} utterances could not be synthesised: "
                      + "; ".join(f"`{f['id']}`: {f['error']}" for f in metrics["failed"]) + "\n")
@@ -214,6 +218,7 @@ def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECO
     from tasks.prep.audio import wav_bytes
     from tasks.core.paths import DATA_DIRS
     from tasks.training.train import validation_mel_l1 as teacher_forced_mel_l1
+    from tasks.evaluation.conversion import PhoneRecogniser
     from tasks.evaluation.judges import Judges
 
     root = Path(root)
@@ -240,6 +245,7 @@ def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECO
     from tasks.prep.audio import resample
 
     judges = Judges(cfg.models, root, device) if any(cfg.models.model_dump().values()) else None
+    recogniser = PhoneRecogniser.load(root, params, device=device)  # the asr stage's, when it is on
     rows: list[dict] = []
     failed: list[dict] = []
     samples: list[dict] = []
@@ -268,6 +274,8 @@ def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECO
         if judges is not None:  # the transcript stays a string: aggregate() only averages numbers
             row.update({k: v if isinstance(v, str) else _finite(v)
                         for k, v in judges.score(ref_wav, syn, ref_sr, meta.get("norm_text") or texts[utt], lang).items()})
+        if recogniser is not None:  # every language: the recogniser trained on the corpus's phones
+            row["per"] = _finite(recogniser.per(syn, ref_sr, meta["phones"]))
         rows.append(row)
         if write and len(samples) < cfg.samples:
             name = _safe_name(utt)
@@ -285,7 +293,8 @@ def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECO
 
     groups = aggregate(rows, by=("language", "speaker"))
     eval_set = hashlib.sha256("\n".join(r["id"] for r in rows).encode()).hexdigest()[:16]
-    judged = judges.described() if judges is not None else {}
+    judged = {**(judges.described() if judges is not None else {}),
+              **({"per": recogniser.describe()} if recogniser is not None else {})}
     metrics = {**{k: groups["overall"].get(k) for k in HEADLINE + list(judged)}, "utterances": len(rows),
                "judges": judged,
                **groups, "failed": failed, "eval_set": eval_set, "scoring": scoring_key(params),

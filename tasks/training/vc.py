@@ -51,7 +51,7 @@ logger = logging.getLogger("vitsflow.vc")
 NET, DISC = "HiFiVC", "D"
 SAMPLES_PER_FRAME = OUTPUT_RATE * 2 * CONTENT_HOP // 16000  # 480: one 20 ms content frame at 24 kHz
 HOW_ONLY = {"enabled", "max_steps", "epochs", "log_interval", "eval_interval", "save_interval", "keep_best",
-            "val_max_utterances", "device", "run_id"}
+            "val_max_utterances", "device", "run_id", "eval", "promotion"}
 
 
 class VcError(ValueError):

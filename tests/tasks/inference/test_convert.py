@@ -51,7 +51,7 @@ def test_random_init_conversion_of_real_speech_is_as_long_as_the_source_at_24k(l
     assert wav.dtype == np.float32 and np.isfinite(wav).all()
     assert abs(len(wav) - len(lj[0]) / lj[1] * OUTPUT_RATE) <= 2
     assert report["seconds"] == round(len(wav) / OUTPUT_RATE, 3) and report["pitch"] == "match"
-    assert report["reference"]["voiced_seconds"] >= 1.0 and report["notes"] == []
+    assert report["reference"]["speech_seconds"] >= 1.0 and report["notes"] == []
 
 
 def test_a_source_at_8_khz_is_upsampled_and_the_report_says_what_it_lacks(lj, aishell):
@@ -106,7 +106,7 @@ def test_a_reference_over_30_s_uses_its_most_voiced_30_s_window(lj, aishell):
     assert end - start == pytest.approx(30.0, abs=0.02)
     voice_at = 40.0, 40.0 + len(ref) / sr
     assert start <= voice_at[0] and end >= voice_at[1] - 0.05  # the window holds the speech
-    assert report["reference"]["voiced_seconds"] >= 1.0 and report["reference"]["seconds"] > 80
+    assert report["reference"]["speech_seconds"] >= 1.0 and report["reference"]["seconds"] > 80
 
 
 def test_pitch_follow_is_refused_when_the_model_normalises_f0_per_utterance(lj, aishell):
