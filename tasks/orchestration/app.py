@@ -1,6 +1,7 @@
 """`vitsflow app`: an HTTP API (FastAPI, OpenAPI docs at /docs) and one web page to listen to what the
-pipeline trained: synthesis with every knob, A/B of two models on the same sentence, and the eval
-report's metrics and samples.
+pipeline trained: synthesis with every knob, A/B of two models on the same sentence, any-to-any
+voice conversion (a source and a reference, uploaded or recorded), and the eval report's metrics
+and samples.
 
 Models are chosen by id from listings, never by a path in the request:
 
@@ -23,6 +24,12 @@ A model is loaded on first use and kept (least recently used first out, params.a
                                 (recording, synthesis, and WaveGlow copy-synthesis when evaluated);
                                 ?model=<id>: only if that is the checkpoint evaluate judged (else 404)
     GET  /api/eval/samples/{f}  one sample WAV of eval/samples/ (names from its listing only)
+    GET  /api/vc/models         the any-to-any conversion models (HiFi-VC): `vc` (the vc stage's
+                                train/vc.json), `vc-production` (models/<name>-vc/production.json),
+                                `export:<folder>` (export folders holding hifivc.json)
+    POST /api/convert           JSON {model, source_base64, source_name, reference_base64,
+                                reference_name, pitch} (files as uploaded: wav/flac/ogg/mp3) -> audio/wav
+                                at 24 kHz; X-Conversion-Report: what was used (JSON)
 
 Bad input is a 4xx whose `detail` says why: 404 unknown model or sample, 422 a field out of range,
 text over params.app.max_text_chars, a batch over params.app.max_batch, an unknown speaker or
@@ -87,6 +94,16 @@ class BatchRequest(Knobs):
     items: list[Sentence] = Field(..., min_length=1, description="Sentences (at most params app.max_batch)")
 
 
+class ConvertRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("vc", description="A conversion model id from GET /api/vc/models")
+    source_base64: str = Field(..., description="The recording to re-speak: a wav/flac/ogg/mp3 file, base64")
+    source_name: str = Field("source.wav", description="Its file name (the extension says the format)")
+    reference_base64: str = Field(..., description="A recording of the target voice (>= 1 s of speech), base64")
+    reference_name: str = Field("reference.wav", description="Its file name")
+    pitch: Optional[str] = Field(None, description="match (the reference's pitch level) or follow (the source's)")
+
+
 class ABRequest(Knobs, Sentence):
     model_a: str = Field(..., description="A model id from GET /api/models")
     model_b: str = Field(..., description="Another model id")
@@ -129,25 +146,30 @@ class Models:
         return [{"id": f"run:{run}:{step}", "kind": "checkpoint", "run_id": run, "step": step,
                  "label": f"{run} step {step}"} for run, step in sorted(found)]
 
+    def _export_folders(self) -> list[tuple[str, Path]]:
+        """(name, folder) of each params.app.exports folder and of its immediate subfolders."""
+        out = []
+        for base in self.params.app.exports:
+            folder = resolve_local(self.root, base)
+            out += [(base, folder)] + ([(f"{base}/{d.name}", d) for d in sorted(folder.iterdir()) if d.is_dir()]
+                                       if folder.is_dir() else [])
+        return out
+
     def exports(self) -> list[dict]:
         from tasks.inference.export import ExportError, read_inference_config
 
         out = []
-        for base in self.params.app.exports:
-            folder = resolve_local(self.root, base)
-            candidates = [(base, folder)] + ([(f"{base}/{d.name}", d) for d in sorted(folder.iterdir()) if d.is_dir()]
-                                             if folder.is_dir() else [])
-            for name, path in candidates:
-                if not (path / "config.json").is_file():
-                    continue
-                try:
-                    config = read_inference_config(path)
-                except (ExportError, ValueError, OSError):
-                    continue  # e.g. an upstream-format config.json: not a bundle this app loads
-                lineage = config.get("lineage") or {}
-                out.append({"id": f"export:{name}", "kind": "export", "folder": name,
-                            "run_id": lineage.get("run_id"), "step": lineage.get("step"),
-                            "checkpoint": lineage.get("checkpoint"), "label": f"export {name}"})
+        for name, path in self._export_folders():
+            if not (path / "config.json").is_file():
+                continue
+            try:
+                config = read_inference_config(path)
+            except (ExportError, ValueError, OSError):
+                continue  # e.g. an upstream-format config.json: not a bundle this app loads
+            lineage = config.get("lineage") or {}
+            out.append({"id": f"export:{name}", "kind": "export", "folder": name,
+                        "run_id": lineage.get("run_id"), "step": lineage.get("step"),
+                        "checkpoint": lineage.get("checkpoint"), "label": f"export {name}"})
         return out
 
     def listing(self) -> list[dict]:
@@ -215,6 +237,77 @@ class Models:
     def loaded(self) -> list[str]:
         with self._lock:
             return list(self._cache)
+
+    # -- conversion (HiFi-VC)
+    def vc_listing(self) -> list[dict]:
+        from tasks.evaluation.conversion import vc_production_key, vc_record
+        from tasks.inference.convert import EXPORT_CONFIG
+
+        out = []
+        try:
+            record = vc_record(self.root)
+        except ValueError:
+            record = None
+        if record is not None:
+            out.append({"id": "vc", "label": f"vc stage: {record.get('run_id')} step {record['checkpoint'].get('step')}",
+                        "ref": str(resolve_local(self.root, paths.VC_RECORD))})
+        key = vc_production_key(self.params)
+        if self._storage().exists(key):
+            pointer = json.loads(self._storage().read_bytes(key).decode("utf-8"))
+            out.append({"id": "vc-production", "label": f"production: {pointer.get('run_id')} step "
+                                                        f"{pointer['checkpoint'].get('step')}",
+                        "ref": pointer["checkpoint"]["uri"]})
+        out += [{"id": f"export:{name}", "label": f"export {name}", "ref": str(path)}
+                for name, path in self._export_folders() if (path / EXPORT_CONFIG).is_file()]
+        return out
+
+    def converter(self, model_id: str):
+        from tasks.core.checkpoints import CheckpointError
+        from tasks.inference.convert import ConvertError, load_converter
+
+        refs = {m["id"]: m["ref"] for m in self.vc_listing()}
+        if model_id not in refs:
+            raise HTTPException(404, f"unknown conversion model {model_id!r}: choose an id from GET /api/vc/models")
+        ref = refs[model_id]
+        key = "vc:" + ref
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            try:
+                converter = load_converter(ref, self.params_path)
+            except (ConvertError, CheckpointError, FileNotFoundError) as err:
+                raise HTTPException(500, f"conversion model {model_id!r} ({ref}) cannot be loaded: {err}") from None
+            self._cache[key] = converter
+            while len(self._cache) > self.params.app.max_cached_models:
+                self._cache.popitem(last=False)
+            return converter
+
+    def convert(self, req: "ConvertRequest") -> tuple[bytes, dict]:
+        from tasks.inference.convert import ConvertError
+        from tasks.prep.audio import AudioError, decode, wav_bytes
+
+        limit = self.params.app.max_upload_mb
+        audio = []
+        for field in ("source", "reference"):
+            data, name = getattr(req, f"{field}_base64"), Path(getattr(req, f"{field}_name")).name
+            if len(data) * 3 / 4 > limit * 1e6 / 2:
+                raise HTTPException(422, f"{field}: {len(data) * 3 / 4e6:.1f} MB, over half the limit of {limit:g} MB "
+                                         "(params app.max_upload_mb)")
+            try:
+                audio.append(decode(base64.b64decode(data, validate=True), name))
+            except (ValueError, AudioError) as err:  # binascii.Error is a ValueError
+                raise HTTPException(422, f"{field} ({name}): {err}") from None
+        converter = self.converter(req.model)
+        started = time.perf_counter()
+        try:
+            with self._synth_locks.setdefault("vc:" + converter.source, threading.Lock()):
+                wav, report = converter.convert(*audio[0], *audio[1], req.pitch, Path(req.source_name).name,
+                                                Path(req.reference_name).name)
+        except ConvertError as err:
+            raise HTTPException(422, str(err)) from None
+        report["conversion_seconds"] = round(time.perf_counter() - started, 3)
+        return wav_bytes(wav, converter.sample_rate), {"model": req.model, **report}
 
     def synthesize(self, model_id: str, sentence: Sentence, knobs: Knobs) -> tuple[bytes, dict]:
         from tasks.inference.synth import SynthError
@@ -356,6 +449,19 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
                 raise HTTPException(err.status_code, f"model_{side}: {err.detail}") from None
             result[side] = _b64(wav, info)
         return {"text": req.text, "seed": knobs.seed, **result}
+
+    @app.get("/api/vc/models")
+    def list_vc_models() -> dict:
+        return {"models": [{k: m[k] for k in ("id", "label")} for m in models.vc_listing()],
+                "limits": {"max_upload_mb": models.params.app.max_upload_mb}}
+
+    @app.post("/api/convert", response_class=Response,
+              responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM WAV at 24 kHz"}})
+    def convert(req: ConvertRequest) -> Response:
+        wav, info = models.convert(req)
+        return Response(wav, media_type="audio/wav",
+                        headers={"X-Model": req.model, "X-Audio-Seconds": str(info["seconds"]),
+                                 "X-Conversion-Report": json.dumps(info, ensure_ascii=True)})
 
     @app.get("/api/eval")
     def evaluation(model: Optional[str] = Query(None, description="Only if this model id is the checkpoint "

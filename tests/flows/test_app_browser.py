@@ -106,3 +106,48 @@ def test_the_page_speaks_a_typed_sentence_in_a_real_browser(server):
         finally:
             browser.close()
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_conversion_panel_converts_uploaded_recordings_and_records_from_a_microphone(server):
+    """Upload a source and a reference, convert, play the result; record a source from Chromium's
+    fake microphone (--use-fake-device-for-media-stream: a beep) into a WAV the page holds."""
+    from playwright.sync_api import sync_playwright
+
+    speech = REPO / "tests" / "data" / "speech"
+    src, ref = speech / "en_ljspeech/wavs/LJ001-0002.wav", speech / "zh_aishell3/wavs/SSB00050112.wav"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--use-fake-ui-for-media-stream",
+                                          "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required"])
+        try:
+            context = browser.new_context()
+            context.grant_permissions(["microphone"], origin=server)
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(server + "/")
+            page.wait_for_function("document.querySelectorAll('#vc-model option').length > 0", timeout=60_000)
+            assert page.eval_on_selector("#vc-model", "s => s.value") == "vc"
+            page.set_input_files("#vc-source", str(src))
+            page.set_input_files("#vc-reference", str(ref))
+            page.wait_for_function("document.getElementById('vc-reference-info').textContent.includes('kB')")
+            page.click("#vc-convert")
+            page.wait_for_function("document.getElementById('vc-player').src.startsWith('blob:')", timeout=60_000)
+            audio = page.evaluate(AUDIO_LOADED, "vc-player")
+            import soundfile as sf
+
+            assert abs(audio["duration"] - sf.info(str(src)).duration) < 0.02, audio
+            assert "s, reference 0-5.395 s" in page.text_content("#vc-info") and page.text_content("#vc-error") == ""
+
+            page.click("#vc-record-source")
+            page.wait_for_function("document.getElementById('vc-source-info').textContent === 'recording…'")
+            page.wait_for_timeout(1500)
+            page.click("#vc-record-source")
+            page.wait_for_function("document.getElementById('vc-source-info').textContent.startsWith('recorded')")
+            seconds = float(page.text_content("#vc-source-info").split()[1])
+            assert 1.0 <= seconds <= 3.0, seconds
+            header = page.evaluate("atob(vcInput.source.base64.slice(0, 16)).slice(0, 4) + vcInput.source.name")
+            assert header == "RIFFrecorded-source.wav"
+            assert errors == []
+        finally:
+            browser.close()

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from tasks.prep.audio import wav_bytes
 from tasks.orchestration.app import create_app
+from tests.tasks.inference.test_convert import save_vc_bundle
 from tests.tasks.inference.test_synth import build_models
 from tests.tasks.orchestration.test_export_stage import UPSTREAM_RUN, upstream_compatible_checkpoint
 
@@ -25,7 +26,8 @@ QUIET = {"noise_scale": 0.0, "noise_scale_w": 0.0, "sdp_ratio": 0.0}
 def app_project(train_corpus: Path, work: Path, with_eval: bool = True) -> dict:
     """work/: params.yaml (storage file://work/storage), a production pointer to run synth-test's step 3,
     a second run (upstream-compatible tables), the export folder work/export, and eval/ as the
-    evaluate stage writes it (metrics.json with an extra `mos` key, two samples)."""
+    evaluate stage writes it (metrics.json with an extra `mos` key, two samples); a random-init
+    HiFi-VC as the vc stage's record (train/vc.json; its bundle on work/vc_storage)."""
     m = build_models(train_corpus, work)
     params = json.loads(Path(m["params"]).read_text())
     params["eval"]["promotion"]["model_name"] = "demo"
@@ -33,6 +35,10 @@ def app_project(train_corpus: Path, work: Path, with_eval: bool = True) -> dict:
     params["app"]["max_batch"] = 2
     Path(m["params"]).write_text(json.dumps(params))
     m["second"] = upstream_compatible_checkpoint(Path(m["params"]))
+    m["vc"] = save_vc_bundle(f"file://{work}/vc_storage")
+    (work / "train").mkdir(exist_ok=True)
+    (work / "train" / "vc.json").write_text(json.dumps({"enabled": True, "run_id": "vc-random",
+                                                        "checkpoint": {"uri": m["vc"], "step": 3}}))
     pointer = work / "storage" / "models" / "demo" / "production.json"
     pointer.parent.mkdir(parents=True)
     pointer.write_text(json.dumps({"model_name": "demo", "run_id": "synth-test",
@@ -183,7 +189,45 @@ def test_the_page_and_the_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     routes = set(client.get("/openapi.json").json()["paths"])
     assert routes == {"/api/health", "/api/models", "/api/models/{model_id}", "/api/synthesize", "/api/batch",
-                      "/api/ab", "/api/eval", "/api/eval/samples/{name}"}
+                      "/api/ab", "/api/eval", "/api/eval/samples/{name}", "/api/vc/models", "/api/convert"}
+    assert 'id="vc-section"' in page.text and "/api/convert" in page.text
+
+
+SPEECH = Path(__file__).resolve().parents[2] / "data" / "speech"
+
+
+def _b64(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+CONVERT = {"source_base64": _b64(SPEECH / "en_ljspeech/wavs/LJ001-0002.wav"), "source_name": "lj.wav",
+           "reference_base64": _b64(SPEECH / "zh_aishell3/wavs/SSB00050112.wav"), "reference_name": "ref.wav"}
+
+
+def test_vc_models_list_the_vc_stages_model_and_convert_returns_24k_audio_as_long_as_the_source(client):
+    listing = client.get("/api/vc/models").json()
+    assert [m["id"] for m in listing["models"]] == ["vc"] and "vc-random step 3" in listing["models"][0]["label"]
+    r = client.post("/api/convert", json=CONVERT)
+    assert r.status_code == 200, r.text
+    wav, sr = sf.read(io.BytesIO(r.content))
+    src = sf.info(str(SPEECH / "en_ljspeech/wavs/LJ001-0002.wav"))
+    assert sr == 24000 and abs(len(wav) / sr - src.duration) < 0.01
+    report = json.loads(r.headers["X-Conversion-Report"])
+    assert report["model"] == "vc" and report["pitch"] == "match" and report["reference"]["speech_seconds"] >= 1
+    assert any(k.startswith("vc:") for k in client.get("/api/health").json()["loaded"])  # kept for the next call
+
+
+def test_an_exported_hifivc_is_a_conversion_model_of_the_app(train_corpus, tmp_path):
+    from tasks.inference.convert import export_hifivc, load_converter
+
+    m = app_project(train_corpus, tmp_path, with_eval=False)
+    export_hifivc(load_converter(m["vc"]), tmp_path / "export")
+    with TestClient(create_app(m["params"])) as c:
+        assert [x["id"] for x in c.get("/api/vc/models").json()["models"]] == ["vc", "export:export"]
+        r = c.post("/api/convert", json={**CONVERT, "model": "export:export"})
+        assert r.status_code == 200 and sf.read(io.BytesIO(r.content))[1] == 24000
 
 
 LONG = "Go " * 21 + "on"  # 65 characters; the project's limit is 60
@@ -212,6 +256,14 @@ BAD = [  # (method, path, json body or query, status, words the reason must cont
     ("get", "/api/eval", {"model": "run:x:1"}, 404, "unknown model"),
     ("get", "/api/eval/samples/nothing.wav", None, 404, "no eval sample 'nothing.wav'"),
     ("get", "/api/eval/samples/..%2Fmetrics.json", None, 404, ""),
+    ("post", "/api/convert", {**CONVERT, "model": "../train/vc.json"}, 404, "unknown conversion model"),
+    ("post", "/api/convert", {**CONVERT, "reference_base64": "not base64!"}, 422, "reference (ref.wav)"),
+    ("post", "/api/convert", {**CONVERT, "source_name": "lj.txt"}, 422, "source (lj.txt): unsupported format"),
+    ("post", "/api/convert", {**CONVERT, "reference_base64": _b64(SPEECH / "zh_aishell3/wavs/SSB00090181.wav")
+                              [:20000]}, 422, "reference (ref.wav)"),
+    ("post", "/api/convert", {**CONVERT, "pitch": "follow"}, 422, "normalises F0 per utterance"),
+    ("post", "/api/convert", {**CONVERT, "pitch": "up"}, 422, "pitch: one of"),
+    ("post", "/api/convert", {"source_base64": CONVERT["source_base64"]}, 422, "Field required"),
 ]
 
 
