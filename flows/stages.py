@@ -360,18 +360,27 @@ def vc_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, ou
             computed += fill_cache(task_fn, items, stage_cache(params, root, name), params.features.spec.chunk_size,
                                    params.runtime.in_flight_chunks, f"{name} features", ingest_dir=ingest_path,
                                    settings=settings)
-    import logging
+    from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
 
-    logging.getLogger("vitsflow.vc").setLevel(logging.INFO)
-    result = vc.train(params, root)
-    manifest = CheckpointStore(storage_from_config(params.storage, root), result.run_id).latest()
+    run_id = vc.run_id_for(params, vc.clips(root, params), encoder)
+    launch = torchrun_args(params.vc.nproc)
+    if is_distributed(launch):
+        launch_torchrun(path, launch, root, log, module="tasks.training.vc")
+    else:
+        import logging
+
+        logging.getLogger("vitsflow.vc").setLevel(logging.INFO)
+        vc.train(params, root)
+    manifest = CheckpointStore(storage_from_config(params.storage, root), run_id).latest()
+    if manifest is None:
+        raise RuntimeError(f"vc run {run_id}: training finished without a checkpoint")
     import os
 
     uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
-    record = {"enabled": True, "run_id": result.run_id, "encoder": encoder,
+    record = {"enabled": True, "run_id": run_id, "encoder": encoder,
               "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
               "metrics": manifest["metrics"], "lineage": manifest["lineage"], "clips": len(rows)}
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    log.info("vc: run %s at step %d, val mel L1 %s; features of %d clips (%d computed), %.1f s", result.run_id,
+    log.info("vc: run %s at step %d, val mel L1 %s; features of %d clips (%d computed), %.1f s", run_id,
              manifest["step"], manifest["metrics"].get("val_loss"), len(rows), computed, time.perf_counter() - started)
     return record

@@ -252,9 +252,16 @@ class F0Encoder(nn.Module):
         norm = (lf0 - mean) / torch.sqrt(var + 1e-4) * voiced
         return torch.stack([norm, voiced], 1)  # [B, 2, F]
 
-    def forward(self, lf0: torch.Tensor, frames: int) -> torch.Tensor:
-        x = F.interpolate(self.normalise(lf0), size=frames, mode="linear", align_corners=False)
+    def inputs(self, lf0: torch.Tensor, frames: int) -> torch.Tensor:
+        """[B, F] -> [B, 2, frames]: the normalised log-F0 and the voiced flag at the content rate
+        (no weights: the trainer computes it per clip, then slices)."""
+        return F.interpolate(self.normalise(lf0), size=frames, mode="linear", align_corners=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # [B, 2, Tc] -> [B, channels, Tc]
         return self.conv2(F.leaky_relu(self.conv1(x), 0.1))
+
+    def forward(self, lf0: torch.Tensor, frames: int) -> torch.Tensor:
+        return self.encode(self.inputs(lf0, frames))
 
 
 class DownBlockSpeaker(nn.Module):
@@ -400,7 +407,7 @@ class HiFiVC(nn.Module):
 
     def features(self, content: torch.Tensor, lf0: torch.Tensor) -> torch.Tensor:
         """The generator's input [B, d + f0_channels, Tc]: content and F0 features (training
-        slices it, as HiFi-GAN slices mels)."""
+        slices the content and `f0.inputs` per clip, as HiFi-GAN slices mels, then encodes)."""
         return torch.cat([content, self.f0(lf0, content.shape[-1])], 1)
 
     def decode(self, content: torch.Tensor, lf0: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:

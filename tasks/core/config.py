@@ -782,6 +782,8 @@ class VcConfig(Strict):
     save_interval: int = Field(250, ge=1)
     keep_best: int = Field(2, ge=1)
     val_max_utterances: int = Field(8, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on CUDA (the mel loss in fp32)
+    nproc: int = Field(1, ge=1)  # > 1: torchrun --nproc_per_node nproc (DDP)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     run_id: RunId = None  # null: derived from these params, the content encoder and the data
     eval: list[VcEvalPair] = []  # held-out pairs judged by the evaluate stage (eval/vc.json)

@@ -54,6 +54,7 @@ logger = logging.getLogger("vitsflow.asr")
 
 NET = "ContentEncoder"  # the bundle's network name
 BLANK = 0  # the CTC blank: the symbol table's pad `_` (its first symbol), which no target holds
+TEXT_SAMPLES = 2  # val clips whose recognised phones go to TensorBoard at each validation
 HOW_ONLY = {"enabled", "max_steps", "epochs", "log_interval", "eval_interval", "save_interval", "keep_best",
             "val_max_utterances", "nproc", "device", "run_id"}
 
@@ -154,8 +155,9 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
 
 @torch.no_grad()
 def validate(model: ContentEncoder, cache: ResultCache, rows: list[dict[str, Any]],
-             device: torch.device) -> tuple[Optional[float], Optional[float]]:
-    """(mean CTC loss, phone error rate) over `rows`, one clip at a time; (None, None) without clips."""
+             device: torch.device, examples: Optional[list] = None) -> tuple[Optional[float], Optional[float]]:
+    """(mean CTC loss, phone error rate) over `rows`, one clip at a time; (None, None) without clips.
+    `examples`: a list to append the first clips' (id, target ids, recognised ids) to (TensorBoard)."""
     if not rows:
         return None, None
     was = model.training
@@ -166,6 +168,8 @@ def validate(model: ContentEncoder, cache: ResultCache, rows: list[dict[str, Any
         logits = ctc_logits(model, model, batch)
         total += float(ctc_loss(logits, batch))
         hyp = greedy_decode(logits[0], int(ContentEncoder.output_lengths(batch["mel_lengths"])[0]))
+        if examples is not None and len(examples) < TEXT_SAMPLES:
+            examples.append((row["id"], row["target"], hyp))
         errors, ref_len = errors + edit_distance(hyp, row["target"]), ref_len + len(row["target"])
     model.train(was)
     return total / len(rows), errors / max(ref_len, 1)
@@ -276,10 +280,14 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
                 logger.info("step %d epoch %d: CTC loss %.4f, %.2f steps/s", step, order.epoch, last_loss,
                             steps_run / (time.perf_counter() - started))
             if rank == 0 and (step % a.eval_interval == 0 or step % a.save_interval == 0 or step >= a.max_steps):
-                val_loss, per = validate(model, cache, val_rows, device)
+                examples: list = []
+                val_loss, per = validate(model, cache, val_rows, device, examples)
                 if val_loss is not None:
                     writer.add_scalar("asr/val_ctc_loss", val_loss, step)
                     writer.add_scalar("asr/val_per", per, step)
+                for clip_id, target, hyp in examples:  # what the recogniser hears, beside what was said
+                    writer.add_text(f"asr/val/{clip_id}", f"said: {' '.join(symbols.symbols[i] for i in target)}  \n"
+                                    f"heard: {' '.join(symbols.symbols[i] for i in hyp)}", step)
             if step % a.save_interval == 0 or step >= a.max_steps:
                 manifest, saved_step = save() or manifest, step
             if step >= a.max_steps:

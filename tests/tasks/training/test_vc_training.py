@@ -117,3 +117,53 @@ def test_without_the_asr_stages_record_the_error_says_to_run_it(train_corpus, tm
     bare = make_project(train_corpus, tmp_path, fill=False)
     with pytest.raises(VcError, match=r"asr\.json: the asr stage's record is missing.*asr\.enabled"):
         train(_params(bare), bare)
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_one_run_and_rank_0_saves_every_ranks_rng(project):
+    """torchrun --nproc_per_node 2 -m tasks.training.vc on gloo (plumbing: each rank its share of
+    the batch order, one bundle with both ranks' RNG states, resumable by the same world)."""
+    import os
+    import subprocess
+    import sys
+
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["vc"] = {**TINY_VC, "batch_size": 2, "max_steps": 2, "run_id": "vc-ddp"}
+    path = project / "params_ddp.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    repo = Path(__file__).resolve().parents[3]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "-m",
+           "tasks.training.vc", "--params", str(path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=project)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert printed["run_id"] == "vc-ddp" and printed["step"] == 2 and proc.stdout.count('"run_id"') == 1
+    _, state, _ = CheckpointStore(open_storage(f"file://{project}/storage"), "vc-ddp").load()
+    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["step"] == 2
+    data["vc"]["max_steps"] = 3
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=project)
+    assert again.returncode == 0 and "resumed run vc-ddp at step 2" in again.stderr, again.stderr[-3000:]
+    assert "not an exact resume" not in again.stderr
+
+
+def test_tensorboard_gets_the_losses_val_conversions_as_audio_and_the_asrs_recognised_phones(project):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tasks.training.vc import train
+
+    train(_params(project, max_steps=2, run_id="vc-tb"), project)
+    events = EventAccumulator(str(project / "logs" / "vc-tb"), size_guidance={"audio": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"vc/g/mel", "vc/d/total", "vc/val_mel_l1"} <= set(tags["scalars"])
+    audio = [t for t in tags["audio"] if t.startswith("vc/val/")]
+    assert audio and events.Audio(audio[0])[-1].sample_rate == 24000
+    asr_logs = [d for d in (project / "logs").iterdir() if d.name.startswith("asr-")]
+    asr_events = EventAccumulator(str(asr_logs[0]), size_guidance={"tensors": 0})
+    asr_events.Reload()
+    texts = [t for t in asr_events.Tags()["tensors"] if t.startswith("asr/val/")]
+    assert texts, asr_events.Tags()
+    said = asr_events.Tensors(texts[0])[-1].tensor_proto.string_val[0].decode()
+    assert said.startswith("said: ") and "heard: " in said
