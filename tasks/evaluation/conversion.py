@@ -1,7 +1,6 @@
-"""Held-out any-to-any conversion (params `vc.eval`), the in-domain phone error rate judge, and the
-conversion model's promotion gate: the evaluate stage's steps when the vc stage is on.
+"""Held-out any-to-any conversion (params `vc.eval`) and the conversion model's promotion gate: the
+evaluate stage's steps when the vc stage is on.
 
-    recogniser = PhoneRecogniser.load(root, params)            # the asr stage's Conformer + CTC head
     result = judge_conversion(params, root)                     # eval/vc.json, samples/vc/, a report section
     decision = promote_vc(params, root, vc_record, result)      # models/<name>-vc/production.json
 
@@ -14,7 +13,7 @@ source converted to the reference's voice (tasks/inference/convert.py, pitch `ma
   `sim_reference - sim_source`.
 - `f0_corr`: Pearson correlation of the output's log-F0 with the source's over frames voiced in
   both (the project's F0 extractor, eval.f0_method): the intonation kept.
-- `cer`, `wer` (English, eval.models.asr) and `per` (any language in `languages`, the recogniser)
+- `cer`, `wer` (English, eval.models.asr) and `per` (any language in `languages`, judges.PhoneRecogniser)
   against the source's transcript `text`; `per_source`: the recogniser on the source itself, the
   floor the conversion is measured against (an in-domain recogniser of a small corpus is weak).
 - `mos`: the MOS judge's prediction of the output.
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from tasks.core import paths
 from tasks.core.config import Params, resolve_local
@@ -47,61 +45,6 @@ SUMMARY = [("win_rate", "win rate (closer to reference)", 2), ("sim_reference", 
            ("sim_source", "sim. to source", 3), ("margin", "margin", 3), ("sim_source_reference", "sim. source-reference", 3),
            ("f0_corr", "F0 corr.", 3), ("per", "PER", 3), ("per_source", "PER of the source", 3), ("cer", "CER", 3),
            ("wer", "WER", 3), ("mos", "MOS", 2)]
-
-
-class PhoneRecogniser:
-    """The asr stage's content encoder with its CTC head: audio -> phone strings (greedy CTC)."""
-
-    def __init__(self, model, mel, symbols: list[str], info: dict[str, Any], device: str = "cpu"):
-        self.model, self.mel, self.symbols, self.info, self.device = model.eval(), mel, symbols, info, device
-
-    @classmethod
-    def load(cls, root: Path, params: Params, record_path: str = paths.ASR_RECORD,
-             device: str = "cpu") -> Optional["PhoneRecogniser"]:
-        """None when the asr stage is off or has not run."""
-        from model.hifivc import CONTENT_MEL, ContentEncoder, LogMel
-        from tasks.core.checkpoints import CheckpointStore
-        from tasks.training.asr import NET
-
-        path = resolve_local(root, record_path)
-        if not path.is_file():
-            return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if not record.get("enabled"):
-            return None
-        store = CheckpointStore(storage_from_config(params.storage, root), record["run_id"])
-        nets, state, _ = store.load(int(record["checkpoint"]["step"]))
-        symbols = state["symbols"]["symbols"]
-        config = {k: v for k, v in state["model_config"].items() if k != "p_dropout"}
-        model = ContentEncoder(CONTENT_MEL["n_mels"], **config, n_symbols=len(symbols) - 1, p_dropout=0.0)
-        model.load_state_dict(nets[NET], strict=True)
-        return cls(model.to(device), LogMel(**CONTENT_MEL).to(device), symbols,
-                   {"run_id": record["run_id"], "step": int(record["checkpoint"]["step"])}, device)
-
-    def per(self, wav: np.ndarray, sr: int, phones: list[str]) -> Optional[float]:
-        """The phone error rate of the recognised `wav` against `phones` (pads dropped)."""
-        from tasks.frontends.symbols import PAD
-
-        return phone_error_rate([p for p in phones if p != PAD], self.phones(wav, sr))
-
-    def describe(self) -> str:
-        return f"asr stage run {self.info['run_id']} step {self.info['step']} (in-domain)"
-
-    @torch.no_grad()
-    def phones(self, wav: np.ndarray, sr: int) -> list[str]:
-        from model.hifivc import CONTENT_RATE
-        from tasks.prep.audio import resample
-        from tasks.training.asr import greedy_decode
-
-        x = torch.from_numpy(resample(np.asarray(wav, np.float32), sr, CONTENT_RATE))[None].to(self.device)
-        logits = self.model.ctc_logits(self.model(self.mel(x)))[0]
-        return [self.symbols[i] for i in greedy_decode(logits, logits.shape[0])]
-
-
-def phone_error_rate(reference: list[str], hypothesis: list[str]) -> Optional[float]:
-    from tasks.evaluation.judges import edit_distance
-
-    return edit_distance(reference, hypothesis) / len(reference) if reference else None
 
 
 def reference_phones(params: Params, root: Path, text: str, language: str) -> list[str]:
@@ -167,7 +110,7 @@ def judge_conversion(params: Params, root: Path, model_ref: Optional[str] = None
                      params_path: Optional[Path] = None, device: str = "cpu", write: bool = True) -> dict[str, Any]:
     """Convert and judge every `vc.eval` pair with the vc stage's model (or `model_ref`)."""
     from tasks.evaluation.evaluate import _finite
-    from tasks.evaluation.judges import Judges, cosine, error_rates
+    from tasks.evaluation.judges import Judges, PhoneRecogniser, cosine, error_rates
     from tasks.evaluation.metrics import _is_number
     from tasks.inference.convert import ConvertError, load_converter
     from tasks.prep.audio import AudioError, decode, resample, wav_bytes
@@ -363,5 +306,5 @@ def judge_beside_voice(params: Params, root: Path, out_dir: str = paths.EVAL, pa
     return section
 
 
-__all__ = ["PhoneRecogniser", "RESULT_NAME", "f0_correlation", "judge_beside_voice", "judge_conversion",
-           "markdown_section", "phone_error_rate", "promote_vc", "summarise", "vc_production_key", "vc_record"]
+__all__ = ["RESULT_NAME", "f0_correlation", "judge_beside_voice", "judge_conversion", "markdown_section",
+           "promote_vc", "summarise", "vc_production_key", "vc_record"]

@@ -218,8 +218,7 @@ def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECO
     from tasks.prep.audio import wav_bytes
     from tasks.core.paths import DATA_DIRS
     from tasks.training.train import validation_mel_l1 as teacher_forced_mel_l1
-    from tasks.evaluation.conversion import PhoneRecogniser
-    from tasks.evaluation.judges import Judges
+    from tasks.evaluation.judges import Judges, PhoneRecogniser
 
     root = Path(root)
     cfg = params.eval

@@ -13,6 +13,10 @@ null turns a judge off. pocketsphinx judges English only: rows of other language
 (and the report says so) unless `eval.models.asr` names a model. Every judge is fed the synthesis
 (and, for MOS and speaker, the reference) resampled to its own rate (16 kHz for the bundled ones).
 Models load once per process, never with remote code.
+
+Beside them, when the `asr` stage is on: `PhoneRecogniser`, its Conformer and CTC head (the
+checkpoint train/asr.json names) -> `per`, the phone error rate of greedy decoding against the
+text stage's phones, in every language the corpus has (in-domain: trained on this corpus).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from tasks.core import paths
 from tasks.core.config import EvalModelsConfig, resolve_model_path
 from tasks.prep.asr import JUDGE_RATE, HfAsr, PocketSphinx, is_english
 from tasks.prep.asr import resampled as _at
@@ -200,6 +205,65 @@ class Judges:
         return row
 
 
+class PhoneRecogniser:
+    """The asr stage's content encoder with its CTC head: audio -> phone strings (greedy CTC)."""
+
+    def __init__(self, model, mel, symbols: list[str], info: dict[str, Any], device: str = "cpu"):
+        self.model, self.mel, self.symbols, self.info, self.device = model.eval(), mel, symbols, info, device
+
+    @classmethod
+    def load(cls, root: Path, params, record_path: str = paths.ASR_RECORD,
+             device: str = "cpu") -> Optional["PhoneRecogniser"]:
+        """None when the asr stage is off or has not run."""
+        import json
+
+        from model.hifivc import CONTENT_MEL, ContentEncoder, LogMel
+        from tasks.core.checkpoints import CheckpointStore
+        from tasks.core.config import resolve_local
+        from tasks.core.storage import storage_from_config
+        from tasks.training.asr import NET
+
+        path = resolve_local(root, record_path)
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not record.get("enabled"):
+            return None
+        store = CheckpointStore(storage_from_config(params.storage, root), record["run_id"])
+        nets, state, _ = store.load(int(record["checkpoint"]["step"]))
+        symbols = state["symbols"]["symbols"]
+        config = {k: v for k, v in state["model_config"].items() if k != "p_dropout"}
+        model = ContentEncoder(CONTENT_MEL["n_mels"], **config, n_symbols=len(symbols) - 1, p_dropout=0.0)
+        model.load_state_dict(nets[NET], strict=True)
+        return cls(model.to(device), LogMel(**CONTENT_MEL).to(device), symbols,
+                   {"run_id": record["run_id"], "step": int(record["checkpoint"]["step"])}, device)
+
+    def phones(self, wav: np.ndarray, sr: int) -> list[str]:
+        import torch
+
+        from model.hifivc import CONTENT_RATE
+        from tasks.training.asr import greedy_decode
+
+        x = torch.from_numpy(_at(np.asarray(wav, np.float32), sr, CONTENT_RATE))[None].to(self.device)
+        with torch.no_grad():
+            logits = self.model.ctc_logits(self.model(self.mel(x)))[0]
+        return [self.symbols[i] for i in greedy_decode(logits, logits.shape[0])]
+
+    def per(self, wav: np.ndarray, sr: int, phones: list[str]) -> Optional[float]:
+        """The phone error rate of the recognised `wav` against `phones` (pads dropped)."""
+        from tasks.frontends.symbols import PAD
+
+        return phone_error_rate([p for p in phones if p != PAD], self.phones(wav, sr))
+
+    def describe(self) -> str:
+        return f"asr stage run {self.info['run_id']} step {self.info['step']} (in-domain)"
+
+
+def phone_error_rate(reference: list[str], hypothesis: list[str]) -> Optional[float]:
+    """Levenshtein distance of the phone sequences over the reference's length (None: no reference)."""
+    return edit_distance(reference, hypothesis) / len(reference) if reference else None
+
+
 def judge_pair(ref_path: Path, syn_path: Path, cfg: EvalModelsConfig, root: Path, text: Optional[str] = None,
                language: str = "en", f0_method: str = "pyin") -> dict[str, Any]:
     """Every metric of one (reference, synthesis) pair of audio files: the judges' (`mos`,
@@ -232,5 +296,5 @@ def judge_pair(ref_path: Path, syn_path: Path, cfg: EvalModelsConfig, root: Path
     return out
 
 
-__all__ = ["BUILTIN", "DnsMos", "Ge2e", "Judges", "METRICS", "PocketSphinx", "cosine", "edit_distance",
-           "error_rates", "is_english", "judge_pair", "normalise_for_asr"]
+__all__ = ["BUILTIN", "DnsMos", "Ge2e", "Judges", "METRICS", "PhoneRecogniser", "PocketSphinx", "cosine",
+           "edit_distance", "error_rates", "is_english", "judge_pair", "normalise_for_asr", "phone_error_rate"]

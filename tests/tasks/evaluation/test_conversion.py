@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from tasks.core.config import parse_params
-from tasks.evaluation.conversion import (PhoneRecogniser, _decide, f0_correlation, judge_conversion, markdown_section,
-                                         phone_error_rate, promote_vc, vc_production_key)
+from tasks.evaluation.conversion import (_decide, f0_correlation, judge_conversion, markdown_section, promote_vc,
+                                         vc_production_key)
+from tasks.evaluation.judges import PhoneRecogniser, phone_error_rate
 from tasks.core.storage import storage_from_config
 from tests.tasks.inference.test_convert import save_vc_bundle
 from tests.tasks.training.test_vc_training import TINY_VC, project  # noqa: F401 (the fixture)
