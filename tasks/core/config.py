@@ -769,6 +769,17 @@ class VcConfig(Strict):
     model: VcModelConfig = VcModelConfig()
     segment_frames: int = Field(32, ge=4)  # 20 ms content frames a training slice (32: 0.64 s)
     reference_seconds: float = Field(2.0, gt=0.4)  # the reference window's length (shorter clips: whole)
+    # Training only: the content encoder's input mel resized along frequency by a factor drawn from
+    # this range (FreeVC's augmentation: the content path then cannot be trusted with the voice, so
+    # the generator takes it from the reference); null: off.
+    content_warp: Optional[tuple[float, float]] = (0.85, 1.15)
+
+    @field_validator("content_warp")
+    @classmethod
+    def _warp(cls, v: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError(f"expected [low, high] with 0 < low <= high, got {list(v)}")
+        return v
     c_mel: float = Field(45.0, ge=0)  # HiFi-GAN's mel L1 weight
     c_kl: float = Field(0.01, ge=0)  # the speaker VAE's KL weight
     learning_rate: float = Field(2e-4, gt=0)  # AdamW, as HiFi-GAN

@@ -111,6 +111,19 @@ def run_id_for(params: Params, split: dict[str, list[dict[str, Any]]], encoder: 
     return "vc-" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def warp_mel(mel: torch.Tensor, factor: float) -> torch.Tensor:
+    """[B, M, T] log-mel with its frequency axis resized by `factor` (> 1: formants and harmonics
+    move up), cropped or padded (with the floor, log 1e-5) back to M bins: FreeVC's spectrogram
+    resize. The target audio is not warped, so timbre and pitch level the encoder passes on become
+    unreliable and the generator learns to take them from the reference's embedding."""
+    m = mel.shape[1]
+    n = max(1, int(round(m * factor)))
+    resized = F.interpolate(mel.transpose(1, 2), size=n, mode="linear", align_corners=False).transpose(1, 2)
+    if n >= m:
+        return resized[:, :m]
+    return F.pad(resized, (0, 0, 0, m - n), value=math.log(1e-5))
+
+
 class Clips:
     """One split's clips as training batches: slices of (generator input, 24 kHz audio) and
     reference mels of each clip's speaker's other clips."""
@@ -118,7 +131,7 @@ class Clips:
     def __init__(self, model: HiFiVC, mel_cache: ResultCache, vc_cache: ResultCache, rows: list[dict[str, Any]],
                  pool: list[dict[str, Any]], params: Params, device: torch.device):
         self.model, self.mel_cache, self.vc_cache, self.rows, self.device = model, mel_cache, vc_cache, rows, device
-        self.frames = params.vc.segment_frames
+        self.frames, self.warp = params.vc.segment_frames, params.vc.content_warp
         self.ref_frames = max(32, int(params.vc.reference_seconds * SPEAKER_MEL["sample_rate"] / SPEAKER_MEL["hop_length"]))
         by_speaker: dict[str, list[dict[str, Any]]] = {}
         for r in pool:
@@ -126,8 +139,12 @@ class Clips:
         self.others = [[o for o in by_speaker[r["speaker"]] if o["id"] != r["id"]] or [r] for r in rows]
         self.self_referenced = sum(o[0]["id"] == r["id"] for o, r in zip(self.others, rows))
 
-    def content(self, row: dict[str, Any]) -> torch.Tensor:
+    def content(self, row: dict[str, Any], rng: Optional[np.random.Generator] = None) -> torch.Tensor:
+        """The frozen encoder's bottleneck [1, d, Tc] of the clip's cached mel; with `rng` (training)
+        and vc.content_warp, of the mel resized along frequency by a random factor first."""
         mel = torch.from_numpy(read_mel(self.mel_cache, row["mel_key"]).copy())[None].to(self.device)
+        if rng is not None and self.warp is not None:
+            mel = warp_mel(mel, float(rng.uniform(*self.warp)))
         with torch.no_grad():
             return self.model.content(mel)  # [1, d, Tc], frozen
 
@@ -146,7 +163,7 @@ class Clips:
         for i in indices:
             row, rng = self.rows[i], np.random.default_rng([seed, epoch, i])
             lf0, pcm = read_vc(self.vc_cache, row["key"])
-            content = self.content(row)
+            content = self.content(row, rng)
             f0_in = self.model.f0.inputs(torch.from_numpy(lf0.copy())[None].to(self.device), content.shape[-1])
             x = torch.cat([content, f0_in], 1)[0]
             start = int(rng.integers(max(1, x.shape[1] - self.frames + 1)))

@@ -167,3 +167,17 @@ def test_tensorboard_gets_the_losses_val_conversions_as_audio_and_the_asrs_recog
     assert texts, asr_events.Tags()
     said = asr_events.Tensors(texts[0])[-1].tensor_proto.string_val[0].decode()
     assert said.startswith("said: ") and "heard: " in said
+
+
+def test_the_content_warp_resizes_the_mel_along_frequency_and_keeps_its_shape():
+    import math
+
+    from tasks.training.vc import warp_mel
+
+    mel = torch.full((1, 80, 5), math.log(1e-5))
+    mel[:, 20] = 0.0  # one bright band at bin 20
+    assert torch.equal(warp_mel(mel, 1.0), mel)
+    up, down = warp_mel(mel, 1.15), warp_mel(mel, 0.85)
+    assert up.shape == down.shape == mel.shape
+    assert int(up[0, :, 0].argmax()) == 23 and int(down[0, :, 0].argmax()) == 17  # 20 * 1.15, 20 * 0.85
+    assert float(down[0, -5:].max()) == pytest.approx(math.log(1e-5))  # padded with the floor
