@@ -16,8 +16,10 @@ audio, then the generator side on adversarial + feature matching + c_mel * mel L
 Two AdamW optimizers (betas 0.8, 0.99, as HiFi-GAN). Under torchrun each rank takes its share of
 each batch order (Order's rank/world), the trainable nets (speaker VAE, F0 encoder, generator, in
 `Step`) and the discriminator are DDP-wrapped, rank 0 validates and saves (every rank's RNG state
-in the bundle); `precision: bf16` autocasts the forward passes on CUDA (the mel loss in fp32). Every random choice is a function of
-(seed, epoch, clip) or of the torch RNG in the checkpoint, so a resumed run continues with the
+in the bundle); `precision: bf16` autocasts the forward passes on CUDA (the mel loss in fp32).
+The content encoder's input is each clip's mel resized along frequency by a random factor in
+`content_warp` (`warp_mel`). Every random choice is a function of (seed, epoch, clip) or of the
+torch RNG in the checkpoint, so a resumed run continues with the
 losses of an uninterrupted one (tested on the CPU). Validation: each val clip converted to its
 own speaker (reference: the first other clip of that speaker, the embedding's mean), mel L1
 against the recording; the best `keep_best` bundles by it are kept.
