@@ -565,6 +565,7 @@ def convert(model: Optional[str] = typer.Option(None, "--model", "-m",
         from tasks.core import paths
         from tasks.core.checkpoints import CheckpointError
         from tasks.core.config import ConfigError
+        from tasks.core.storage import StorageError
         from tasks.inference.convert import ConvertError, load_converter
 
         if source_wav is None or reference is None:
@@ -579,7 +580,7 @@ def convert(model: Optional[str] = typer.Option(None, "--model", "-m",
             converter = load_converter(model or paths.VC_RECORD, params)
             (src, src_sr), (ref, ref_sr) = recordings
             converted, report = converter.convert(src, src_sr, ref, ref_sr, pitch, source_wav, reference)
-        except (ConvertError, ConfigError, CheckpointError) as err:
+        except (ConvertError, ConfigError, CheckpointError, StorageError) as err:
             _fail(str(err))
         atomic_write_bytes(Path(out), wav_bytes(converted, converter.sample_rate))
         typer.echo(json.dumps({"path": out, "model": converter.info.get("run_id") or converter.source,

@@ -662,7 +662,7 @@ class AppConfig(Strict):
     max_text_chars: int = Field(500, ge=1, le=100000)  # longer text: 422 with the limit
     max_batch: int = Field(8, ge=1, le=1024)  # sentences per batch request: more is a 422
     max_cached_models: int = Field(4, ge=1, le=64)  # loaded models kept in memory (least recently used go)
-    max_upload_mb: float = Field(16.0, gt=0, le=1024)  # a conversion's source + reference, decoded bytes: more is a 422
+    max_upload_mb: float = Field(64.0, gt=0, le=1024)  # a conversion's files, and their decoded float32 samples: more is a 422
     # Folders holding export folders (each one, or its immediate subfolders, with a vitsflow config.json).
     exports: list[str] = Field(default_factory=lambda: ["export", "exports"])
 

@@ -97,29 +97,62 @@ def pair_name(i: int, pair) -> str:
     return pair.name or f"{i:02d}_{Path(pair.source).stem}~{Path(pair.reference).stem}"
 
 
-def scoring_key(params: Params) -> str:
-    """What decides the scores besides the model: the pairs, the judges and this code."""
+def scoring_key(params: Params, recogniser: Optional[dict] = None) -> str:
+    """What decides the scores besides the model: the pairs, the judges (the PER recogniser's run
+    and step among them) and this code."""
     from tasks.core.code import code_hash
 
     what = {"pairs": [p.model_dump() for p in params.vc.eval], "models": params.eval.models.model_dump(),
-            "f0_method": params.eval.f0_method, "code": code_hash(__name__)}
+            "f0_method": params.eval.f0_method, "recogniser": recogniser, "code": code_hash(__name__)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def judge_pair_row(pair, name: str, src: np.ndarray, src_sr: int, ref: np.ndarray, ref_sr: int, wav: np.ndarray,
+                   report: dict[str, Any], sr: int, params: Params, root: Path, judges, recogniser) -> dict[str, Any]:
+    """One converted pair's metrics (module docstring)."""
+    from tasks.evaluation.judges import cosine, error_rates
+    from tasks.prep.audio import resample
+
+    cfg = params.eval
+    speaker = judges.models.get("speaker") if judges is not None else None
+    src24, ref24 = resample(src, src_sr, sr), resample(ref, ref_sr, sr)
+    row: dict[str, Any] = {"name": name, "source": pair.source, "reference": pair.reference,
+                           "language": pair.language, "seconds": report["seconds"]}
+    if speaker is not None:
+        e_out, e_src, e_ref = speaker.embed(wav, sr), speaker.embed(src24, sr), speaker.embed(ref24, sr)
+        row.update(sim_reference=cosine(e_out, e_ref), sim_source=cosine(e_out, e_src),
+                   sim_source_reference=cosine(e_src, e_ref))
+        row["margin"] = row["sim_reference"] - row["sim_source"]
+        row["closer"] = row["margin"] > 0
+    row["f0_corr"] = f0_correlation(src24, wav, sr, cfg.f0_method)
+    f_src, f_ref = median_f0(src24, sr, cfg.f0_method), median_f0(ref24, sr, cfg.f0_method)
+    row.update(source_f0_hz=f_src, reference_f0_hz=f_ref,
+               cross_gender=None if f_src is None or f_ref is None else
+               (f_src < GENDER_SPLIT_HZ) != (f_ref < GENDER_SPLIT_HZ))
+    if judges is not None and "mos" in judges.models:
+        row["mos"] = judges.models["mos"].mos(wav, sr)
+    if pair.text and pair.language and judges is not None and judges.asr_supports(pair.language):
+        row["transcript"] = judges.models["asr"].transcribe(wav, sr)
+        row.update(error_rates(pair.text, row["transcript"]))
+    if pair.text and pair.language and recogniser is not None and pair.language in params.languages:
+        target = reference_phones(params, root, pair.text, pair.language)
+        row["per"], row["per_source"] = recogniser.per(wav, sr, target), recogniser.per(src, src_sr, target)
+    return row
 
 
 def judge_conversion(params: Params, root: Path, model_ref: Optional[str] = None, out_dir: str = paths.EVAL,
                      params_path: Optional[Path] = None, device: str = "cpu", write: bool = True) -> dict[str, Any]:
     """Convert and judge every `vc.eval` pair with the vc stage's model (or `model_ref`)."""
     from tasks.evaluation.evaluate import _finite
-    from tasks.evaluation.judges import Judges, PhoneRecogniser, cosine, error_rates
+    from tasks.evaluation.judges import Judges, PhoneRecogniser
     from tasks.evaluation.metrics import _is_number
     from tasks.inference.convert import ConvertError, load_converter
-    from tasks.prep.audio import AudioError, decode, resample, wav_bytes
+    from tasks.prep.audio import AudioError, decode, wav_bytes
 
     cfg = params.eval
     converter = load_converter(model_ref or str(resolve_local(root, paths.VC_RECORD)),
                                params_path or root / "params.yaml", device)
     judges = Judges(cfg.models, root, device) if any(cfg.models.model_dump().values()) else None
-    speaker = judges.models.get("speaker") if judges is not None else None
     recogniser = PhoneRecogniser.load(root, params, device=device)
     out = resolve_local(root, out_dir)
     if write and (out / SAMPLE_DIR).is_dir():
@@ -139,32 +172,13 @@ def judge_conversion(params: Params, root: Path, model_ref: Optional[str] = None
                     raise ConvertError(f"vc.eval[{i}].{key} {getattr(pair, key)}: {err}") from None
             (src, src_sr), (ref, ref_sr) = audio["source"], audio["reference"]
             wav, report = converter.convert(src, src_sr, ref, ref_sr, "match", pair.source, pair.reference)
-        except ConvertError as err:
+            row = judge_pair_row(pair, name, src, src_sr, ref, ref_sr, wav, report, sr, params, root, judges,
+                                 recogniser)
+        except Exception as err:  # one pair that cannot be converted or judged must not stop the others
             logger.warning("vc pair %s: %s", name, err)
-            failed.append({"name": name, "error": str(err)})
+            failed.append({"name": name, "error": str(err) if isinstance(err, ConvertError) else
+                           f"{type(err).__name__}: {err}"})
             continue
-        src24, ref24 = resample(src, src_sr, sr), resample(ref, ref_sr, sr)
-        row: dict[str, Any] = {"name": name, "source": pair.source, "reference": pair.reference,
-                               "language": pair.language, "seconds": report["seconds"]}
-        if speaker is not None:
-            e_out, e_src, e_ref = speaker.embed(wav, sr), speaker.embed(src24, sr), speaker.embed(ref24, sr)
-            row.update(sim_reference=cosine(e_out, e_ref), sim_source=cosine(e_out, e_src),
-                       sim_source_reference=cosine(e_src, e_ref))
-            row["margin"] = row["sim_reference"] - row["sim_source"]
-            row["closer"] = row["margin"] > 0
-        row["f0_corr"] = f0_correlation(src24, wav, sr, cfg.f0_method)
-        f_src, f_ref = median_f0(src24, sr, cfg.f0_method), median_f0(ref24, sr, cfg.f0_method)
-        row.update(source_f0_hz=f_src, reference_f0_hz=f_ref,
-                   cross_gender=None if f_src is None or f_ref is None else
-                   (f_src < GENDER_SPLIT_HZ) != (f_ref < GENDER_SPLIT_HZ))
-        if judges is not None and "mos" in judges.models:
-            row["mos"] = judges.models["mos"].mos(wav, sr)
-        if pair.text and pair.language and judges is not None and judges.asr_supports(pair.language):
-            row["transcript"] = judges.models["asr"].transcribe(wav, sr)
-            row.update(error_rates(pair.text, row["transcript"]))
-        if pair.text and pair.language and recogniser is not None and pair.language in params.languages:
-            target = reference_phones(params, root, pair.text, pair.language)
-            row["per"], row["per_source"] = recogniser.per(wav, sr, target), recogniser.per(src, src_sr, target)
         rows.append({k: (_finite(v) if _is_number(v) and not isinstance(v, bool) else v) for k, v in row.items()})
         if write and len(rows) <= cfg.samples:
             atomic_write_bytes(out / SAMPLE_DIR / f"{name}.wav", wav_bytes(wav, sr))
@@ -175,7 +189,8 @@ def judge_conversion(params: Params, root: Path, model_ref: Optional[str] = None
               "cross_gender": summarise([r for r in rows if r.get("cross_gender")]),
               "same_gender": summarise([r for r in rows if r.get("cross_gender") is False]),
               "eval_set": hashlib.sha256("\n".join(r["name"] for r in rows).encode()).hexdigest()[:16],
-              "scoring": scoring_key(params), "judges": judges.described() if judges is not None else {},
+              "scoring": scoring_key(params, recogniser.info if recogniser is not None else None),
+              "judges": judges.described() if judges is not None else {},
               "recogniser": recogniser.info if recogniser is not None else None, "rows": rows}
     if write:
         atomic_write_bytes(out / RESULT_NAME, (json.dumps(result, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -285,8 +300,8 @@ def _decide(cfg, o: dict[str, Any], production: Optional[dict]) -> tuple[bool, s
 def judge_beside_voice(params: Params, root: Path, out_dir: str = paths.EVAL, params_path: Optional[Path] = None,
                        device: str = "cpu") -> Optional[str]:
     """The evaluate stage's step: with the vc stage on and `vc.eval` pairs, judge them, run the
-    gate and append the section to report.md (returned); otherwise eval/vc.json says why not (a DVC
-    out exists either way) and None is returned."""
+    gate and append the section to report.md (returned); otherwise, or when the model cannot be
+    loaded, eval/vc.json says why not (a DVC out exists either way) and None is returned."""
     out = resolve_local(root, out_dir)
     record = vc_record(root) if params.vc.enabled else None
     reason = ("params vc.enabled is false" if not params.vc.enabled else
@@ -295,7 +310,13 @@ def judge_beside_voice(params: Params, root: Path, out_dir: str = paths.EVAL, pa
     if reason:
         atomic_write_bytes(out / RESULT_NAME, (json.dumps({"enabled": False, "reason": reason}, indent=2) + "\n").encode())
         return None
-    result = judge_conversion(params, root, None, out_dir, params_path, device, write=True)
+    try:
+        result = judge_conversion(params, root, None, out_dir, params_path, device, write=True)
+    except Exception as err:  # the conversion model cannot be loaded: the voice's evaluation goes on
+        logger.warning("held-out conversion not judged: %s", err)
+        off = {"enabled": False, "reason": f"the vc model cannot be judged: {type(err).__name__}: {err}"}
+        atomic_write_bytes(out / RESULT_NAME, (json.dumps(off, indent=2) + "\n").encode())
+        return None
     decision = promote_vc(params, root, record, result)
     result["promotion"] = decision | {"pointer": None}
     atomic_write_bytes(out / RESULT_NAME, (json.dumps(result, indent=2, sort_keys=True, default=str) + "\n").encode())

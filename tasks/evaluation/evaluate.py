@@ -244,7 +244,11 @@ def evaluate(params: Params, root: PathLike, run_path: PathLike = paths.RUN_RECO
     from tasks.prep.audio import resample
 
     judges = Judges(cfg.models, root, device) if any(cfg.models.model_dump().values()) else None
-    recogniser = PhoneRecogniser.load(root, params, device=device)  # the asr stage's, when it is on
+    try:
+        recogniser = PhoneRecogniser.load(root, params, device=device)  # the asr stage's, when it is on
+    except Exception as err:  # a record whose checkpoint is gone: the voice is judged without PER
+        logger.warning("no PER judge: %s names a checkpoint that cannot be loaded: %s", paths.ASR_RECORD, err)
+        recogniser = None
     rows: list[dict] = []
     failed: list[dict] = []
     samples: list[dict] = []

@@ -13,7 +13,8 @@ What the input may be, and what happens to it (bad input is a ConvertError namin
 - the reference needs MIN_REFERENCE_VOICE (1 s) of speech (`speech_frames`: 10 ms frames within
   40 dB of its loudest and above -50 dBFS); longer than MAX_REFERENCE_SECONDS (30 s), the window
   of that length with the most speech is used (the speaker encoder averages over time: more adds memory, not identity);
-- the source needs MIN_SOURCE_SECONDS and at least one voiced frame.
+- the source needs MIN_SOURCE_SECONDS and at least one voiced frame, and at most
+  MAX_SOURCE_SECONDS (60 s: the Conformer attends over all of it; convert longer ones in pieces).
 Pitch: the model's F0 encoder (params vc.model.f0_norm) says what `pitch` can do. "utterance"
 (the default): the source's log-F0 normalised per utterance, the level and range from the
 reference's embedding; `match` is that, and `follow` (keep the source's own level) is an error.
@@ -45,6 +46,7 @@ PathLike = Union[str, os.PathLike]
 NET = "HiFiVC"  # the vc trainer's net name in its bundles (tasks/training/vc.py)
 MIN_RATE = 8000
 MIN_SOURCE_SECONDS = 0.25
+MAX_SOURCE_SECONDS = 60.0  # the Conformer attends over the whole source: memory grows with its square
 MIN_REFERENCE_VOICE = 1.0
 MAX_REFERENCE_SECONDS = 30.0
 PITCH_MODES = ("match", "follow")
@@ -105,6 +107,9 @@ class Converter:
         if len(src16) < MIN_SOURCE_SECONDS * CONTENT_RATE:
             raise ConvertError(f"{src_name}: {len(src) / src_sr:.2f} s is too short to convert "
                                f"(at least {MIN_SOURCE_SECONDS} s)")
+        if len(src16) > MAX_SOURCE_SECONDS * CONTENT_RATE:
+            raise ConvertError(f"{src_name}: {len(src) / src_sr:.1f} s is longer than {MAX_SOURCE_SECONDS:.0f} s; "
+                               "convert it in pieces")
         ref16, ref24 = resample(ref, ref_sr, CONTENT_RATE), resample(ref, ref_sr, OUTPUT_RATE)
         with torch.inference_mode():
             lf0_src = yin_lf0(torch.from_numpy(src16)[None])[0]
@@ -114,7 +119,8 @@ class Converter:
         frames = int(MAX_REFERENCE_SECONDS * CONTENT_RATE / CONTENT_HOP)
         start = 0
         if len(active) > frames:  # the window of `frames` with the most speech (of equals, the middle)
-            counts = np.convolve(active.astype(np.int64), np.ones(frames, np.int64), "valid")
+            csum = np.concatenate([[0], np.cumsum(active, dtype=np.int64)])
+            counts = csum[frames:] - csum[:-frames]  # speech frames in each window
             best = np.flatnonzero(counts == counts.max())
             start = int(best[len(best) // 2])
         speech_seconds = float(active[start:start + frames].sum()) * CONTENT_HOP / CONTENT_RATE
@@ -125,8 +131,10 @@ class Converter:
         ref24 = ref24[start * per_frame:(start + frames) * per_frame]
         lf0 = lf0_src
         if pitch == "match" and self.f0_norm == "none":
-            ref_lf0 = _voiced_mean(yin_lf0(torch.from_numpy(resample(ref24, OUTPUT_RATE, CONTENT_RATE))[None])[0])
-            shift = ref_lf0 - _voiced_mean(lf0_src)
+            ref_f0 = yin_lf0(torch.from_numpy(resample(ref24, OUTPUT_RATE, CONTENT_RATE))[None])[0]
+            if not (ref_f0 > 0).any():
+                raise ConvertError(f"{ref_name}: no voiced frame to match the pitch to (use --pitch follow)")
+            shift = _voiced_mean(ref_f0) - _voiced_mean(lf0_src)
             lf0 = torch.where(lf0_src > 0, lf0_src + shift, lf0_src)
         with torch.inference_mode():
             mel_ref = self.model.speaker_mel(torch.from_numpy(ref24)[None].to(self.device))
@@ -220,10 +228,10 @@ def _load_bundle(ref: str, params_path: Optional[PathLike], device: str) -> Conv
     nets, state, manifest = CheckpointStore(storage, run_id).load(step)
     if NET not in nets or "model_config" not in state:
         raise ConvertError(f"{ref}: the bundle holds {sorted(nets)}, not a {NET} of the vc stage")
-    model = build_hifivc(state["model_config"])
     try:
+        model = build_hifivc(state["model_config"])
         model.load_state_dict(nets[NET], strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, ValueError) as err:
         raise ConvertError(f"{ref}: the bundle's weights do not fit its model config: {err}") from None
     uri = f"{storage_root.rstrip('/')}/runs/{run_id}/{CheckpointStore.bundle_name(manifest['step'])}"
     return Converter(_ready(model, device), dict(state["model_config"]), ref,
@@ -241,13 +249,17 @@ def _load_export(folder: Path, ref: str, device: str) -> Converter:
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT or "files" not in config:
         raise ConvertError(f"{folder / EXPORT_CONFIG}: not a {EXPORT_FORMAT} config")
     weights = folder / EXPORT_WEIGHTS
-    if not weights.is_file() or file_sha256(weights) != config["files"]["safetensors"]["sha256"]:
-        raise ConvertError(f"{weights}: missing, or its sha256 differs from {EXPORT_CONFIG}'s: the export is inconsistent")
-    model = build_hifivc(config["model_config"]).remove_weight_norm()
     try:
+        want = config["files"]["safetensors"]["sha256"]
+    except (KeyError, TypeError):
+        raise ConvertError(f"{folder / EXPORT_CONFIG}: no files.safetensors.sha256") from None
+    if not weights.is_file() or file_sha256(weights) != want:
+        raise ConvertError(f"{weights}: missing, or its sha256 differs from {EXPORT_CONFIG}'s: the export is inconsistent")
+    try:
+        model = build_hifivc(config["model_config"]).remove_weight_norm()
         model.load_state_dict(load_file(str(weights)), strict=True)
     except Exception as err:  # safetensors' and load_state_dict's errors do not name the file
-        raise ConvertError(f"{weights}: cannot load as HiFiVC({config['model_config']}): {err}") from None
+        raise ConvertError(f"{weights}: cannot load as HiFiVC({config.get('model_config')}): {err}") from None
     return Converter(model.to(device).eval(), dict(config["model_config"]), ref,
                      {"kind": "export", **{k: config.get(k) for k in ("run_id", "step", "checkpoint", "lineage")}},
                      device)
@@ -294,21 +306,23 @@ def export_hifivc(converter: Converter, folder: PathLike, lineage: Optional[dict
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     model = converter.model.cpu().eval()
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(out / EXPORT_WEIGHTS, save(state, metadata={"format": "pt", "weight_norm": "removed"}))
-    scripted = torch.jit.script(model)
     tmp = out / f".{EXPORT_TS}.tmp"
-    torch.jit.save(scripted, str(tmp))
-    os.replace(tmp, out / EXPORT_TS)
-    loaded = torch.jit.load(str(out / EXPORT_TS))
-    inputs = probe_inputs(model)
-    with torch.no_grad():
-        eager, traced = model(*inputs), loaded(*inputs)
-        pre_e, pre_t = model.preprocess(inputs[0], inputs[0]), loaded.preprocess(inputs[0], inputs[0])
+    try:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(out / EXPORT_WEIGHTS, save(state, metadata={"format": "pt", "weight_norm": "removed"}))
+        torch.jit.save(torch.jit.script(model), str(tmp))
+        os.replace(tmp, out / EXPORT_TS)
+        loaded = torch.jit.load(str(out / EXPORT_TS))
+        inputs = probe_inputs(model)
+        with torch.no_grad():
+            eager, traced = model(*inputs), loaded(*inputs)
+            pre_e, pre_t = model.preprocess(inputs[0], inputs[0]), loaded.preprocess(inputs[0], inputs[0])
+    finally:
+        tmp.unlink(missing_ok=True)
+        converter.model.to(converter.device)
     parity = {"forward_max_abs_diff": float((eager - traced).abs().max()),
               "preprocess_max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(pre_e, pre_t)),
               "probe": "probe_inputs(): 1.3 s harmonic tone, seed 0"}
-    converter.model.to(converter.device)
     files = {"safetensors": EXPORT_WEIGHTS, "torchscript": EXPORT_TS}
     config = {"format": EXPORT_FORMAT, "format_version": 1, "model_config": converter.config,
               "sample_rate": OUTPUT_RATE, "f0_norm": converter.f0_norm,

@@ -263,6 +263,7 @@ class Models:
 
     def converter(self, model_id: str):
         from tasks.core.checkpoints import CheckpointError
+        from tasks.core.storage import StorageError
         from tasks.inference.convert import ConvertError, load_converter
 
         refs = {m["id"]: m["ref"] for m in self.vc_listing()}
@@ -276,7 +277,7 @@ class Models:
                 return self._cache[key]
             try:
                 converter = load_converter(ref, self.params_path)
-            except (ConvertError, CheckpointError, FileNotFoundError) as err:
+            except (ConvertError, CheckpointError, StorageError, FileNotFoundError) as err:
                 raise HTTPException(500, f"conversion model {model_id!r} ({ref}) cannot be loaded: {err}") from None
             self._cache[key] = converter
             while len(self._cache) > self.params.app.max_cached_models:
@@ -298,6 +299,10 @@ class Models:
                 audio.append(decode(base64.b64decode(data, validate=True), name))
             except (ValueError, AudioError) as err:  # binascii.Error is a ValueError
                 raise HTTPException(422, f"{field} ({name}): {err}") from None
+        decoded = sum(x.nbytes for x, _ in audio) / 1e6  # compressed files expand: the limit is on samples
+        if decoded > limit:
+            raise HTTPException(422, f"{decoded:.1f} MB of decoded audio, over the limit of {limit:g} MB "
+                                     "(params app.max_upload_mb)")
         converter = self.converter(req.model)
         started = time.perf_counter()
         try:

@@ -208,3 +208,16 @@ def test_a_vc_bundle_loads_with_weight_norm_baked_and_equals_its_eager_model(tmp
     record = tmp_path / "vc.json"
     record.write_text(json.dumps({"enabled": True, "run_id": "vc-random", "checkpoint": {"uri": uri, "step": 3}}))
     assert load_converter(record).info["checkpoint"] == conv.info["checkpoint"]
+
+
+def test_a_source_over_a_minute_is_refused_before_the_model_runs(lj, aishell):
+    x, sr = lj
+    long = np.tile(x, int(61 * sr / len(x)) + 1)
+    with pytest.raises(ConvertError, match=r"long.wav: \d+\.\d s is longer than 60 s; convert it in pieces"):
+        _converter().convert(long, sr, *aishell, src_name="long.wav")
+
+
+def test_matching_the_pitch_of_an_unvoiced_reference_is_refused(lj):
+    noise = np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32)  # speech-loud, never voiced
+    with pytest.raises(ConvertError, match="noise.wav: no voiced frame to match the pitch to"):
+        _converter(f0_norm="none").convert(*lj, noise, 16000, pitch="match", ref_name="noise.wav")
