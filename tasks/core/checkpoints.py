@@ -99,6 +99,47 @@ def lineage(root: Path) -> dict:
 # ----------------------------------------------------------------------------- RNG state
 
 
+def all_rng_states(world: int) -> list[dict]:
+    """Every rank's rng_state(), gathered (a collective: every rank calls it), for the bundle rank 0
+    saves; [rng_state()] in one process."""
+    if world <= 1:
+        return [rng_state()]
+    import torch.distributed as dist
+
+    states: list = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def read_stage_record(path: Path, stage: str, switch: str, what: str, error: type = ValueError) -> dict:
+    """A training stage's run record (train/<stage>.json), as `error` naming the file when it is
+    unreadable, says the stage was off (params `switch` false: no `what` to load), or has no
+    checkpoint.uri."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise error(f"{path}: not a readable run record ({err})") from None
+    if record.get("enabled") is False:
+        raise error(f"{path}: the {stage} stage is off (params {switch} is false): no {what} to load")
+    if not isinstance(record.get("checkpoint"), dict) or "uri" not in record["checkpoint"]:
+        raise error(f"{path}: not a {stage} run record (no checkpoint.uri)")
+    return record
+
+
+def stage_record_if_on(path: Path, read) -> Optional[dict]:
+    """`read(path)` (a read_stage_record) when the record exists and does not say the stage was
+    off; else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("enabled") is False:
+            return None
+    except (ValueError, AttributeError):
+        pass  # read names the file and the reason
+    return read(path)
+
+
 def rng_state() -> dict:
     """This process's RNG states (python `random`, numpy's global generator, torch CPU and every
     CUDA device when available) in types `torch.load(weights_only=True)` accepts."""

@@ -80,17 +80,10 @@ def median_f0(wav: np.ndarray, sr: int, method: str = "pyin") -> Optional[float]
 
 def vc_record(root: Path, record_path: str = paths.VC_RECORD) -> Optional[dict]:
     """The vc stage's run record when the stage ran with vc on; else None."""
+    from tasks.core.checkpoints import stage_record_if_on
     from tasks.inference.convert import read_record
 
-    path = resolve_local(root, record_path)
-    if not path.is_file():
-        return None
-    try:
-        if json.loads(path.read_text(encoding="utf-8")).get("enabled") is False:
-            return None
-    except (ValueError, AttributeError):
-        pass  # read_record names the file and the reason
-    return read_record(path)
+    return stage_record_if_on(resolve_local(root, record_path), read_record)
 
 
 def pair_name(i: int, pair) -> str:

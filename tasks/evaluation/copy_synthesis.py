@@ -34,17 +34,10 @@ COMPARED = [("mos", "MOS", 2), ("speaker_similarity", "speaker sim.", 3), ("cer"
 
 def waveglow_record(root: Path, record_path: str = paths.WAVEGLOW_RECORD) -> Optional[dict]:
     """The waveglow stage's run record when the stage ran with the vocoder on; else None."""
+    from tasks.core.checkpoints import stage_record_if_on
     from tasks.inference.vocode import read_record
 
-    path = resolve_local(root, record_path)
-    if not path.is_file():
-        return None
-    try:
-        if json.loads(path.read_text(encoding="utf-8")).get("enabled") is False:
-            return None
-    except (ValueError, AttributeError):
-        pass  # read_record names the file and the reason
-    return read_record(path)
+    return stage_record_if_on(resolve_local(root, record_path), read_record)
 
 
 def copy_synthesis(params: Params, root: Path, vocoder_ref: str, out_dir: str = paths.EVAL,

@@ -198,15 +198,9 @@ def _ready(model: HiFiVC, device: str) -> HiFiVC:
 
 def read_record(path: Path) -> dict:
     """The vc stage's run record; an error when the stage was off."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConvertError(f"{path}: not a readable run record ({err})") from None
-    if record.get("enabled") is False:
-        raise ConvertError(f"{path}: the vc stage is off (params vc.enabled is false): no conversion model to load")
-    if not isinstance(record.get("checkpoint"), dict) or "uri" not in record["checkpoint"]:
-        raise ConvertError(f"{path}: not a vc run record (no checkpoint.uri)")
-    return record
+    from tasks.core.checkpoints import read_stage_record
+
+    return read_stage_record(path, "vc", "vc.enabled", "conversion model", ConvertError)
 
 
 def _load_bundle(ref: str, params_path: Optional[PathLike], device: str) -> Converter:

@@ -130,15 +130,9 @@ def _ready(model: WaveGlow, device: str) -> WaveGlow:
 
 def read_record(path: Path) -> dict:
     """The waveglow stage's run record; an error when the stage was off."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise VocodeError(f"{path}: not a readable run record ({err})") from None
-    if record.get("enabled") is False:
-        raise VocodeError(f"{path}: the waveglow stage is off (params vocoder.enabled is false): no vocoder to load")
-    if not isinstance(record.get("checkpoint"), dict) or "uri" not in record["checkpoint"]:
-        raise VocodeError(f"{path}: not a waveglow run record (no checkpoint.uri)")
-    return record
+    from tasks.core.checkpoints import read_stage_record
+
+    return read_stage_record(path, "waveglow", "vocoder.enabled", "vocoder", VocodeError)
 
 
 def _load_bundle(ref: str, params_path: Optional[PathLike], device: str) -> Vocoder:

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from model.hifivc import CONTENT_RATE, ContentEncoder
 from tasks.core import paths
 from tasks.core.cache import ResultCache
-from tasks.core.checkpoints import CheckpointStore, lineage, rng_state, set_rng_state
+from tasks.core.checkpoints import CheckpointStore, all_rng_states, lineage, set_rng_state
 from tasks.core.config import AsrConfig, Params, resolve_local
 from tasks.core.shards import read_jsonl
 from tasks.core.storage import storage_from_config
@@ -241,11 +241,7 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
     run_lineage = lineage(root)
 
     def save() -> Optional[dict]:
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
+        rngs = all_rng_states(world)
         if rank != 0:
             return None
         state = {"step": step, "order": order.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,

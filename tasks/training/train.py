@@ -52,7 +52,7 @@ from model.losses import WavLMLoss, discriminator_loss, feature_loss, generator_
 from model.mel_processing import STFTParams, mel_spectrogram, spec_to_mel
 from model.models import VARIANTS, build_discriminators, build_generator
 from model.upstream import load_state_dict_strict, read_checkpoint
-from tasks.core.checkpoints import CheckpointStore, lineage, rng_state, set_rng_state
+from tasks.core.checkpoints import CheckpointStore, all_rng_states, lineage, set_rng_state
 from tasks.core.config import ModelConfig, Params, resolve_local, resolve_model_path
 from tasks.core.paths import DATA_DIRS
 from tasks.core.storage import open_storage, storage_from_config
@@ -463,11 +463,7 @@ def validate(run: Run, setup: Setup, val_loader: Optional[DataLoader], writer, c
 def save_checkpoint(run: Run, store: CheckpointStore, setup: Setup, sampler: BucketSampler, corpus: Corpus,
                     params: Params, run_lineage: dict, rank: int, world: int) -> None:
     """A checkpoint bundle of every net and the whole loop state (every rank's RNG gathered to rank 0)."""
-    rngs = [None] * world
-    if world > 1:
-        dist.all_gather_object(rngs, rng_state())
-    else:
-        rngs = [rng_state()]
+    rngs = all_rng_states(world)
     if rank == 0:
         state = {"step": run.step, "epoch": sampler.epoch, "sampler": sampler.state_dict(),
                  "optimizers": {k: o.state_dict() for k, o in setup.optims.items()},

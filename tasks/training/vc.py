@@ -44,7 +44,7 @@ from model.losses import discriminator_loss, feature_loss, generator_loss
 from model.models import MultiPeriodDiscriminator
 from tasks.core import paths
 from tasks.core.cache import ResultCache
-from tasks.core.checkpoints import CheckpointStore, lineage, rng_state, set_rng_state
+from tasks.core.checkpoints import CheckpointStore, all_rng_states, lineage, set_rng_state
 from tasks.core.config import Params, resolve_local
 from tasks.core.storage import storage_from_config
 from tasks.prep.content import CACHE_NAME, VC_CACHE_NAME, plan_content, plan_vc, read_mel, read_vc
@@ -316,11 +316,7 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
             writer.add_audio(f"vc/val/{clip_id}", wav.clamp(-1, 1), step, sample_rate=OUTPUT_RATE)
 
     def save() -> Optional[dict]:
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
+        rngs = all_rng_states(world)
         if rank != 0:
             return None
         state = {"step": step, "order": order.state_dict(), "optim_g": optim_g.state_dict(),

@@ -45,7 +45,7 @@ from model.waveglow import MAX_WAV_VALUE, Denoiser, WaveGlow, WaveGlowLoss, load
 from model.waveglow_config import check_config
 from tasks.core import paths
 from tasks.core.cache import ResultCache
-from tasks.core.checkpoints import CheckpointStore, lineage, rng_state, set_rng_state
+from tasks.core.checkpoints import CheckpointStore, all_rng_states, lineage, set_rng_state
 from tasks.core.config import Params, VocoderConfig, resolve_local
 from tasks.core.storage import open_storage, storage_from_config
 from tasks.prep.ingest import read_index
@@ -272,11 +272,7 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
     run_lineage = lineage(root)
 
     def save() -> Optional[dict]:
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
+        rngs = all_rng_states(world)
         if rank != 0:
             return None
         state = {"step": step, "order": order.state_dict(), "optimizer": optimizer.state_dict(),
