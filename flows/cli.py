@@ -431,15 +431,120 @@ SYNTH_PARAMS = typer.Option(None, "--params", "-p", help="params.yaml for the te
                             "(checkpoint bundles; default ./params.yaml). Export folders carry their own.")
 
 
+def _read_text_file(path: str) -> str:
+    """A UTF-8 text file, or a clear error naming it and where its bytes stop being UTF-8."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        _fail(f"{path}: {err.strerror or err}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        _fail(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8")
+
+
+LANG_MODES = "zh, ja, en (a language code of the model), mix (`[speaker]<zh>…<jp>…<en>…`) or auto (detected)"
+
+
+@app.command()
+def inputs(params: str = PARAMS,
+           lang: Optional[str] = typer.Option(None, "--lang", "-l", help=f"The text's language: {LANG_MODES}."),
+           text_: Optional[str] = typer.Option(None, "--text", "-t", help="The text (`|` separates utterances)."),
+           style_text: Optional[str] = typer.Option(None, "--style-text", help="A text whose BERT mean is blended in "
+                                                    "(one language only, as upstream)."),
+           style_weight: float = typer.Option(0.7, "--style-weight", help="0: the text's own BERT .. 1: the style's."),
+           batch: Optional[str] = typer.Option(None, "--batch", help="CASES.jsonl: one {\"id\", \"lang\", \"text\", "
+                                               "optional \"style_text\", \"style_weight\"} a line; writes DIR/<id>.npz."),
+           out: str = typer.Option(..., "--out", "-o", help="F.npz (with --text) or DIR (with --batch).")) -> None:
+    """Text -> the generator's inputs as upstream 2.3 builds them (phones, tones, lang_ids, bert, ja_bert,
+    en_bert, utt_lengths; segments in mix/auto), written as .npz: what synth, the app and /voice feed the model."""
+    import re
+
+    import numpy as np
+
+    from tasks.core.config import ConfigError
+    from tasks.inference.inputs import SynthError, frontend_from_params, inputs_arrays
+
+    if (text_ is None) == (batch is None):
+        _fail("give either --text (with --lang) or --batch CASES.jsonl")
+    if text_ is not None and lang is None:
+        _fail("--text needs --lang")
+    try:
+        frontend = frontend_from_params(Path(params))
+    except (ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+
+    def write(path: Path, case: dict) -> None:
+        utts = frontend.request(case["text"], case["lang"], case.get("style_text"),
+                                float(case.get("style_weight", 0.7)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial.npz")
+        np.savez(tmp, **inputs_arrays(utts, case["lang"]))
+        os.replace(tmp, path)
+
+    if batch is None:
+        try:
+            write(Path(out), {"text": text_, "lang": lang, "style_text": style_text, "style_weight": style_weight})
+        except SynthError as err:
+            _fail(str(err))
+        typer.echo(json.dumps({"out": out}, ensure_ascii=False))
+        return
+    written, errors = [], []
+    for n, line in enumerate(_read_text_file(batch).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+            if not isinstance(case, dict) or not {"id", "lang", "text"} <= set(case):
+                raise SynthError('expected {"id", "lang", "text", optional "style_text", "style_weight"}')
+            if not isinstance(case["id"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", case["id"]):
+                raise SynthError(f"id {case['id']!r}: letters, digits, _ . - only (it names the .npz file)")
+            write(Path(out) / f"{case['id']}.npz", case)
+            written.append(case["id"])
+        except (ValueError, TypeError) as err:  # SynthError and json's errors are ValueErrors
+            errors.append({"line": n, "error": f"{batch}:{n}: {err}"})
+    typer.echo(json.dumps({"out_dir": out, "written": written, "errors": errors}, ensure_ascii=False))
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def split(text_file: str = typer.Option(..., "--text-file", help="A UTF-8 text: paragraphs on their own lines."),
+          sent_pause: float = typer.Option(0.2, "--sent-pause", help="Seconds of silence after each sentence."),
+          para_pause: float = typer.Option(1.0, "--para-pause", help="Seconds after a paragraph (used when larger "
+                                           "than --sent-pause)."),
+          sample_rate: int = typer.Option(44100, "--sample-rate", help="The model's rate: pauses are whole samples.")) -> None:
+    """Print how a long text is spoken: upstream 2.3's tts_split with cut_by_sent, {"pieces", "pauses"}."""
+    from tasks.inference.inputs import SynthError, split_text
+
+    try:
+        pieces, pauses = split_text(_read_text_file(text_file), sent_pause, para_pause, sample_rate)
+    except SynthError as err:
+        _fail(f"{text_file}: {err}")
+    typer.echo(json.dumps({"pieces": pieces, "pauses": pauses}, ensure_ascii=False))
+
+
 @app.command()
 def synth(model: str = MODEL,
-          text_: Optional[str] = typer.Option(None, "--text", "-t", help="The sentence to speak."),
-          lang: Optional[str] = typer.Option(None, "--lang", "-l", help="Its language code (zh, ja, en, ...)."),
-          speaker: Optional[str] = typer.Option(None, "--speaker", "-s", help="A speaker name of the model."),
+          text_: Optional[str] = typer.Option(None, "--text", "-t", help="The text to speak (`|` separates utterances)."),
+          text_file: Optional[str] = typer.Option(None, "--text-file", help="A UTF-8 file with the text (a page: "
+                                                  "use --split)."),
+          lang: Optional[str] = typer.Option(None, "--lang", "-l", help=f"The text's language: {LANG_MODES}."),
+          speaker: Optional[str] = typer.Option(None, "--speaker", "-s", help="A speaker name of the model (mix text "
+                                                "names its own)."),
           out: Optional[str] = typer.Option(None, "--out", "-o", help="The WAV file to write (with --text)."),
-          batch: Optional[str] = typer.Option(None, "--batch", help="A file of lines `speaker|lang|text`, or plain "
-                                              "text lines spoken with --lang/--speaker; # comments skipped."),
+          batch: Optional[str] = typer.Option(None, "--batch", help="A file of lines `speaker|lang|text`, JSON lines "
+                                              "{\"text\", \"lang\", \"speaker\", \"style_text\", \"style_weight\", "
+                                              "\"split\", \"sent_pause\", \"para_pause\"}, or plain text lines spoken "
+                                              "with --lang/--speaker; # comments skipped."),
           out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Where --batch writes 0001.wav, 0002.wav, ..."),
+          style_text: Optional[str] = typer.Option(None, "--style-text", help="Blend this text's BERT mean in "
+                                                   "(upstream 2.3's style text; one language only)."),
+          style_weight: float = typer.Option(0.7, "--style-weight", help="0: the text's own BERT .. 1: the style's."),
+          split_: bool = typer.Option(False, "--split", help="Cut the text into paragraphs and sentences (upstream's "
+                                      "tts_split) and speak them with pauses: one call for a page."),
+          sent_pause: float = typer.Option(0.2, "--sent-pause", help="With --split: seconds after each sentence."),
+          para_pause: float = typer.Option(1.0, "--para-pause", help="With --split: seconds after a paragraph."),
           sdp_ratio: float = typer.Option(SYNTHESIS_DEFAULTS["sdp_ratio"], help="Share of the stochastic duration "
                                           "predictor (0..1)."),
           noise_scale: float = typer.Option(SYNTHESIS_DEFAULTS["noise_scale"], help="Prior noise (expressiveness)."),
@@ -449,45 +554,62 @@ def synth(model: str = MODEL,
                                              "(> 1: slower)."),
           seed: Optional[int] = typer.Option(None, help="Seed the noise for a reproducible output."),
           params: Optional[str] = SYNTH_PARAMS) -> None:
-    """Text to speech with a trained model: one sentence (--text, --out) or a batch file (--batch, --out-dir)."""
+    """Text to speech with a trained model: a text (--text or --text-file, --out) or a batch file (--batch, --out-dir)."""
     from tasks.core.storage import atomic_write_bytes
     from tasks.inference.synth import SynthError, parse_batch
     from tasks.prep.audio import wav_bytes
 
+    if text_file is not None:
+        if text_ is not None:
+            _fail("give --text or --text-file, not both")
+        text_ = _read_text_file(text_file)
     if (text_ is None) == (batch is None):
-        _fail("give either --text (with --out) or --batch (with --out-dir)")
-    if text_ is not None and (out is None or lang is None or speaker is None):
-        _fail("--text needs --lang, --speaker and --out")
+        _fail("give either --text/--text-file (with --out) or --batch (with --out-dir)")
+    if text_ is not None and (out is None or lang is None or (speaker is None and lang != "mix")):
+        _fail("--text needs --lang, --speaker (not for mix) and --out")
     if batch is not None and out_dir is None:
         _fail("--batch needs --out-dir")
+    defaults = {"style_text": style_text, "style_weight": style_weight, "split": split_, "sent_pause": sent_pause,
+                "para_pause": para_pause}
     if batch is not None:
-        try:
-            jobs = parse_batch(Path(batch).read_text(encoding="utf-8").splitlines(), lang, speaker)
-        except (OSError, SynthError) as err:
-            _fail(f"{batch}: {err}")
+        jobs = parse_batch(_read_text_file(batch).splitlines(), lang, speaker, defaults)
         if not jobs:
             _fail(f"{batch}: no lines to synthesise")
     else:
-        jobs = [(speaker, lang, text_)]
+        jobs = [{"line": 0, "speaker": speaker, "lang": lang, "text": text_, **defaults}]
     voice = _voice(model, params)
-    for n, (spk, code, _) in enumerate(jobs, 1):  # every line's speaker and language, before any work
-        try:
-            voice.speaker_id(spk)
-            voice.language(code)
-        except SynthError as err:
-            _fail(f"{batch}: entry {n}: {err}" if batch is not None else str(err))
     knobs = dict(sdp_ratio=sdp_ratio, noise_scale=noise_scale, noise_scale_w=noise_scale_w, length_scale=length_scale)
-    written = []
-    for n, (spk, code, sentence) in enumerate(jobs, 1):
+    written, errors = [], []
+    for n, job in enumerate(jobs, 1):
         try:
-            wav, sr = voice.synthesize(sentence, code, spk, seed=None if seed is None else seed + n - 1, **knobs)
-        except SynthError as err:
-            _fail(f"{batch}: entry {n}: {err}" if batch is not None else str(err))
+            if "error" in job:
+                raise SynthError(job["error"].split(": ", 1)[1])
+            style = dict(style_text=job["style_text"], style_weight=float(job["style_weight"]))
+            job_seed = None if seed is None else seed + n - 1
+            if job["split"]:
+                wav, sr, pieces = voice.synthesize_long(job["text"], job["lang"], job["speaker"],
+                                                        float(job["sent_pause"]), float(job["para_pause"]),
+                                                        seed=job_seed, **style, **knobs)
+            else:
+                wav, sr = voice.synthesize(job["text"], job["lang"], job["speaker"], seed=job_seed, **style, **knobs)
+                pieces = None
+        except (SynthError, TypeError, ValueError) as err:  # a batch line fails alone
+            if batch is None:
+                _fail(str(err))
+            errors.append({"line": job["line"], "error": f"{batch}:{job['line']}: {err}"})
+            continue
         path = Path(out) if batch is None else Path(out_dir) / f"{n:04d}.wav"
         atomic_write_bytes(path, wav_bytes(wav, sr))
-        written.append({"path": str(path), "speaker": spk, "lang": code, "seconds": round(len(wav) / sr, 3)})
-    typer.echo(json.dumps(written[0] if batch is None else {"out_dir": out_dir, "files": written},
-                          ensure_ascii=False))
+        row = {"path": str(path), "speaker": job["speaker"], "lang": job["lang"], "seconds": round(len(wav) / sr, 3)}
+        if pieces is not None:
+            row["pieces"] = len(pieces)
+        written.append(row)
+    if batch is None:
+        typer.echo(json.dumps(written[0], ensure_ascii=False))
+        return
+    typer.echo(json.dumps({"out_dir": out_dir, "files": written, "errors": errors}, ensure_ascii=False))
+    if errors:
+        raise typer.Exit(1)
 
 
 @app.command()

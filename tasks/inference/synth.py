@@ -23,12 +23,13 @@ What a model reference can be, and where each piece comes from:
   (`features.bert`) and the S3 endpoint come from `params_path` (default: params.yaml
   in the current folder), i.e. the repo's params, as the bundle does not record them.
 
-Synthesis takes the training data's path for every step, reusing its code: `tasks.prep.text.text_one`
-(normalise, G2P, the word2ph/phone checks), `tasks.prep.bert.encode_batch` (tokenizer, encoder cut at
-the configured layer, the batch shape `batch_shape` gives the utterance's token count, filled with
-empty rows as in the stage, word2ph expansion, fp16 rounding), `tasks.prep.bert.slot_inputs` (the language's slot gets the features, the others
-zeros), `SymbolTable.to_ids` and `tasks.training.corpus.add_blanks`/`blank_features` (add_blank as in
-training), then `SynthesizerTrn.infer`.
+Text becomes inputs in `tasks.inference.inputs.TextFrontend` (upstream 2.3's modes: one language
+with `|`-separated utterances, mix, auto, style text, long text), which takes the training data's
+path for every step, reusing its code: `tasks.prep.text.text_one` (normalise, G2P, the word2ph/phone
+checks), `tasks.prep.bert.encode_features` (tokenizer, encoder cut at the configured layer, the
+bert stage's batch shapes, word2ph expansion; fp16 rounding as the stage stores them), the slot
+rule of `tasks.prep.bert.slot_inputs` and upstream's intersperse (add_blank as in training); then
+`SynthesizerTrn.infer` once per utterance.
 """
 from __future__ import annotations
 
@@ -45,22 +46,18 @@ import torch
 
 from model.mel_processing import STFTParams, linear_spectrogram
 from model.models import VARIANTS, SynthesizerTrn
-from tasks.prep.bert import BATCH_POLICY, SLOTS, BertItem, encode_batch, slot_inputs
+from tasks.inference.inputs import DEFAULT_STYLE_WEIGHT, SynthError, TextFrontend, UtteranceInputs, split_text
+from tasks.prep.bert import BATCH_POLICY, SLOTS
 from tasks.core.config import (SYNTHESIS_DEFAULTS, BertStageConfig, LanguageConfig, ModelConfig, Params,
                                find_repo_root, load_params)
 from tasks.frontends import backend_info
 from tasks.frontends.symbols import SymbolTable
-from tasks.training.corpus import add_blanks, blank_features
 from tasks.training.train import generator as build_g
 
 logger = logging.getLogger("vitsflow.synth")
 
 PathLike = Union[str, os.PathLike]
 _RUN_REF = re.compile(r"^(?P<root>.*?)/?runs/(?P<run>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/step_(?P<step>\d+))?/*$")
-
-
-class SynthError(ValueError):
-    """The request cannot be served (unknown speaker or language, nothing speakable, wrong model kind)."""
 
 
 @dataclass
@@ -97,99 +94,108 @@ class Voice:
             raise SynthError(f"unknown speaker {speaker!r}; this model knows {sorted(self.speakers)}")
         return self.speakers[speaker]
 
-    def language(self, language: str) -> LanguageConfig:
-        if language not in self.symbols.language_ids:
-            raise SynthError(f"unknown language {language!r}; this model knows {sorted(self.languages)}")
-        if language not in self.languages:
-            raise SynthError(f"language {language!r} is in the model's symbol table but no frontend config "
-                             f"was found for it (params `languages`); known: {sorted(self.languages)}")
-        return self.languages[language]
+    @property
+    def frontend(self) -> TextFrontend:
+        """Text -> this model's inputs (tasks/inference/inputs.py), one per Voice."""
+        if "_frontend" not in self.__dict__:
+            self.__dict__["_frontend"] = TextFrontend(self.symbols, self.languages, dict(self.bert_dims),
+                                                      self.generator.use_bert, self.add_blank, self.root,
+                                                      self.bert_stage, self.device)
+        return self.__dict__["_frontend"]
 
-    def _slot(self, language: str) -> str:
-        return self.languages[language].bert.slot or language  # as tasks.prep.bert.slot_of
+    def language(self, language: str) -> LanguageConfig:
+        return self.frontend.language(language)
 
     # -- text -> model inputs
     def text_inputs(self, text: str, language: str) -> dict[str, Any]:
-        """Normalise + G2P + BERT features + ids, exactly as the text and bert stages and the
-        training dataset do. Returns the tensors `infer` takes ([1, T]) and the frontend result."""
-        from tasks.core.hf import tokenizer_for
-        from tasks.prep.text import text_one
-
-        lang = self.language(language)
-        tokenizer = tokenizer_for(self.root, lang.bert)
-        entry = text_one(text, language, lang, tokenizer)
-        if "reject" in entry.meta:
-            reason = entry.meta["reject"]
-            if reason == "normalised text is empty":
-                raise SynthError(f"nothing to say: the text {text!r} is empty after {language!r} normalisation")
-            raise SynthError(f"cannot synthesise {text!r} ({language}): {reason}")
-        row = entry.meta
-        try:
-            phones, tones, langs = self.symbols.to_ids(row["phones"], row["tones"], language)
-        except KeyError as err:
-            raise SynthError(str(err).strip("'\"")) from None
-        out: dict[str, Any] = {"norm_text": row["norm_text"], "phones": row["phones"]}
-        inputs = None
-        if self.generator.use_bert:
-            feats = self.bert_features(language, row["norm_text"], row["word2ph"])
-            if feats.shape[1] != len(phones):
-                raise SynthError(f"{feats.shape[1]} BERT feature columns but {len(phones)} phones")
-            want = self.bert_dims.get(self._slot(language))
-            if want is not None and feats.shape[0] != want:
-                raise SynthError(f"language {language!r}: its BERT model ({self.languages[language].bert.model}) gives "
-                                 f"{feats.shape[0]}-wide features, the model was trained on {want}-wide ones: "
-                                 "configure the BERT model it was trained with (params `languages`)")
-            inputs = {k: torch.from_numpy(v.astype(np.float32))
-                      for k, v in slot_inputs({"dims": self.bert_dims}, {"slot": self._slot(language)}, feats).items()}
-        if self.add_blank:
-            phones, tones, langs = add_blanks(phones), add_blanks(tones), add_blanks(langs)
-            if inputs is not None:
-                inputs = {k: blank_features(v) for k, v in inputs.items()}
-        out.update(x=torch.LongTensor(phones)[None], tone=torch.LongTensor(tones)[None],
-                   language=torch.LongTensor(langs)[None], x_lengths=torch.LongTensor([len(phones)]))
-        if inputs is not None:
-            out.update(bert=inputs["zh"][None], ja_bert=inputs["ja"][None], en_bert=inputs["en"][None])
-        return out
+        """One sentence's inputs as `infer` takes them ([1, T] tensors) and the frontend's result
+        (normalise + G2P + BERT + ids, exactly as the text and bert stages and the training dataset)."""
+        [utt] = self.frontend.request(text.replace("|", " "), language)
+        row = utt.rows[0]
+        return {"norm_text": row["norm_text"], "phones": row["phones"], **utt.tensors()}
 
     def bert_features(self, language: str, norm_text: str, word2ph: list[int]) -> np.ndarray:
-        """[dim, n_phones] float16 through the bert stage's own encode_batch (same batch shape)."""
-        item = BertItem({"id": "synth", "language": language, "norm_text": norm_text, "word2ph": word2ph}, "synth",
-                        len(word2ph))
-        [(_, entry)] = encode_batch([item], self.languages[language].bert, self.bert_stage, self.root, self.device)
-        if "reject" in entry.meta:
-            raise SynthError(f"BERT features for {norm_text!r}: {entry.meta['reject']}")
-        return np.frombuffer(entry.data, dtype=np.float16).reshape(entry.meta["dim"], entry.meta["n_phones"])
+        """[dim, n_phones] float16 through the bert stage's own encoder and batch shape."""
+        [feats] = self.frontend._bert([(0, {"language": language, "norm_text": norm_text, "word2ph": word2ph})]).values()
+        return feats.astype(np.float16)
 
     # -- synthesis
     @torch.no_grad()
     def infer(self, text: str, language: str, speaker: str, sdp_ratio: float = SYNTHESIS_DEFAULTS["sdp_ratio"],
               noise_scale: float = SYNTHESIS_DEFAULTS["noise_scale"], noise_scale_w: float = SYNTHESIS_DEFAULTS["noise_scale_w"],
-              length_scale: float = SYNTHESIS_DEFAULTS["length_scale"], seed: Optional[int] = None) -> "Synthesis":
-        """Free-running synthesis with its alignment (Synthesis). `seed` makes the noise reproducible."""
-        sid = self.speaker_id(speaker)
+              length_scale: float = SYNTHESIS_DEFAULTS["length_scale"], seed: Optional[int] = None,
+              style_text: Optional[str] = None, style_weight: float = DEFAULT_STYLE_WEIGHT) -> "Synthesis":
+        """Free-running synthesis with its alignment (Synthesis). `language` is a language code, `mix`
+        (speakers from the text's [speaker] tags) or `auto`; `|` separates utterances, spoken one
+        after another as upstream does. `seed` makes the noise reproducible."""
+        self._check_knobs(sdp_ratio, length_scale)
+        if language != "mix":
+            self.speaker_id(speaker)
+        utts = self.frontend.request(text, language, style_text, style_weight, set(self.speakers))
+        return self._speak(utts, speaker, dict(sdp_ratio=sdp_ratio, noise_scale=noise_scale,
+                                               noise_scale_w=noise_scale_w, length_scale=length_scale), seed)
+
+    @staticmethod
+    def _check_knobs(sdp_ratio: float, length_scale: float) -> None:
         if not 0.0 <= sdp_ratio <= 1.0:
             raise SynthError(f"sdp_ratio {sdp_ratio}: expected 0..1")
         if length_scale <= 0:
             raise SynthError(f"length_scale {length_scale}: expected > 0")
-        inp = self.text_inputs(text, language)
+
+    def _speak(self, utts: list[UtteranceInputs], speaker: Optional[str], knobs: dict[str, float],
+               seed: Optional[int]) -> "Synthesis":
+        """Each utterance through the generator, the waveforms joined, the alignments block-diagonal."""
         dev = torch.device(self.device)
-        args = {k: inp[k].to(dev) for k in ("x", "x_lengths", "tone", "language", "bert", "ja_bert", "en_bert")
-                if k in inp}
+        wavs, aligns = [], []
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            o, attn, y_mask, _ = self.generator.infer(
-                args["x"], args["x_lengths"], torch.LongTensor([sid]).to(dev), args["tone"], args["language"],
-                args.get("bert"), args.get("ja_bert"), args.get("en_bert"), noise_scale=noise_scale,
-                length_scale=length_scale, noise_scale_w=noise_scale_w, sdp_ratio=sdp_ratio)
-        frames = int(y_mask.sum().item())
-        wav = o[0, 0, :frames * self.hop_length].float().cpu().numpy().astype(np.float32)
-        return Synthesis(wav, self.sample_rate, attn[0, 0, :frames].float().cpu().numpy())
+            for utt in utts:
+                args = utt.tensors(self.device)
+                sid = self.speaker_id(utt.utterance.speaker or speaker)
+                o, attn, y_mask, _ = self.generator.infer(
+                    args["x"], args["x_lengths"], torch.LongTensor([sid]).to(dev), args["tone"], args["language"],
+                    args.get("bert"), args.get("ja_bert"), args.get("en_bert"), **knobs)
+                frames = int(y_mask.sum().item())
+                wavs.append(o[0, 0, :frames * self.hop_length].float().cpu().numpy().astype(np.float32))
+                aligns.append(attn[0, 0, :frames].float().cpu().numpy())
+        alignment = np.zeros((sum(a.shape[0] for a in aligns), sum(a.shape[1] for a in aligns)), np.float32)
+        r = c = 0
+        for a in aligns:
+            alignment[r:r + a.shape[0], c:c + a.shape[1]] = a
+            r, c = r + a.shape[0], c + a.shape[1]
+        return Synthesis(np.concatenate(wavs), self.sample_rate, alignment)
 
     def synthesize(self, text: str, language: str, speaker: str, **knobs) -> tuple[np.ndarray, int]:
         """(waveform float32 [samples], sample rate); `knobs` as :meth:`infer`."""
         s = self.infer(text, language, speaker, **knobs)
         return s.wav, s.sample_rate
+
+    @torch.no_grad()
+    def synthesize_long(self, text: str, language: str, speaker: str, sent_pause: float = 0.2,
+                        para_pause: float = 1.0, seed: Optional[int] = None, style_text: Optional[str] = None,
+                        style_weight: float = DEFAULT_STYLE_WEIGHT, on_piece=None,
+                        **knobs) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
+        """A page of text: upstream's tts_split (paragraphs, sentences, pauses at this model's rate),
+        every piece's BERT batched together, the model run piece by piece. Returns (waveform, rate,
+        pieces [{text, seconds, pause}]); `on_piece(i, wav)` is called as each piece is ready."""
+        if language == "mix":
+            raise SynthError("split: mix text carries [speaker] tags that cutting at sentences would separate "
+                             "from their text; use `|` between utterances instead")
+        self._check_knobs(knobs.get("sdp_ratio", SYNTHESIS_DEFAULTS["sdp_ratio"]),
+                          knobs.get("length_scale", SYNTHESIS_DEFAULTS["length_scale"]))
+        self.speaker_id(speaker)
+        pieces, pauses = split_text(text, sent_pause, para_pause, self.sample_rate)
+        all_utts = self.frontend.requests(pieces, language, style_text, style_weight, set(self.speakers))
+        knobs = {k: knobs.get(k, v) for k, v in SYNTHESIS_DEFAULTS.items()}
+        out, info = [], []
+        for i, (piece, utts, pause) in enumerate(zip(pieces, all_utts, pauses)):
+            wav = self._speak(utts, speaker, knobs, None if seed is None else seed + i).wav
+            if on_piece is not None:
+                on_piece(i, wav)
+            out += [wav, np.zeros(int(round(pause * self.sample_rate)), np.float32)]
+            info.append({"text": piece, "seconds": round(len(wav) / self.sample_rate, 3), "pause": pause})
+        return np.concatenate(out), self.sample_rate, info
 
     # -- voice conversion
     @torch.no_grad()
@@ -383,24 +389,51 @@ def load_voice(model_ref: PathLike, params_path: Optional[PathLike] = None, devi
     return _load_checkpoint(ref, params_path, device)
 
 
-def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str]) -> list[tuple[str, str, str]]:
-    """Batch lines -> (speaker, language, text). A line is `speaker|lang|text`, or plain text that
-    takes the default language and speaker; blank lines and lines starting with `#` are skipped."""
+BATCH_KEYS = {"text", "lang", "speaker", "style_text", "style_weight", "split", "sent_pause", "para_pause"}
+
+
+def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str],
+                defaults: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """Batch lines -> jobs {line, speaker, lang, text, style_text, style_weight, split, sent_pause,
+    para_pause}. A line is `speaker|lang|text`, a JSON object with those keys, or plain text that
+    takes the default language and speaker; blank lines and lines starting with `#` are skipped.
+    `defaults` fills what a line leaves out (the command line's style and split options). A line
+    that cannot be read becomes {line, error}: it fails alone."""
+    base = {"style_text": None, "style_weight": DEFAULT_STYLE_WEIGHT, "split": False, "sent_pause": 0.2,
+            "para_pause": 1.0, **(defaults or {})}
     out = []
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if line.count("|") >= 2:
-            spk, lang, text = (part.strip() for part in line.split("|", 2))
-        else:
-            if language is None or speaker is None:
-                raise SynthError(f"line {n}: plain text needs --lang and --speaker (or write `speaker|lang|text`)")
-            spk, lang, text = speaker, language, line
-        if not text:
-            raise SynthError(f"line {n}: no text")
-        out.append((spk, lang, text))
+        try:
+            out.append({"line": n, **_batch_job(line, language, speaker, base)})
+        except SynthError as err:  # one bad line fails that line only
+            out.append({"line": n, "error": f"line {n}: {err}"})
     return out
+
+
+def _batch_job(line: str, language: Optional[str], speaker: Optional[str], base: dict[str, Any]) -> dict[str, Any]:
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except ValueError as err:
+            raise SynthError(f"not JSON ({err})") from None
+        unknown = sorted(set(obj) - BATCH_KEYS) if isinstance(obj, dict) else None
+        if unknown is None or unknown or not isinstance(obj.get("text"), str):
+            raise SynthError(f"expected a JSON object with \"text\" and keys from {sorted(BATCH_KEYS)}"
+                             + (f"; unknown {unknown}" if unknown else ""))
+        job = {**base, "speaker": speaker, "lang": language, **obj}
+    elif line.count("|") >= 2:
+        spk, lang, text = (part.strip() for part in line.split("|", 2))
+        job = {**base, "speaker": spk, "lang": lang, "text": text}
+    else:
+        job = {**base, "speaker": speaker, "lang": language, "text": line}
+    if job["lang"] is None or (job["speaker"] is None and job["lang"] != "mix"):
+        raise SynthError("plain text needs --lang and --speaker (or write `speaker|lang|text`)")
+    if not job["text"].strip():
+        raise SynthError("no text")
+    return job
 
 
 __all__ = ["SynthError", "Synthesis", "Voice", "load_voice", "parse_batch"]

@@ -168,17 +168,17 @@ def _tokenize(tokenizer, texts: list[str], length: int):
     return tokenizer(texts, padding="max_length", max_length=length, truncation=False, padding_side="right")
 
 
-def encode_batch(items: list[BertItem], bert: BertConfig, stage: BertStageConfig, root: Path,
-                 device: str) -> list[tuple[str, Entry]]:
-    """One batch of one language's BERT (`bert`), all of one `batch_shape` -> cache entries."""
+def encode_features(items: list[BertItem], bert: BertConfig, stage: BertStageConfig, root: Path,
+                    device: str) -> list["torch.Tensor | str"]:
+    """One batch of one language's BERT (`bert`), all of one `batch_shape` -> per item its float32
+    phone-level features [dim, sum(word2ph)] (on the CPU) or the reason it has none."""
     import torch
 
     tokenizer, (model, index) = tokenizer_for(root, bert), encoder_for(root, bert, device)
     (rows, length), = {batch_shape(i.n_tokens, stage) for i in items}
     limit = min(getattr(model.config, "max_position_embeddings", MAX_POSITIONS), MAX_POSITIONS)
     if length > limit:
-        return [(i.key, Entry({"reject": f"{i.n_tokens} BERT tokens exceed the model's {limit}"}, b""))
-                for i in items]
+        return [f"{i.n_tokens} BERT tokens exceed the model's {limit}" for i in items]
     texts = [i.row["norm_text"] for i in items] + [""] * (rows - len(items))  # fixed shape: see module doc
     enc = _tokenize(tokenizer, texts, length)
     rejects = {}
@@ -192,12 +192,22 @@ def encode_batch(items: list[BertItem], bert: BertConfig, stage: BertStageConfig
     enc = enc.convert_to_tensors("pt").to(device)
     with _forward, torch.inference_mode():
         hidden = model(**enc, output_hidden_states=True).hidden_states[index]  # [rows, length, dim]
+    return [rejects[row] if row in rejects else
+            phone_features(hidden[row, :item.n_tokens].float(), item.row["word2ph"]).cpu()
+            for row, item in enumerate(items)]
+
+
+def encode_batch(items: list[BertItem], bert: BertConfig, stage: BertStageConfig, root: Path,
+                 device: str) -> list[tuple[str, Entry]]:
+    """`encode_features` as cache entries: float16 [dim, n_phones] bytes, or the reject."""
+    import torch
+
     out = []
-    for row, item in enumerate(items):
-        if row in rejects:
-            out.append((item.key, Entry({"reject": rejects[row]}, b"")))
+    for item, feats in zip(items, encode_features(items, bert, stage, root, device)):
+        if isinstance(feats, str):
+            out.append((item.key, Entry({"reject": feats}, b"")))
             continue
-        feats = phone_features(hidden[row, :item.n_tokens].float(), item.row["word2ph"]).to(torch.float16).cpu()
+        feats = feats.to(torch.float16)
         out.append((item.key, Entry({"dim": feats.shape[0], "n_phones": feats.shape[1]},
                                     feats.contiguous().numpy().tobytes())))
     return out

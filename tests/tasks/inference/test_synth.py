@@ -126,8 +126,10 @@ def test_clear_errors(exported):
         exported.synthesize("Hello.", "en", "nobody")
     with pytest.raises(SynthError, match=r"unknown language 'fr'.*'de', 'en', 'ja', 'zh'"):
         exported.synthesize("Bonjour.", "fr", SPEAKER)
-    with pytest.raises(SynthError, match="empty after 'en' normalisation"):
+    with pytest.raises(SynthError, match="nothing to say: the text is empty"):
         exported.synthesize("   ", "en", SPEAKER)
+    with pytest.raises(SynthError, match=r"utterance 2: nothing to say: 'abc' is empty after 'ja' normalisation"):
+        exported.synthesize("こんにちは。|abc", "ja", SPEAKER)
 
 
 def test_voice_conversion_needs_a_checkpoint(bundle, exported):
@@ -179,8 +181,14 @@ def test_a_model_trained_with_another_text_frontend_is_refused(models, tmp_path)
     assert state["frontends"] == config["frontends"] | {"ja": backend_info("ja")[1]}
 
 
-def test_parse_batch():
-    lines = ["# a comment", "en_m1|en|Hello there.", "", "plain line"]
-    assert parse_batch(lines, "ja", "ja_f1") == [("en_m1", "en", "Hello there."), ("ja_f1", "ja", "plain line")]
-    with pytest.raises(SynthError, match="line 4: plain text needs --lang and --speaker"):
-        parse_batch(lines, None, None)
+def test_parse_batch_reads_three_line_kinds_and_a_bad_line_fails_alone_with_its_number():
+    lines = ["# a comment", "en_m1|en|Hello there.", "", "plain line",
+             '{"text": "[a]<zh>你好<en>hi", "lang": "mix", "split": true}', '{"text": 3}', "{not json"]
+    jobs = parse_batch(lines, "ja", "ja_f1", {"style_weight": 0.3})
+    assert [(j["line"], j.get("speaker"), j.get("lang"), j.get("text")) for j in jobs[:3]] == [
+        (2, "en_m1", "en", "Hello there."), (4, "ja_f1", "ja", "plain line"), (5, "ja_f1", "mix", "[a]<zh>你好<en>hi")]
+    assert jobs[2]["split"] is True and jobs[0]["split"] is False and jobs[0]["style_weight"] == 0.3
+    assert set(jobs[3]) == {"line", "error"} and jobs[3]["line"] == 6 and 'with "text"' in jobs[3]["error"]
+    assert jobs[4]["line"] == 7 and jobs[4]["error"].startswith("line 7: not JSON")
+    assert parse_batch(lines[:4], None, None)[1] == {
+        "line": 4, "error": "line 4: plain text needs --lang and --speaker (or write `speaker|lang|text`)"}
