@@ -1,6 +1,8 @@
 """Builders shared by tests: small params files and datasets made from the shared real speech."""
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import subprocess
@@ -122,3 +124,40 @@ def pipeline_project(root: Path, extra_datasets: list[dict] = ()) -> Path:
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
     return root
+
+
+@contextlib.contextmanager
+def running_app(params: str, cwd: Path, timeout: float = 60.0):
+    """`vitsflow app --params P` as a real server process on a free 127.0.0.1 port, started as a user
+    starts it; yields its URL once /api/health answers; stopped (and waited for) at the end."""
+    import time
+    import urllib.request
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    exe = Path(sys.executable).with_name("vitsflow")
+    log_path = Path(cwd) / "app.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(exe), "app", "--port", str(port), "--params", str(params)], cwd=cwd,
+                                env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/api/health", timeout=2)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.time() > deadline:
+                        raise AssertionError(f"vitsflow app did not answer /api/health within {timeout:.0f} s:\n"
+                                             + log_path.read_text(errors="replace"))
+                    time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -659,12 +659,15 @@ class AppConfig(Strict):
     """`vitsflow app` (tasks/orchestration/app.py): the HTTP API and web page to listen to models."""
     host: str = "127.0.0.1"  # loopback by default: nothing outside this machine reaches it
     port: int = Field(7860, ge=1, le=65535)
-    max_text_chars: int = Field(500, ge=1, le=100000)  # longer text: 422 with the limit
+    max_text_chars: int = Field(3000, ge=1, le=100000)  # a request's text (a page with split): longer is a 422
     max_batch: int = Field(8, ge=1, le=1024)  # sentences per batch request: more is a 422
     max_cached_models: int = Field(4, ge=1, le=64)  # loaded models kept in memory (least recently used go)
     max_upload_mb: float = Field(64.0, gt=0, le=1024)  # a conversion's files, and their decoded float32 samples: more is a 422
     # Folders holding export folders (each one, or its immediate subfolders, with a vitsflow config.json).
     exports: list[str] = Field(default_factory=lambda: ["export", "exports"])
+    # Upstream server_fastapi's integer model_id i (/voice, /models/info) is the i-th of these model
+    # ids (production, run:<id>:<step>, export:<folder>); empty: the i-th of GET /api/models.
+    voice_models: list[str] = Field(default_factory=list)
 
 
 class AsrModelConfig(Strict):

@@ -16,8 +16,9 @@ A model is loaded on first use and kept (least recently used first out, params.a
     GET  /api/health            {"status": "ok", "loaded": [...]}
     GET  /api/models            the listing above
     GET  /api/models/{id}       one model, loaded: speakers, languages, sample rate
-    POST /api/synthesize        JSON {model, text, language, speaker, sdp_ratio, noise_scale, noise_scale_w,
-                                length_scale, seed} -> audio/wav
+    POST /api/synthesize        JSON {model, text, language (a code, mix, auto), speaker, style_text,
+                                style_weight, split, sent_pause, para_pause, sdp_ratio, noise_scale,
+                                noise_scale_w, length_scale, seed} -> audio/wav
     POST /api/batch             JSON {model, items: [{text, language, speaker}], knobs...} -> JSON of base64 WAVs
     POST /api/ab                JSON {model_a, model_b, text, language, speaker, knobs...} -> both, same seed
     GET  /api/eval              eval/metrics.json's numeric headline keys, its model, and its samples
@@ -27,6 +28,9 @@ A model is loaded on first use and kept (least recently used first out, params.a
     GET  /api/vc/models         the any-to-any conversion models (HiFi-VC): `vc` (the vc stage's
                                 train/vc.json), `vc-production` (models/<name>-vc/production.json),
                                 `export:<folder>` (export folders holding hifivc.json)
+    GET|POST /voice             upstream 2.3 server_fastapi.py's route and query parameters (model_id is
+                                the i-th of params app.voice_models, or of GET /api/models) -> audio/wav
+    GET  /models/info           upstream's listing of those models (speakers, language, version)
     POST /api/convert           JSON {model, source_base64, source_name, reference_base64,
                                 reference_name, pitch} (files as uploaded: wav/flac/ogg/mp3) -> audio/wav
                                 at 24 kHz; X-Conversion-Report: what was used (JSON)
@@ -49,7 +53,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,9 +84,15 @@ class Knobs(BaseModel):
 
 class Sentence(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(..., description="The sentence to speak")
-    language: str = Field(..., description="A language code of the model (zh, ja, en, ...)")
-    speaker: str = Field(..., description="A speaker name of the model")
+    text: str = Field(..., description="The text to speak (`|` separates utterances)")
+    language: str = Field(..., description="A language code of the model (zh, ja, en, ...), mix "
+                          "(`[speaker]<zh>…<jp>…<en>…`) or auto (detected)")
+    speaker: Optional[str] = Field(None, description="A speaker name of the model (mix text names its own)")
+    style_text: Optional[str] = Field(None, description="A text whose BERT mean is blended in (one language only)")
+    style_weight: float = Field(0.7, ge=0, le=1, description="0: the text's own BERT .. 1: the style text's")
+    split: bool = Field(False, description="Cut into paragraphs and sentences, spoken with pauses (upstream tts_split)")
+    sent_pause: float = Field(0.2, ge=0, le=5, description="With split: seconds after each sentence")
+    para_pause: float = Field(1.0, ge=0, le=10, description="With split: seconds after a paragraph")
 
 
 class SynthRequest(Knobs, Sentence):
@@ -324,22 +334,58 @@ class Models:
             raise HTTPException(422, "text: empty; type a sentence")
         if len(text) > limit:
             raise HTTPException(422, f"text: {len(text)} characters, over the limit of {limit} (params app.max_text_chars)")
+        if sentence.speaker is None and sentence.language != "mix":
+            raise HTTPException(422, "speaker: required (mix text names its speakers in [speaker] tags)")
         started = time.perf_counter()
         voice = self.voice(model_id)
         loaded = time.perf_counter()
+        info: dict[str, Any] = {}
         try:
-            voice.speaker_id(sentence.speaker)
-            voice.language(sentence.language)
+            style = dict(style_text=sentence.style_text, style_weight=sentence.style_weight)
+            noise = dict(sdp_ratio=knobs.sdp_ratio, noise_scale=knobs.noise_scale, noise_scale_w=knobs.noise_scale_w,
+                         length_scale=knobs.length_scale, seed=knobs.seed)
             with self._synth_locks.setdefault(voice.source, threading.Lock()):
-                wav, sr = voice.synthesize(text, sentence.language, sentence.speaker, sdp_ratio=knobs.sdp_ratio,
-                                           noise_scale=knobs.noise_scale, noise_scale_w=knobs.noise_scale_w,
-                                           length_scale=knobs.length_scale, seed=knobs.seed)
+                if sentence.split:
+                    wav, sr, pieces = voice.synthesize_long(text, sentence.language, sentence.speaker,
+                                                            sentence.sent_pause, sentence.para_pause, **style, **noise)
+                    info["pieces"] = len(pieces)
+                else:
+                    wav, sr = voice.synthesize(text, sentence.language, sentence.speaker, **style, **noise)
         except SynthError as err:
             raise HTTPException(422, str(err)) from None
         done = time.perf_counter()
         return wav_bytes(wav, sr), {"model": model_id, "sample_rate": sr, "audio_seconds": round(len(wav) / sr, 3),
                                     "load_seconds": round(loaded - started, 3),
-                                    "synthesis_seconds": round(done - loaded, 3)}
+                                    "synthesis_seconds": round(done - loaded, 3), **info}
+
+    # -- upstream 2.3's server_fastapi.py
+    def upstream_ids(self) -> list[str]:
+        """Upstream's integer model_id -> a model id: params app.voice_models, or every listed model."""
+        return list(self.params.app.voice_models) or [m["id"] for m in self.listing()]
+
+    def upstream_info(self, model_id: str) -> dict[str, Any]:
+        """Upstream's Model.to_dict for one model (loads it: upstream's models are all loaded)."""
+        voice = self.voice(model_id)
+        spk2id = dict(sorted(voice.speakers.items(), key=lambda kv: kv[1]))
+        return {"config_path": voice.source, "model_path": voice.source, "device": voice.device,
+                "language": UPSTREAM_LANGUAGE.get(default_language(voice), default_language(voice)),
+                "spk2id": spk2id, "id2spk": {str(i): name for name, i in spk2id.items()},
+                "version": "2.3" if voice.info.get("variant") == "bert-vits2-2.3" else voice.info.get("variant"),
+                "id": model_id}
+
+
+UPSTREAM_LANGUAGE = {"zh": "ZH", "ja": "JP", "en": "EN"}  # upstream's language strings
+FROM_UPSTREAM = {v: k for k, v in UPSTREAM_LANGUAGE.items()}
+
+
+def default_language(voice) -> str:
+    """The language a /voice request without one gets (upstream: the model's configured default, ZH)."""
+    return next((c for c in ("zh", "ja", "en") if c in voice.languages), sorted(voice.languages)[0])
+
+
+def upstream_status(code: int, detail: str) -> Response:
+    """Upstream's error answer: HTTP 200 with {"status", "detail"}, which its clients read."""
+    return Response(json.dumps({"status": code, "detail": detail}, ensure_ascii=False), media_type="application/json")
 
 
 # ----------------------------------------------------------------------------- eval report
@@ -422,10 +468,11 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
               responses={200: {"content": {"audio/wav": {}}, "description": "16-bit PCM WAV"}})
     def synthesize(req: SynthRequest) -> Response:
         wav, info = models.synthesize(req.model, req, req)
-        return Response(wav, media_type="audio/wav",
-                        headers={"X-Model": req.model, "X-Audio-Seconds": str(info["audio_seconds"]),
-                                 "X-Synthesis-Seconds": str(info["synthesis_seconds"]),
-                                 "X-Load-Seconds": str(info["load_seconds"])})
+        headers = {"X-Model": req.model, "X-Audio-Seconds": str(info["audio_seconds"]),
+                   "X-Synthesis-Seconds": str(info["synthesis_seconds"]), "X-Load-Seconds": str(info["load_seconds"])}
+        if "pieces" in info:
+            headers["X-Pieces"] = str(info["pieces"])
+        return Response(wav, media_type="audio/wav", headers=headers)
 
     @app.post("/api/batch")
     def batch(req: BatchRequest) -> dict:
@@ -467,6 +514,80 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
         return Response(wav, media_type="audio/wav",
                         headers={"X-Model": req.model, "X-Audio-Seconds": str(info["seconds"]),
                                  "X-Conversion-Report": json.dumps(info, ensure_ascii=True)})
+
+    # -- upstream Bert-VITS2 2.3's server_fastapi.py routes, so its clients work unchanged
+    def voice_route(text: str, model_id: int, speaker_name: Optional[str], speaker_id: Optional[int],
+                    sdp_ratio: float, noise: float, noisew: float, length: float, language: Optional[str],
+                    auto_translate: bool, auto_split: bool, style_text: Optional[str], style_weight: float) -> Response:
+        ids = models.upstream_ids()
+        if not 0 <= model_id < len(ids):
+            return upstream_status(10, f"模型model_id={model_id}未加载 (model_id {model_id} is not loaded; "
+                                       f"there are {len(ids)}: GET /models/info)")
+        mid = ids[model_id]
+        voice = models.voice(mid)
+        if speaker_name is None and speaker_id is None:
+            return upstream_status(11, "请提供speaker_name或speaker_id (give speaker_name or speaker_id)")
+        if speaker_name is None:
+            names = {i: name for name, i in voice.speakers.items()}
+            if speaker_id not in names:
+                return upstream_status(12, f"角色speaker_id={speaker_id}不存在 (no speaker_id {speaker_id})")
+            speaker_name = names[speaker_id]
+        if speaker_name not in voice.speakers:
+            return upstream_status(13, f"角色speaker_name={speaker_name}不存在 (no speaker {speaker_name!r})")
+        code = default_language(voice) if language is None else FROM_UPSTREAM.get(language, language)
+        if auto_translate:
+            if code in ("mix", "auto"):
+                return upstream_status(20, f"请勿同时使用language = {language}与auto_translate模式 "
+                                           f"(auto_translate cannot be used with language={language})")
+            raise HTTPException(422, "auto_translate: translation needs an online service, which vitsflow does not "
+                                     "call; send the text in the language to speak")
+        if code == "mix":  # upstream's mix text names its speakers; the query's speaker is checked as upstream does
+            speaker_name = None
+        sentence = Sentence(text=text, language=code, speaker=speaker_name,
+                            style_text=style_text, style_weight=style_weight, split=auto_split,
+                            sent_pause=0.2, para_pause=0.2)  # upstream's auto_split: cut_sent, 0.2 s after each
+        wav, info = models.synthesize(mid, sentence, Knobs(sdp_ratio=sdp_ratio, noise_scale=noise,
+                                                           noise_scale_w=noisew, length_scale=length))
+        return Response(wav, media_type="audio/wav", headers={"X-Model": mid,
+                                                              "X-Audio-Seconds": str(info["audio_seconds"])})
+
+    voice_doc = ("Upstream Bert-VITS2 2.3's /voice: text to audio/wav. Its errors as upstream answers them "
+                 "(HTTP 200, JSON {status, detail}: 10 no such model_id, 11 no speaker given, 12/13 unknown "
+                 "speaker_id/speaker_name, 20 auto_translate with mix/auto); anything else a 4xx with detail.")
+
+    @app.get("/voice", response_class=Response, description=voice_doc)
+    def voice_get(text: str = Query(..., description="输入文字 / the text"),
+                  model_id: int = Query(..., description="模型ID: GET /models/info"),
+                  speaker_name: Optional[str] = Query(None, description="说话人名 (or speaker_id)"),
+                  speaker_id: Optional[int] = Query(None, description="说话人id"),
+                  sdp_ratio: float = Query(0.2, ge=0, le=1), noise: float = Query(0.2, ge=0, le=5),
+                  noisew: float = Query(0.9, ge=0, le=5), length: float = Query(1.0, gt=0, le=5),
+                  language: Optional[str] = Query(None, description="ZH, JP, EN, mix, auto (or a language code)"),
+                  auto_translate: bool = Query(False), auto_split: bool = Query(False),
+                  emotion: Optional[str] = Query(None, description="accepted; unused in 2.3 (as upstream)"),
+                  style_text: Optional[str] = Query(None, description="风格文本 / style text"),
+                  style_weight: float = Query(0.7, ge=0, le=1, description="风格权重")) -> Response:
+        return voice_route(text, model_id, speaker_name, speaker_id, sdp_ratio, noise, noisew, length, language,
+                           auto_translate, auto_split, style_text, style_weight)
+
+    @app.post("/voice", response_class=Response, description=voice_doc)
+    def voice_post(text: str = Form(..., description="输入文字 / the text"),
+                   model_id: int = Query(...), speaker_name: Optional[str] = Query(None),
+                   speaker_id: Optional[int] = Query(None), sdp_ratio: float = Query(0.2, ge=0, le=1),
+                   noise: float = Query(0.2, ge=0, le=5), noisew: float = Query(0.9, ge=0, le=5),
+                   length: float = Query(1.0, gt=0, le=5), language: Optional[str] = Query(None),
+                   auto_translate: bool = Query(False), auto_split: bool = Query(False),
+                   emotion: Optional[str] = Query(None), reference_audio: Optional[UploadFile] = File(None),
+                   style_text: Optional[str] = Form(None), style_weight: float = Query(0.7, ge=0, le=1)) -> Response:
+        # reference_audio: accepted and unused, as in upstream 2.3 (its emotion/CLAP path is commented out)
+        return voice_route(text, model_id, speaker_name, speaker_id, sdp_ratio, noise, noisew, length, language,
+                           auto_translate, auto_split, style_text, style_weight)
+
+    @app.get("/models/info")
+    def upstream_models_info() -> dict:
+        """Upstream's /models/info: {model_id: {config_path, model_path, device, language, spk2id, id2spk,
+        version}} (plus this app's model id), every model loaded."""
+        return {str(i): models.upstream_info(mid) for i, mid in enumerate(models.upstream_ids())}
 
     @app.get("/api/eval")
     def evaluation(model: Optional[str] = Query(None, description="Only if this model id is the checkpoint "

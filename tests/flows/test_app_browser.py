@@ -4,16 +4,11 @@
 test saves the screenshot the README shows (docs/app.png)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port
+from tests.helpers import running_app
 from tests.tasks.orchestration.test_app import app_project
 
 pytestmark = pytest.mark.slow  # a real browser
@@ -34,32 +29,8 @@ AUDIO_LOADED = """(id) => new Promise((resolve, reject) => {
 def server(train_corpus, tmp_path):
     """`vitsflow app` on a free port, started as a user starts it; stopped (and waited for) at the end."""
     project = app_project(train_corpus, tmp_path)
-    port = _free_port()
-    exe = Path(sys.executable).with_name("vitsflow")
-    log = open(tmp_path / "app.log", "wb")
-    proc = subprocess.Popen([str(exe), "app", "--port", str(port), "--params", project["params"]], cwd=tmp_path,
-                            env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError("vitsflow app did not answer /api/health within 60 s:\n"
-                                         + (tmp_path / "app.log").read_text(errors="replace"))
-                time.sleep(0.3)
+    with running_app(project["params"], tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 def test_the_page_speaks_a_typed_sentence_in_a_real_browser(server):
@@ -106,6 +77,58 @@ def test_the_page_speaks_a_typed_sentence_in_a_real_browser(server):
         finally:
             browser.close()
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_page_speaks_mix_auto_style_text_and_split_text_in_a_real_browser(server):
+    """The fields upstream 2.3's web UI has: language mix and auto, style text and weight, split with
+    pauses; a mix text naming an unknown speaker shows the server's reason."""
+    from playwright.sync_api import sync_playwright
+
+    def speak(page) -> tuple[float, str]:
+        page.evaluate("() => { const p = document.getElementById('player'); p.removeAttribute('src'); p.load(); }")
+        page.click("#speak")
+        page.wait_for_function("document.getElementById('player').src.startsWith('blob:') || "
+                               "document.getElementById('synth-error').textContent !== ''", timeout=60_000)
+        assert page.text_content("#synth-error") == ""
+        return page.evaluate(AUDIO_LOADED, "player")["duration"], page.text_content("#synth-info")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(server + "/")
+            page.wait_for_function("document.querySelectorAll('#language option').length > 0", timeout=60_000)
+            languages = page.eval_on_selector_all("#language option", "os => os.map(o => o.value)")
+            assert {"mix", "auto", "en", "zh"} <= set(languages)
+            page.fill("#seed", "3")
+            page.select_option("#language", "mix")
+            page.fill("#text", "[en_m1]<en>Hello there.<zh>你好。|[zh_f1]<zh>再见。")
+            assert speak(page)[0] > 0
+            page.select_option("#language", "auto")
+            page.fill("#text", "你好。Where are you going?")
+            assert speak(page)[0] > 0
+            page.select_option("#language", "en")
+            page.select_option("#speaker", "en_m1")
+            page.fill("#text", "Hello there? How are you?\nSee you soon?")
+            page.fill("#style_text", "I am so happy!")
+            page.fill("#style_weight", "0.5")
+            page.check("#split")
+            page.fill("#sent_pause", "0.3")
+            page.fill("#para_pause", "0.8")
+            duration, info = speak(page)
+            assert "(3 pieces)" in info and duration > 0.3 + 0.3 + 0.8  # the pauses alone
+            page.select_option("#language", "mix")
+            page.uncheck("#split")
+            page.fill("#style_text", "")
+            page.fill("#text", "[nobody]<en>Hello.")
+            page.click("#speak")
+            page.wait_for_function("document.getElementById('synth-error').textContent !== ''", timeout=60_000)
+            assert "unknown speaker 'nobody'" in page.text_content("#synth-error")
+            assert errors == []
+        finally:
+            browser.close()
 
 
 def test_the_conversion_panel_converts_uploaded_recordings_and_records_from_a_microphone(server):

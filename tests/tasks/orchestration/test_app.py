@@ -189,7 +189,8 @@ def test_the_page_and_the_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     routes = set(client.get("/openapi.json").json()["paths"])
     assert routes == {"/api/health", "/api/models", "/api/models/{model_id}", "/api/synthesize", "/api/batch",
-                      "/api/ab", "/api/eval", "/api/eval/samples/{name}", "/api/vc/models", "/api/convert"}
+                      "/api/ab", "/api/eval", "/api/eval/samples/{name}", "/api/vc/models", "/api/convert",
+                      "/voice", "/models/info"}
     assert 'id="vc-section"' in page.text and "/api/convert" in page.text
 
 
