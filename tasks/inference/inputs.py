@@ -250,8 +250,8 @@ def parse_auto(text: str, languages: list[str]) -> list[Utterance]:
         for ch in text:
             s = _script(ch)
             if s is not None and s not in written:
-                at = text.index(ch)
-                raise SynthError(f"auto mode: {text[max(0, at - 10):at + 10]!r} is written in the "
+                word = re.match(r"\w+", text[text.index(ch):]).group(0)
+                raise SynthError(f"auto mode: {word!r} is written in the "
                                  f"{unicodedata.name(ch, s).split()[0].title()} script, which none of this "
                                  f"model's languages ({', '.join(languages)}) uses")
     out = []
