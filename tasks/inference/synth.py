@@ -186,15 +186,22 @@ class Voice:
                           knobs.get("length_scale", SYNTHESIS_DEFAULTS["length_scale"]))
         self.speaker_id(speaker)
         pieces, pauses = split_text(text, sent_pause, para_pause, self.sample_rate)
-        all_utts = self.frontend.requests(pieces, language, style_text, style_weight, set(self.speakers))
+        # The first piece alone, spoken before the rest's BERT runs (batched): its audio is ready
+        # first. The bert stage's batch shapes make a piece's features the same either way.
+        speakers = set(self.speakers)
         knobs = {k: knobs.get(k, v) for k, v in SYNTHESIS_DEFAULTS.items()}
         out, info = [], []
-        for i, (piece, utts, pause) in enumerate(zip(pieces, all_utts, pauses)):
-            wav = self._speak(utts, speaker, knobs, None if seed is None else seed + i).wav
+        for i, piece in enumerate(pieces):
+            if i == 0:
+                todo = self.frontend.requests(pieces[:1], language, style_text, style_weight, speakers, ["piece 1: "])
+            elif i == 1:
+                todo = self.frontend.requests(pieces[1:], language, style_text, style_weight, speakers,
+                                              [f"piece {n}: " for n in range(2, len(pieces) + 1)])
+            wav = self._speak(todo.pop(0), speaker, knobs, None if seed is None else seed + i).wav
             if on_piece is not None:
                 on_piece(i, wav)
-            out += [wav, np.zeros(int(round(pause * self.sample_rate)), np.float32)]
-            info.append({"text": piece, "seconds": round(len(wav) / self.sample_rate, 3), "pause": pause})
+            out += [wav, np.zeros(int(round(pauses[i] * self.sample_rate)), np.float32)]
+            info.append({"text": piece, "seconds": round(len(wav) / self.sample_rate, 3), "pause": pauses[i]})
         return np.concatenate(out), self.sample_rate, info
 
     # -- voice conversion

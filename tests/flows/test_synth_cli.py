@@ -88,3 +88,37 @@ def test_convert_takes_one_of_its_two_ways_and_its_help_lists_both(tmp_path):
     missing = runner.invoke(app, ["convert", "--source", str(tmp_path / "none.wav"), "--reference",
                                   str(tmp_path / "none.wav"), "--out", str(tmp_path / "x.wav")])
     assert missing.exit_code == 2 and "none.wav" in missing.output and not (tmp_path / "x.wav").exists()
+
+
+def test_synth_takes_mix_auto_style_text_and_a_split_text_file(models, tmp_path):
+    page = tmp_path / "page.txt"
+    page.write_text("你好。今天天气很好！\n\n我们走吧。", encoding="utf-8")
+    runs = {"mix": ["--lang", "mix", "--text", "[zh_f1]<zh>你好。<en>Hello.|[en_m1]<en>Bye."],
+            "auto": ["--lang", "auto", "--speaker", "zh_f1", "--text", "你好。Hello there."],
+            "style": ["--lang", "zh", "--speaker", "zh_f1", "--text", "你好。", "--style-text", "我好快乐！",
+                      "--style-weight", "0.5"],
+            "split": ["--lang", "zh", "--speaker", "zh_f1", "--text-file", str(page), "--split", "--sent-pause", "0.3"]}
+    for name, args in runs.items():
+        out = tmp_path / f"{name}.wav"
+        result = runner.invoke(app, ["synth", "--model", models["export"], *args, "--out", str(out), "--seed", "1"])
+        assert result.exit_code == 0, (name, result.output)
+        assert sf.info(str(out)).frames > 0
+    assert json.loads(result.stdout)["pieces"] == 3
+    page.write_bytes("你好".encode("gbk"))
+    result = runner.invoke(app, ["synth", "--model", models["export"], "--lang", "zh", "--speaker", "zh_f1",
+                                 "--text-file", str(page), "--out", str(tmp_path / "x.wav")])
+    assert result.exit_code == 2 and "not UTF-8 text" in result.output
+
+
+def test_a_bad_batch_line_fails_alone_with_its_line_number(models, tmp_path):
+    batch = tmp_path / "lines.txt"
+    batch.write_text("\n".join(["zh_f1|zh|你好。", "nobody|en|Hello.", '{"text": "[zh_f1]<fr>x", "lang": "mix"}',
+                                '{"text": "我们走吧。", "lang": "zh", "speaker": "zh_f1", "split": true}']),
+                     encoding="utf-8")
+    out_dir = tmp_path / "out"
+    result = runner.invoke(app, ["synth", "--model", models["export"], "--batch", str(batch), "--out-dir", str(out_dir)])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert [e["line"] for e in report["errors"]] == [2, 3]
+    assert "unknown speaker 'nobody'" in report["errors"][0]["error"] and "<fr>" in report["errors"][1]["error"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0001.wav", "0004.wav"]

@@ -192,3 +192,34 @@ def test_parse_batch_reads_three_line_kinds_and_a_bad_line_fails_alone_with_its_
     assert jobs[4]["line"] == 7 and jobs[4]["error"].startswith("line 7: not JSON")
     assert parse_batch(lines[:4], None, None)[1] == {
         "line": 4, "error": "line 4: plain text needs --lang and --speaker (or write `speaker|lang|text`)"}
+
+
+QUIET = dict(noise_scale=0.0, noise_scale_w=0.0, sdp_ratio=0.0)
+
+
+def test_a_page_is_spoken_piece_by_piece_with_its_pauses_and_each_piece_as_if_alone(exported):
+    text = "你好。今天天气很好！\n\n我们走吧。"
+    ready = []
+    wav, sr, pieces = exported.synthesize_long(text, "zh", "zh_f1", 0.3, 1.0, on_piece=lambda i, w: ready.append(i),
+                                               **QUIET)
+    assert [p["text"] for p in pieces] == ["你好。", "今天天气很好！", "我们走吧。"] and ready == [0, 1, 2]
+    alone = [exported.synthesize(p["text"], "zh", "zh_f1", **QUIET)[0] for p in pieces]
+    gaps = [int(0.3 * sr), int(0.3 * sr) + int(0.7 * sr), int(0.3 * sr) + int(0.7 * sr)]
+    assert len(wav) == sum(len(a) for a in alone) + sum(gaps)
+    at = 0
+    for a, gap in zip(alone, gaps):  # the page's BERT ran batched: each piece's audio is the same as alone
+        np.testing.assert_allclose(wav[at:at + len(a)], a, atol=1e-5)
+        assert not wav[at + len(a):at + len(a) + gap].any()
+        at += len(a) + gap
+    with pytest.raises(SynthError, match=r"piece 2: utterance 1: nothing to say: 'abc'"):
+        exported.synthesize_long("こんにちは。abc", "ja", "ja_f1")
+    with pytest.raises(SynthError, match="split: mix text carries"):
+        exported.synthesize_long("[zh_f1]<zh>你好", "mix", "zh_f1")
+
+
+def test_mix_and_auto_requests_speak_every_utterance_with_its_speaker(exported):
+    s = exported.infer("[zh_f1]<zh>你好。<en>Hello.|[en_m1]<en>Bye.", "mix", None, **QUIET)
+    a = exported.synthesize("你好。Hello.", "auto", "zh_f1", **QUIET)[0]
+    assert len(s.wav) > len(a) > 0 and s.alignment.shape[0] * exported.hop_length == len(s.wav)
+    with pytest.raises(SynthError, match="unknown speaker 'nobody'"):
+        exported.infer("[nobody]<en>Hello.", "mix", None)
