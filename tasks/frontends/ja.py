@@ -201,6 +201,12 @@ def split_words(njd: list[dict]) -> tuple[list[str], list[str], list[str]]:
     return words, readings, surfaces
 
 
+def bert_text(text: str) -> str:
+    """The text upstream's japanese_bert.py feeds its tokenizer: "".join(text2sep_kata(text)[0]),
+    OpenJTalk's words as `split_words` maps them (what a style text, not normalised, becomes)."""
+    return "".join(split_words(pyopenjtalk.run_frontend(text))[0])
+
+
 # --------------------------------------------------------------------------- pitch accent
 
 _PHONE_RX = re.compile(r"-([^+]*)\+")

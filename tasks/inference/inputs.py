@@ -23,7 +23,7 @@ One code path for `vitsflow inputs`, `vitsflow synth`, the app and its `/voice` 
   phone's BERT vector becomes `(1 - w) * own + w * mean(style)`, the mean over every token of the
   style text (its [CLS] and [SEP] included) in the same model and layer (`chinese_bert.py`,
   `japanese_bert.py`, `english_bert_mock.py` at v2.3). The style text is tokenised as given
-  (Japanese: with the frontend's punctuation mapping, as upstream's `text2sep_kata`).
+  (Japanese: OpenJTalk's words joined, as upstream's `text2sep_kata`).
 - **long text**: `split_text` is `tts_split` with `cut_by_sent=True`: paragraphs at newlines,
   sentences after `。！;？?`, `......`, `……` and a closing quote; the pause after each piece in
   samples as upstream counts them, at the model's rate (upstream counts at 44.1 kHz whatever the
@@ -393,9 +393,9 @@ class TextFrontend:
 
         text = style_text
         if self.languages[language].normalizer == "ja":  # japanese_bert: "".join(text2sep_kata(style_text)[0])
-            from tasks.frontends.ja import replace_punctuation
+            from tasks.frontends.ja import bert_text
 
-            text = replace_punctuation(style_text)
+            text = bert_text(style_text)
         n = len(tokenizer_for(self.root, self.languages[language].bert)(text)["input_ids"])
         return {"language": language, "norm_text": text, "word2ph": [1] * n}
 
