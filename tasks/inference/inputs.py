@@ -35,7 +35,8 @@ the reason: an unknown `<lang>` tag or speaker, an empty segment or utterance, t
 languages is written in.
 
 BERT runs batched across every segment and style text of a request (the bert stage's batch
-shapes: a segment's features do not depend on its batch mates), the model loaded once.
+shapes, a short batch without its empty rows: a segment's features do not depend on its batch
+mates, and equal the bert stage's), the model loaded once.
 """
 from __future__ import annotations
 
@@ -56,6 +57,10 @@ PAUSE_RATE = 44100  # upstream's tts_split counts silence in samples at 44.1 kHz
 DEFAULT_STYLE_WEIGHT = 0.7  # upstream 2.3's get_text / web UI default
 SKIP_START, SKIP_END = 3, 2  # items infer / infer_multilang drop at a joined boundary (v2.3)
 MODES = ("mix", "auto")
+# A request's short BERT batches run with their own rows (at least 2), not the stage's full shape:
+# on the CPU the same bits (tasks.prep.bert.encode_features; on a GPU, where kernels change with
+# the row count, equal to float rounding), and 4x less compute for one sentence of 24 tokens.
+INFERENCE_MIN_ROWS = 2
 MIX_TAGS = {"zh": "zh", "jp": "ja", "ja": "ja", "en": "en"}  # upstream's <zh> <jp> <en>; <ja> too
 
 
@@ -408,7 +413,7 @@ class TextFrontend:
         for batch in batches(items, self.bert_stage):
             code = batch[0].row["language"]
             for item, f in zip(batch, encode_features(batch, self.languages[code].bert, self.bert_stage,
-                                                      self.root, self.device)):
+                                                      self.root, self.device, min_rows=INFERENCE_MIN_ROWS)):
                 key = rows[int(item.row["id"])][0]
                 if isinstance(f, str):
                     raise SynthError(f"BERT features for {item.row['norm_text']!r}: {f}")

@@ -93,6 +93,22 @@ def test_an_utterance_gets_the_same_bytes_and_batch_shape_whatever_it_is_batched
     assert set(encoder_shapes) == {(4, 8)} and len(encoder_shapes) == 3
 
 
+def test_inference_runs_a_short_batch_with_its_own_rows_and_gets_the_stages_bytes_on_the_cpu(params):
+    """encode_features(min_rows=2), what a synthesis request runs: 2 or 3 rows instead of the shape's
+    4, the same bits as the stage's full shape on this CPU (the kernels do not change with the row
+    count here; on a GPU they may, by float rounding)."""
+    from tasks.prep.bert import encode_features
+
+    p = _stage(params, length_bucket=8, token_budget=32, batch_size=32)  # 4 rows of 8 tokens
+    items = plan_bert(_en_rows(p, SAME_SHAPE), p, REPO, "cpu")
+    bert = p.languages["en"].bert
+    full = encode_features(items[:4], bert, p.features.bert, REPO, "cpu")
+    for n in (1, 2, 3):
+        short = encode_features(items[:n], bert, p.features.bert, REPO, "cpu", min_rows=2)
+        for a, b in zip(short, full):
+            assert torch.equal(a, b)
+
+
 EXACTLY_8 = ["Good night, dear moon.", "Come right in, please.", "Well done, my team.",
              "Good night, moon now."]  # 8 BERT tokens each: a multiple of the bucket
 
