@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from tasks.core import paths
-from tasks.core.config import SYNTHESIS_DEFAULTS
+from tasks.core.config import PAUSE_DEFAULTS, STYLE_WEIGHT_DEFAULT, SYNTHESIS_DEFAULTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models come from params paths; never a surprise download
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls from a temporary server
@@ -452,7 +452,7 @@ def inputs(params: str = PARAMS,
            text_: Optional[str] = typer.Option(None, "--text", "-t", help="The text (`|` separates utterances)."),
            style_text: Optional[str] = typer.Option(None, "--style-text", help="A text whose BERT mean is blended in "
                                                     "(one language only, as upstream)."),
-           style_weight: float = typer.Option(0.7, "--style-weight", help="0: the text's own BERT .. 1: the style's."),
+           style_weight: float = typer.Option(STYLE_WEIGHT_DEFAULT, "--style-weight", help="0: the text's own BERT .. 1: the style's."),
            batch: Optional[str] = typer.Option(None, "--batch", help="CASES.jsonl: one {\"id\", \"lang\", \"text\", "
                                                "optional \"style_text\", \"style_weight\"} a line; writes DIR/<id>.npz."),
            out: str = typer.Option(..., "--out", "-o", help="F.npz (with --text) or DIR (with --batch).")) -> None:
@@ -476,7 +476,7 @@ def inputs(params: str = PARAMS,
 
     def write(path: Path, case: dict) -> None:
         utts = frontend.request(case["text"], case["lang"], case.get("style_text"),
-                                float(case.get("style_weight", 0.7)))
+                                float(case.get("style_weight", STYLE_WEIGHT_DEFAULT)))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial.npz")
         np.savez(tmp, **inputs_arrays(utts, case["lang"]))
@@ -497,6 +497,10 @@ def inputs(params: str = PARAMS,
             case = json.loads(line)
             if not isinstance(case, dict) or not {"id", "lang", "text"} <= set(case):
                 raise SynthError('expected {"id", "lang", "text", optional "style_text", "style_weight"}')
+            for key, kinds in (("lang", str), ("text", str), ("style_text", (str, type(None))),
+                               ("style_weight", (int, float))):
+                if key in case and (not isinstance(case[key], kinds) or isinstance(case[key], bool)):
+                    raise SynthError(f"{key!r}: {case[key]!r} has the wrong type")
             if not isinstance(case["id"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", case["id"]):
                 raise SynthError(f"id {case['id']!r}: letters, digits, _ . - only (it names the .npz file)")
             write(Path(out) / f"{case['id']}.npz", case)
@@ -510,8 +514,8 @@ def inputs(params: str = PARAMS,
 
 @app.command()
 def split(text_file: str = typer.Option(..., "--text-file", help="A UTF-8 text: paragraphs on their own lines."),
-          sent_pause: float = typer.Option(0.2, "--sent-pause", help="Seconds of silence after each sentence."),
-          para_pause: float = typer.Option(1.0, "--para-pause", help="Seconds after a paragraph (used when larger "
+          sent_pause: float = typer.Option(PAUSE_DEFAULTS["sent_pause"], "--sent-pause", help="Seconds of silence after each sentence."),
+          para_pause: float = typer.Option(PAUSE_DEFAULTS["para_pause"], "--para-pause", help="Seconds after a paragraph (used when larger "
                                            "than --sent-pause)."),
           sample_rate: int = typer.Option(44100, "--sample-rate", help="The model's rate: pauses are whole samples.")) -> None:
     """Print how a long text is spoken: upstream 2.3's tts_split with cut_by_sent, {"pieces", "pauses"}."""
@@ -540,11 +544,11 @@ def synth(model: str = MODEL,
           out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Where --batch writes 0001.wav, 0002.wav, ..."),
           style_text: Optional[str] = typer.Option(None, "--style-text", help="Blend this text's BERT mean in "
                                                    "(upstream 2.3's style text; one language only)."),
-          style_weight: float = typer.Option(0.7, "--style-weight", help="0: the text's own BERT .. 1: the style's."),
+          style_weight: float = typer.Option(STYLE_WEIGHT_DEFAULT, "--style-weight", help="0: the text's own BERT .. 1: the style's."),
           split_: bool = typer.Option(False, "--split", help="Cut the text into paragraphs and sentences (upstream's "
                                       "tts_split) and speak them with pauses: one call for a page."),
-          sent_pause: float = typer.Option(0.2, "--sent-pause", help="With --split: seconds after each sentence."),
-          para_pause: float = typer.Option(1.0, "--para-pause", help="With --split: seconds after a paragraph."),
+          sent_pause: float = typer.Option(PAUSE_DEFAULTS["sent_pause"], "--sent-pause", help="With --split: seconds after each sentence."),
+          para_pause: float = typer.Option(PAUSE_DEFAULTS["para_pause"], "--para-pause", help="With --split: seconds after a paragraph."),
           sdp_ratio: float = typer.Option(SYNTHESIS_DEFAULTS["sdp_ratio"], help="Share of the stochastic duration "
                                           "predictor (0..1)."),
           noise_scale: float = typer.Option(SYNTHESIS_DEFAULTS["noise_scale"], help="Prior noise (expressiveness)."),
@@ -583,7 +587,7 @@ def synth(model: str = MODEL,
     for n, job in enumerate(jobs, 1):
         try:
             if "error" in job:
-                raise SynthError(job["error"].split(": ", 1)[1])
+                raise SynthError(job["error"])
             style = dict(style_text=job["style_text"], style_weight=float(job["style_weight"]))
             job_seed = None if seed is None else seed + n - 1
             if job["split"]:

@@ -623,6 +623,11 @@ class EvalModelsConfig(Strict):
 # Synthesis knobs when nobody sets them (upstream's web UI defaults): `vitsflow synth`, the Voice
 # API, the evaluate stage and the export's config.json all take them from here.
 SYNTHESIS_DEFAULTS = {"sdp_ratio": 0.2, "noise_scale": 0.6, "noise_scale_w": 0.8, "length_scale": 1.0}
+# Upstream 2.3's web UI: style text weight, and the pauses of a split text (seconds; its sliders'
+# defaults and ranges). tasks/inference/inputs.py, the CLI and the app read them from here.
+STYLE_WEIGHT_DEFAULT = 0.7
+PAUSE_DEFAULTS = {"sent_pause": 0.2, "para_pause": 1.0}
+PAUSE_LIMITS = {"sent_pause": 5.0, "para_pause": 10.0}
 
 
 class EvalConfig(Strict):
@@ -666,7 +671,7 @@ class AppConfig(Strict):
     # Folders holding export folders (each one, or its immediate subfolders, with a vitsflow config.json).
     exports: list[str] = Field(default_factory=lambda: ["export", "exports"])
     # Upstream server_fastapi's integer model_id i (/voice, /models/info) is the i-th of these model
-    # ids (production, run:<id>:<step>, export:<folder>); empty: the i-th of GET /api/models.
+    # ids (production, run:<id>:<step>, export:<folder>); empty: production, then the export folders.
     voice_models: list[str] = Field(default_factory=list)
 
 

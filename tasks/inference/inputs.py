@@ -35,8 +35,9 @@ the reason: an unknown `<lang>` tag or speaker, an empty segment or utterance, t
 languages is written in.
 
 BERT runs batched across every segment and style text of a request (the bert stage's batch
-shapes, a short batch without its empty rows: a segment's features do not depend on its batch
-mates, and equal the bert stage's), the model loaded once.
+shapes; a short batch runs with its own rows, at least 2, instead of the shape's empty ones: on
+the CPU a segment's features then still do not depend on its batch mates and equal the bert
+stage's bit for bit, on a GPU to float rounding), the model loaded once.
 """
 from __future__ import annotations
 
@@ -50,11 +51,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tasks.core.config import BertStageConfig, LanguageConfig
+from tasks.core.config import (PAUSE_DEFAULTS, PAUSE_LIMITS, STYLE_WEIGHT_DEFAULT, BertStageConfig,
+                               LanguageConfig)
 from tasks.frontends.symbols import SymbolTable
 
 PAUSE_RATE = 44100  # upstream's tts_split counts silence in samples at 44.1 kHz
-DEFAULT_STYLE_WEIGHT = 0.7  # upstream 2.3's get_text / web UI default
+DEFAULT_STYLE_WEIGHT = STYLE_WEIGHT_DEFAULT  # upstream 2.3's get_text / web UI default
+DEFAULT_SENT_PAUSE, DEFAULT_PARA_PAUSE = PAUSE_DEFAULTS["sent_pause"], PAUSE_DEFAULTS["para_pause"]
+MAX_SENT_PAUSE, MAX_PARA_PAUSE = PAUSE_LIMITS["sent_pause"], PAUSE_LIMITS["para_pause"]
 SKIP_START, SKIP_END = 3, 2  # items infer / infer_multilang drop at a joined boundary (v2.3)
 MODES = ("mix", "auto")
 # A request's short BERT batches run with their own rows (at least 2), not the stage's full shape:
@@ -166,6 +170,8 @@ def parse_mix(text: str, languages: Optional[set[str]] = None,
             else:
                 utterances[-1].append((parts[0], code))
                 utterances += [[(p, code)] for p in parts[1:]]
+        if not utterances:
+            raise SynthError(f"mix text {where}: nothing to say (its segments hold only `|`)")
         out += _flag([Utterance(segs, speaker) for segs in utterances])
     return out
 
@@ -206,7 +212,9 @@ def langid_languages() -> set[str]:
 def split_by_language(text: str, targets: list[str]) -> list[tuple[str, str]]:
     """[(stretch, language)] covering `text`, as upstream's split_by_language: cut at punctuation
     (and between Latin and CJK when English and Chinese/Japanese are both targets), each piece
-    classified, neighbours of one language joined with what lay between them."""
+    classified, neighbours of one language joined with what lay between them. Upstream's targets
+    are always zh, ja, en; a model with more languages (langid knows them) gets them as targets too,
+    and the Latin/CJK cut whenever en and zh or ja are among them."""
     pieces = _AUTO_PUNCT.split(text)
     if "en" in targets and {"zh", "ja"} & set(targets):
         pieces = [p for piece in pieces for p in _ALPHA_SPLIT.split(piece)]
@@ -233,16 +241,20 @@ _SCRIPTS = {"zh": {"han"}, "ja": {"han", "kana"}, "en": {"latin"}, "de": {"latin
             "ru": {"cyrillic"}, "uk": {"cyrillic"}}
 
 
+# Unicode name prefixes of letters -> script. Anything else (symbols, ideographic marks such as 々
+# and 〆, scripts none of these tables name) is not checked.
+_SCRIPT_NAMES = (("CJK", "han"), ("IDEOGRAPHIC", "han"), ("HIRAGANA", "kana"), ("KATAKANA", "kana"),
+                 ("HALFWIDTH KATAKANA", "kana"), ("FULLWIDTH LATIN", "latin"), ("LATIN", "latin"),
+                 ("HANGUL", "hangul"), ("HALFWIDTH HANGUL", "hangul"), ("CYRILLIC", "cyrillic"),
+                 ("GREEK", "greek"), ("ARABIC", "arabic"), ("HEBREW", "hebrew"), ("THAI", "thai"),
+                 ("DEVANAGARI", "devanagari"))
+
+
 def _script(ch: str) -> Optional[str]:
     if not ch.isalpha():
         return None
     name = unicodedata.name(ch, "")
-    for prefix, script in (("CJK", "han"), ("HIRAGANA", "kana"), ("KATAKANA", "kana"), ("HANGUL", "hangul"),
-                           ("LATIN", "latin"), ("CYRILLIC", "cyrillic"), ("GREEK", "greek"), ("ARABIC", "arabic"),
-                           ("HEBREW", "hebrew"), ("THAI", "thai"), ("DEVANAGARI", "devanagari")):
-        if name.startswith(prefix):
-            return script
-    return "other"
+    return next((script for prefix, script in _SCRIPT_NAMES if name.startswith(prefix)), None)
 
 
 def parse_auto(text: str, languages: list[str]) -> list[Utterance]:
@@ -282,13 +294,14 @@ def cut_sentences(paragraph: str) -> list[str]:
     return p.rstrip().split("\n")
 
 
-def split_text(text: str, sent_pause: float, para_pause: float,
+def split_text(text: str, sent_pause: float = DEFAULT_SENT_PAUSE, para_pause: float = DEFAULT_PARA_PAUSE,
                sample_rate: int = PAUSE_RATE) -> tuple[list[str], list[float]]:
     """tts_split with cut_by_sent: (pieces, seconds of silence after each), counted in whole
     samples at `sample_rate` as upstream counts them (`int(rate * seconds)`)."""
-    for name, value in (("sentence pause", sent_pause), ("paragraph pause", para_pause)):
-        if not 0 <= value <= 60:
-            raise SynthError(f"{name} {value}: expected 0..60 seconds")
+    for name, value, top in (("sentence pause", sent_pause, MAX_SENT_PAUSE),
+                             ("paragraph pause", para_pause, MAX_PARA_PAUSE)):
+        if not 0 <= value <= top:
+            raise SynthError(f"{name} {value}: expected 0..{top:g} seconds")
     while "\n\n" in text:
         text = text.replace("\n\n", "\n")
     text = text.replace("|", "")
@@ -355,12 +368,16 @@ class TextFrontend:
         style_text = style_text or None  # upstream: "" means none
         if style_text is not None and mode in MODES:
             raise SynthError(f"style text applies to one language (as upstream's web UI); not to {mode} mode")
+        if style_text is not None and not self.use_bert:
+            raise SynthError("style text blends BERT features, and this model has no BERT inputs")
         labels = labels or ([""] if len(texts) == 1 else [f"piece {i}: " for i in range(1, len(texts) + 1)])
         parsed, rows = [], []
         for label, text in zip(labels, texts):
             try:
                 utts = self.parse(text, mode, speakers)
-                rows.append([[self.g2p(t, code, f"utterance {u} segment {s}" if len(utt.segments) > 1 else f"utterance {u}")
+                if not utts:
+                    raise SynthError("nothing to say")
+                rows.append([[self.g2p(t, code, _where(u, s, len(utt.segments)))
                               for s, (t, code) in enumerate(utt.segments, 1)] for u, utt in enumerate(utts, 1)])
             except SynthError as err:
                 raise SynthError(f"{label}{err}") from None
@@ -370,14 +387,23 @@ class TextFrontend:
         if self.use_bert:
             flat = [((t, u, s), row) for t, utts in enumerate(rows) for u, segs in enumerate(utts)
                     for s, row in enumerate(segs)]
+            names = {key: f"{labels[key[0]]}{_where(key[1] + 1, key[2] + 1, len(rows[key[0]][key[1]]))}: "
+                     for key, _ in flat}
             if style_text is not None:
                 flat.append(("style", self._style_row(style_text, mode)))
-            feats = self._bert(flat)
+                names["style"] = "style text: "
+            feats = self._bert(flat, names)
             if style_text is not None:
                 style = feats.pop("style").mean(axis=1, keepdims=True)  # [dim, 1]: every token's, [CLS]/[SEP] too
-        return [[self._assemble(utt, segs, [feats.get((t, u, s)) for s in range(len(segs))], style, style_weight)
-                 for u, (utt, segs) in enumerate(zip(utts, text_rows))]
-                for t, (utts, text_rows) in enumerate(zip(parsed, rows))]
+        out = []
+        for t, (utts, text_rows) in enumerate(zip(parsed, rows)):
+            try:
+                out.append([self._assemble(utt, segs, [feats.get((t, u, s)) for s in range(len(segs))], style,
+                                           style_weight, u + 1)
+                            for u, (utt, segs) in enumerate(zip(utts, text_rows))])
+            except SynthError as err:
+                raise SynthError(f"{labels[t]}{err}") from None
+        return out
 
     def g2p(self, text: str, language: str, where: str = "text") -> dict[str, Any]:
         from tasks.core.hf import tokenizer_for
@@ -404,7 +430,7 @@ class TextFrontend:
         n = len(tokenizer_for(self.root, self.languages[language].bert)(text)["input_ids"])
         return {"language": language, "norm_text": text, "word2ph": [1] * n}
 
-    def _bert(self, rows: list[tuple[Any, dict[str, Any]]]) -> dict[Any, np.ndarray]:
+    def _bert(self, rows: list[tuple[Any, dict[str, Any]]], names: Optional[dict[Any, str]] = None) -> dict[Any, np.ndarray]:
         """float32 [dim, n_phones] per row, batched by language and shape as the bert stage batches."""
         from tasks.prep.bert import BertItem, batches, encode_features
 
@@ -416,7 +442,8 @@ class TextFrontend:
                                                       self.root, self.device, min_rows=INFERENCE_MIN_ROWS)):
                 key = rows[int(item.row["id"])][0]
                 if isinstance(f, str):
-                    raise SynthError(f"BERT features for {item.row['norm_text']!r}: {f}")
+                    raise SynthError(f"{(names or {}).get(key, '')}BERT features for "
+                                     f"{_short(item.row['norm_text'])!r}: {f}")
                 want = self.bert_dims.get(self.slot(code))
                 if want is not None and f.shape[0] != want:
                     raise SynthError(f"language {code!r}: its BERT model ({self.languages[code].bert.model}) gives "
@@ -435,7 +462,7 @@ class TextFrontend:
         return int(self.bert_dims[slot])
 
     def _assemble(self, utt: Utterance, rows: list[dict[str, Any]], feats: list[Optional[np.ndarray]],
-                  style: Optional[np.ndarray], style_weight: float) -> UtteranceInputs:
+                  style: Optional[np.ndarray], style_weight: float, u: int = 1) -> UtteranceInputs:
         from tasks.prep.bert import SLOTS
 
         parts = []
@@ -445,7 +472,7 @@ class TextFrontend:
             try:
                 ids, tones, langs = self.symbols.to_ids(row["phones"], row["tones"], code)
             except KeyError as err:
-                raise SynthError(str(err).strip("'\"")) from None
+                raise SynthError(f"{_where(u, s + 1, n)}: {str(err).strip(chr(39) + chr(34))}") from None
             phones = list(row["phones"])
             if f is not None:
                 if style is not None:  # upstream blends in float32 before anything is rounded
@@ -467,13 +494,21 @@ class TextFrontend:
             parts.append((phones[cut], np.asarray(ids[cut], np.int64), np.asarray(tones[cut], np.int64),
                           np.asarray(langs[cut], np.int64), slots))
         if sum(len(p[0]) for p in parts) == 0:
-            raise SynthError(f"utterance {utt.segments[0][0][:40]!r}: nothing left after joining its segments")
+            raise SynthError(f"utterance {u} ({_short(utt.segments[0][0])!r}): nothing left after joining its segments")
         bert = None
         if parts[0][4] is not None:
             bert = {slot: np.concatenate([p[4][slot] for p in parts], axis=1) for slot in SLOTS}
         return UtteranceInputs(utt, [ph for p in parts for ph in p[0]], np.concatenate([p[1] for p in parts]),
                                np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]), bert,
                                rows)
+
+
+def _where(u: int, s: int, n_segments: int) -> str:
+    return f"utterance {u} segment {s}" if n_segments > 1 else f"utterance {u}"
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def _intersperse(items: list, blank: Any) -> list:

@@ -46,7 +46,8 @@ import torch
 
 from model.mel_processing import STFTParams, linear_spectrogram
 from model.models import VARIANTS, SynthesizerTrn
-from tasks.inference.inputs import DEFAULT_STYLE_WEIGHT, SynthError, TextFrontend, UtteranceInputs, split_text
+from tasks.inference.inputs import (DEFAULT_PARA_PAUSE, DEFAULT_SENT_PAUSE, DEFAULT_STYLE_WEIGHT, SynthError,
+                                    TextFrontend, UtteranceInputs, split_text)
 from tasks.prep.bert import BATCH_POLICY, SLOTS
 from tasks.core.config import (SYNTHESIS_DEFAULTS, BertStageConfig, LanguageConfig, ModelConfig, Params,
                                find_repo_root, load_params)
@@ -115,7 +116,7 @@ class Voice:
         return {"norm_text": row["norm_text"], "phones": row["phones"], **utt.tensors()}
 
     def bert_features(self, language: str, norm_text: str, word2ph: list[int]) -> np.ndarray:
-        """[dim, n_phones] float16 through the bert stage's own encoder and batch shape."""
+        """[dim, n_phones] float16 through the bert stage's own encoder (a request's batch rows)."""
         [feats] = self.frontend._bert([(0, {"language": language, "norm_text": norm_text, "word2ph": word2ph})]).values()
         return feats.astype(np.float16)
 
@@ -172,8 +173,8 @@ class Voice:
         return s.wav, s.sample_rate
 
     @torch.no_grad()
-    def synthesize_long(self, text: str, language: str, speaker: str, sent_pause: float = 0.2,
-                        para_pause: float = 1.0, seed: Optional[int] = None, style_text: Optional[str] = None,
+    def synthesize_long(self, text: str, language: str, speaker: str, sent_pause: float = DEFAULT_SENT_PAUSE,
+                        para_pause: float = DEFAULT_PARA_PAUSE, seed: Optional[int] = None, style_text: Optional[str] = None,
                         style_weight: float = DEFAULT_STYLE_WEIGHT, on_piece=None,
                         **knobs) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
         """A page of text: upstream's tts_split (paragraphs, sentences, pauses at this model's rate),
@@ -187,7 +188,7 @@ class Voice:
         self.speaker_id(speaker)
         pieces, pauses = split_text(text, sent_pause, para_pause, self.sample_rate)
         # The first piece alone, spoken before the rest's BERT runs (batched): its audio is ready
-        # first. The bert stage's batch shapes make a piece's features the same either way.
+        # first. Its features are the same either way on the CPU (tasks/inference/inputs.py).
         speakers = set(self.speakers)
         knobs = {k: knobs.get(k, v) for k, v in SYNTHESIS_DEFAULTS.items()}
         out, info = [], []
@@ -397,6 +398,12 @@ def load_voice(model_ref: PathLike, params_path: Optional[PathLike] = None, devi
 
 
 BATCH_KEYS = {"text", "lang", "speaker", "style_text", "style_weight", "split", "sent_pause", "para_pause"}
+_BATCH_TYPES = {"text": (str,), "lang": (str, type(None)), "speaker": (str, type(None)),
+                "style_text": (str, type(None)), "style_weight": (int, float), "split": (bool,),
+                "sent_pause": (int, float), "para_pause": (int, float)}
+_BATCH_TYPE_NAMES = {"text": "a string", "lang": "a string", "speaker": "a string", "style_text": "a string or null",
+                     "style_weight": "a number", "split": "true or false", "sent_pause": "a number",
+                     "para_pause": "a number"}
 
 
 def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str],
@@ -406,8 +413,8 @@ def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str
     takes the default language and speaker; blank lines and lines starting with `#` are skipped.
     `defaults` fills what a line leaves out (the command line's style and split options). A line
     that cannot be read becomes {line, error}: it fails alone."""
-    base = {"style_text": None, "style_weight": DEFAULT_STYLE_WEIGHT, "split": False, "sent_pause": 0.2,
-            "para_pause": 1.0, **(defaults or {})}
+    base = {"style_text": None, "style_weight": DEFAULT_STYLE_WEIGHT, "split": False, "sent_pause": DEFAULT_SENT_PAUSE,
+            "para_pause": DEFAULT_PARA_PAUSE, **(defaults or {})}
     out = []
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -416,7 +423,7 @@ def parse_batch(lines: list[str], language: Optional[str], speaker: Optional[str
         try:
             out.append({"line": n, **_batch_job(line, language, speaker, base)})
         except SynthError as err:  # one bad line fails that line only
-            out.append({"line": n, "error": f"line {n}: {err}"})
+            out.append({"line": n, "error": str(err)})
     return out
 
 
@@ -427,10 +434,13 @@ def _batch_job(line: str, language: Optional[str], speaker: Optional[str], base:
         except ValueError as err:
             raise SynthError(f"not JSON ({err})") from None
         unknown = sorted(set(obj) - BATCH_KEYS) if isinstance(obj, dict) else None
-        if unknown is None or unknown or not isinstance(obj.get("text"), str):
+        if unknown is None or unknown or "text" not in obj:
             raise SynthError(f"expected a JSON object with \"text\" and keys from {sorted(BATCH_KEYS)}"
                              + (f"; unknown {unknown}" if unknown else ""))
         job = {**base, "speaker": speaker, "lang": language, **obj}
+        for key, kinds in _BATCH_TYPES.items():
+            if not isinstance(job[key], kinds) or (kinds == (int, float) and isinstance(job[key], bool)):
+                raise SynthError(f"{key!r}: {job[key]!r} is not {_BATCH_TYPE_NAMES[key]}")
     elif line.count("|") >= 2:
         spk, lang, text = (part.strip() for part in line.split("|", 2))
         job = {**base, "speaker": spk, "lang": lang, "text": text}

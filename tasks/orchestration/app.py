@@ -58,7 +58,8 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core import paths
-from tasks.core.config import SYNTHESIS_DEFAULTS, Params, find_repo_root, load_params, resolve_local
+from tasks.core.config import (PAUSE_DEFAULTS, PAUSE_LIMITS, STYLE_WEIGHT_DEFAULT, SYNTHESIS_DEFAULTS, Params,
+                               find_repo_root, load_params, resolve_local)
 from tasks.core.storage import storage_from_config
 
 logger = logging.getLogger("vitsflow.app")
@@ -89,10 +90,13 @@ class Sentence(BaseModel):
                           "(`[speaker]<zh>…<jp>…<en>…`) or auto (detected)")
     speaker: Optional[str] = Field(None, description="A speaker name of the model (mix text names its own)")
     style_text: Optional[str] = Field(None, description="A text whose BERT mean is blended in (one language only)")
-    style_weight: float = Field(0.7, ge=0, le=1, description="0: the text's own BERT .. 1: the style text's")
+    style_weight: float = Field(STYLE_WEIGHT_DEFAULT, ge=0, le=1, description="0: the text's own BERT .. 1: the "
+                                "style text's")
     split: bool = Field(False, description="Cut into paragraphs and sentences, spoken with pauses (upstream tts_split)")
-    sent_pause: float = Field(0.2, ge=0, le=5, description="With split: seconds after each sentence")
-    para_pause: float = Field(1.0, ge=0, le=10, description="With split: seconds after a paragraph")
+    sent_pause: float = Field(PAUSE_DEFAULTS["sent_pause"], ge=0, le=PAUSE_LIMITS["sent_pause"],
+                              description="With split: seconds after each sentence")
+    para_pause: float = Field(PAUSE_DEFAULTS["para_pause"], ge=0, le=PAUSE_LIMITS["para_pause"],
+                              description="With split: seconds after a paragraph")
 
 
 class SynthRequest(Knobs, Sentence):
@@ -360,12 +364,19 @@ class Models:
 
     # -- upstream 2.3's server_fastapi.py
     def upstream_ids(self) -> list[str]:
-        """Upstream's integer model_id -> a model id: params app.voice_models, or every listed model."""
-        return list(self.params.app.voice_models) or [m["id"] for m in self.listing()]
+        """Upstream's integer model_id -> a model id: params app.voice_models, or (when empty) the
+        production model and the export folders, whose order a new checkpoint does not change."""
+        if self.params.app.voice_models:
+            return list(self.params.app.voice_models)
+        return (["production"] if self.production() is not None else []) + [m["id"] for m in self.exports()]
 
     def upstream_info(self, model_id: str) -> dict[str, Any]:
-        """Upstream's Model.to_dict for one model (loads it: upstream's models are all loaded)."""
-        voice = self.voice(model_id)
+        """Upstream's Model.to_dict for one model (loads it: upstream's models are all loaded); a
+        model that cannot be loaded is listed with its error instead of failing the listing."""
+        try:
+            voice = self.voice(model_id)
+        except HTTPException as err:
+            return {"id": model_id, "error": err.detail}
         spk2id = dict(sorted(voice.speakers.items(), key=lambda kv: kv[1]))
         return {"config_path": voice.source, "model_path": voice.source, "device": voice.device,
                 "language": UPSTREAM_LANGUAGE.get(default_language(voice), default_language(voice)),
@@ -375,7 +386,15 @@ class Models:
 
 
 UPSTREAM_LANGUAGE = {"zh": "ZH", "ja": "JP", "en": "EN"}  # upstream's language strings
+VOICE_SPLIT_PAUSE = 0.2  # server_fastapi's auto_split: cut_sent, then 0.2 s after every sentence
 FROM_UPSTREAM = {v: k for k, v in UPSTREAM_LANGUAGE.items()}
+
+
+def upstream_language(language: str) -> str:
+    """Upstream's ZH/JP/EN (any case), mix and auto (any case), or one of this model's codes."""
+    if language.upper() in FROM_UPSTREAM:
+        return FROM_UPSTREAM[language.upper()]
+    return language.lower() if language.lower() in ("mix", "auto") else language
 
 
 def default_language(voice) -> str:
@@ -534,7 +553,7 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
             speaker_name = names[speaker_id]
         if speaker_name not in voice.speakers:
             return upstream_status(13, f"角色speaker_name={speaker_name}不存在 (no speaker {speaker_name!r})")
-        code = default_language(voice) if language is None else FROM_UPSTREAM.get(language, language)
+        code = default_language(voice) if language is None else upstream_language(language)
         if auto_translate:
             if code in ("mix", "auto"):
                 return upstream_status(20, f"请勿同时使用language = {language}与auto_translate模式 "
@@ -545,7 +564,7 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
             speaker_name = None
         sentence = Sentence(text=text, language=code, speaker=speaker_name,
                             style_text=style_text, style_weight=style_weight, split=auto_split,
-                            sent_pause=0.2, para_pause=0.2)  # upstream's auto_split: cut_sent, 0.2 s after each
+                            sent_pause=VOICE_SPLIT_PAUSE, para_pause=VOICE_SPLIT_PAUSE)
         wav, info = models.synthesize(mid, sentence, Knobs(sdp_ratio=sdp_ratio, noise_scale=noise,
                                                            noise_scale_w=noisew, length_scale=length))
         return Response(wav, media_type="audio/wav", headers={"X-Model": mid,
@@ -566,7 +585,7 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
                   auto_translate: bool = Query(False), auto_split: bool = Query(False),
                   emotion: Optional[str] = Query(None, description="accepted; unused in 2.3 (as upstream)"),
                   style_text: Optional[str] = Query(None, description="风格文本 / style text"),
-                  style_weight: float = Query(0.7, ge=0, le=1, description="风格权重")) -> Response:
+                  style_weight: float = Query(STYLE_WEIGHT_DEFAULT, ge=0, le=1, description="风格权重")) -> Response:
         return voice_route(text, model_id, speaker_name, speaker_id, sdp_ratio, noise, noisew, length, language,
                            auto_translate, auto_split, style_text, style_weight)
 
@@ -578,7 +597,7 @@ def create_app(params_path: Path | str = "params.yaml") -> FastAPI:
                    length: float = Query(1.0, gt=0, le=5), language: Optional[str] = Query(None),
                    auto_translate: bool = Query(False), auto_split: bool = Query(False),
                    emotion: Optional[str] = Query(None), reference_audio: Optional[UploadFile] = File(None),
-                   style_text: Optional[str] = Form(None), style_weight: float = Query(0.7, ge=0, le=1)) -> Response:
+                   style_text: Optional[str] = Form(None), style_weight: float = Query(STYLE_WEIGHT_DEFAULT, ge=0, le=1)) -> Response:
         # reference_audio: accepted and unused, as in upstream 2.3 (its emotion/CLAP path is commented out)
         return voice_route(text, model_id, speaker_name, speaker_id, sdp_ratio, noise, noisew, length, language,
                            auto_translate, auto_split, style_text, style_weight)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import requests
 import soundfile as sf
@@ -30,35 +31,47 @@ def _audio(r: requests.Response):
     return wav
 
 
-def test_models_info_lists_each_model_as_upstream_does(url):
+def test_models_info_lists_production_and_the_exports_as_upstream_lists_its_models(url):
     info = requests.get(f"{url}/models/info", timeout=60).json()
-    assert list(info)[:3] == ["0", "1", "2"]
+    listed = requests.get(f"{url}/api/models", timeout=60).json()["models"]
+    expected = ["production"] + [m["id"] for m in listed if m["kind"] == "export"]
+    assert list(info) == [str(i) for i in range(len(expected))] and [m["id"] for m in info.values()] == expected
     first = info["0"]
     assert {"config_path", "model_path", "device", "language", "spk2id", "id2spk", "version"} <= set(first)
-    assert first["id"] == "production" and first["language"] == "ZH" and first["version"] == "2.3"
+    assert first["language"] == "ZH" and first["version"] == "2.3"
     assert first["id2spk"][str(first["spk2id"]["en_m1"])] == "en_m1"
 
 
+QUIET = {"model_id": 0, "noise": 0, "noisew": 0, "sdp_ratio": 0}
+
+
+def _voice(url, method="get", data=None, **params):
+    if method == "post":
+        return _audio(requests.post(f"{url}/voice", params=params, data=data, timeout=120))
+    return _audio(requests.get(f"{url}/voice", params=params, timeout=120))
+
+
 def test_voice_speaks_each_language_mode_over_get_and_post(url):
-    base = {"model_id": 0, "speaker_name": "en_m1", "noise": 0, "noisew": 0, "sdp_ratio": 0}
-    en = _audio(requests.get(f"{url}/voice", params={**base, "text": "Where are you going?", "language": "EN"},
-                             timeout=120))
+    base = {**QUIET, "speaker_name": "en_m1"}
+    en = _voice(url, **base, text="Where are you going?", language="EN")
     by_id = requests.get(f"{url}/models/info", timeout=60).json()["0"]["spk2id"]["en_m1"]
-    same = _audio(requests.get(f"{url}/voice", params={**base, "speaker_name": None, "speaker_id": by_id,
-                                                       "text": "Where are you going?", "language": "EN"}, timeout=120))
-    assert len(same) == len(en)  # speaker_id names the same speaker; zero noise: the same durations
-    _audio(requests.get(f"{url}/voice", params={**base, "text": "你好。", "language": "ZH"}, timeout=120))
-    _audio(requests.get(f"{url}/voice", params={**base, "text": "お元気ですか？", "language": "JP"}, timeout=120))
-    _audio(requests.get(f"{url}/voice", params={**base, "text": "你好。Where are you going?", "language": "auto"},
-                        timeout=120))
-    mix = _audio(requests.post(f"{url}/voice", params={**base, "language": "mix"},
-                               data={"text": "[en_m1]<en>Hello there.<zh>你好。|[zh_f1]<zh>再见。"}, timeout=120))
-    styled = _audio(requests.post(f"{url}/voice", params={**base, "language": "EN", "style_weight": 1.0},
-                                  data={"text": "Where are you going?", "style_text": "I am so happy!"}, timeout=120))
-    assert len(mix) > 0 and len(styled) > 0
-    split = _audio(requests.get(f"{url}/voice", params={**base, "text": "Where are you going? See you soon?",
-                                                        "language": "EN", "auto_split": "true"}, timeout=120))
-    assert len(split) >= 2 * int(0.2 * 22050)  # upstream's 0.2 s after each sentence
+    same = _voice(url, **{**base, "speaker_name": None}, speaker_id=by_id, text="Where are you going?", language="en")
+    assert np.array_equal(same, en)  # speaker_id names the same speaker; zero noise; `en` as `EN`
+    posted = _voice(url, "post", {"text": "Where are you going?"}, **base, language="EN")
+    assert np.array_equal(posted, en)  # POST's form text is GET's query text
+    _voice(url, **base, text="你好。", language="ZH")
+    _voice(url, **base, text="お元気ですか？", language="JP")
+    _voice(url, **base, text="你好。Where are you going?", language="auto")
+    mix = _voice(url, "post", {"text": "[en_m1]<en>Hello there.<zh>你好。|[zh_f1]<zh>再见。"}, **base, language="mix")
+    bye = _voice(url, **{**base, "speaker_name": "zh_f1"}, text="再见。", language="ZH")
+    assert len(mix) > len(bye) and np.allclose(mix[-len(bye):], bye, atol=1e-4)  # its own block and speaker
+    styled = _voice(url, "post", {"text": "Where are you going?", "style_text": "I am so happy!"}, **base,
+                    language="EN", style_weight=1.0)
+    assert not np.array_equal(styled, en)  # the form's style text reached the BERT features
+    split = _voice(url, **base, text="Where are you going? See you soon?", language="EN", auto_split="true")
+    gap = int(0.2 * 22050)  # upstream's 0.2 s after each sentence
+    assert np.array_equal(split[:len(en)], en) and not split[len(en):len(en) + gap].any()
+    assert not split[-gap:].any() and len(split) > len(en) + 2 * gap
 
 
 def test_voice_answers_upstreams_status_codes_and_a_clear_4xx_otherwise(url):

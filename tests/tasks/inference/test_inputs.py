@@ -56,6 +56,12 @@ def test_bad_mix_text_is_refused_naming_the_part_and_the_reason(text, reason):
         parse_mix(text, {"zh", "ja", "en"}, {"a", "b"})
 
 
+def test_a_mix_block_of_only_bars_is_refused_as_nothing_to_say():
+    for text in ("[a]<zh>|", "[a]<zh> | <en>||"):
+        with pytest.raises(SynthError, match=r"\[a\] \(block 1\): nothing to say \(its segments hold only `\|`\)"):
+            parse_mix(text)
+
+
 def test_mix_tags_of_languages_the_model_lacks_are_refused():
     with pytest.raises(SynthError, match="unknown language tag <jp>; this model takes <en>, <zh>"):
         parse_mix("[a]<zh>你好<jp>はい", {"zh", "en"})
@@ -68,6 +74,11 @@ def test_auto_splits_each_part_by_language_as_upstreams_split_by_language():
     assert split_by_language("我喜欢Python语言", ["zh", "en"]) == [("我喜欢", "zh"), ("Python", "en"), ("语言", "zh")]
     utts = parse_auto("你好。Hello.|再见", ["zh", "ja", "en"])
     assert _shape(utts) == [(None, [("你好。", "zh"), ("Hello.", "en")], False, True), (None, [("再见", "zh")], True, False)]
+
+
+def test_auto_takes_ideographic_marks_fullwidth_latin_and_halfwidth_kana_as_its_own_languages():
+    [u] = parse_auto("時々雨が降る。〆切はＡＩの時代ｱ", ["zh", "ja", "en"])
+    assert "".join(t for t, _ in u.segments) == "時々雨が降る。〆切はＡＩの時代ｱ"
 
 
 def test_auto_refuses_text_in_a_script_none_of_the_models_languages_uses():
@@ -87,7 +98,7 @@ def test_split_text_is_tts_split_with_its_pauses_in_whole_samples():
     assert pauses == [int(22050 * 0.25) / 22050] * 2
     with pytest.raises(SynthError, match="nothing to say"):
         split_text("\n \n|", 0.2, 1.0)
-    with pytest.raises(SynthError, match="sentence pause -1: expected 0..60"):
+    with pytest.raises(SynthError, match="sentence pause -1: expected 0..5 seconds"):
         split_text("一。", -1, 1.0)
 
 
@@ -108,7 +119,9 @@ def test_a_requests_utterances_join_without_their_boundary_pads_and_style_text_b
     np.testing.assert_array_equal(a.bert["zh"], one.bert["zh"][:, :-2])  # batch mates change nothing
     [styled] = frontend.request("你好。", "zh", style_text="我好快乐！", style_weight=1.0)
     cols = styled.bert["zh"]
-    assert np.allclose(cols, cols[:, :1], atol=1e-3)  # weight 1: every column the style text's mean
+    mean = frontend._bert([("s", frontend._style_row("我好快乐！", "zh"))])["s"].mean(axis=1, keepdims=True)
+    assert frontend._style_row("我好快乐！", "zh")["word2ph"] == [1] * 7  # [CLS] 5 characters [SEP]
+    np.testing.assert_allclose(cols, np.repeat(mean, cols.shape[1], axis=1), atol=2e-3)  # weight 1: the mean
     [half] = frontend.request("你好。", "zh", style_text="我好快乐！", style_weight=0.5)
     np.testing.assert_allclose(half.bert["zh"], 0.5 * one.bert["zh"] + 0.5 * cols, atol=2e-3)
     with pytest.raises(SynthError, match="style weight 1.5: expected 0..1"):
@@ -130,13 +143,15 @@ def test_inputs_cli_writes_what_infer_takes_and_a_bad_batch_line_fails_alone(tmp
     cases.write_text("\n".join([json.dumps({"id": "ok", "lang": "en", "text": "Hello there."}),
                                 json.dumps({"id": "../evil", "lang": "en", "text": "x"}),
                                 json.dumps({"id": "bad", "lang": "mix", "text": "[a]<fr>x"}), "{oops",
-                                json.dumps({"id": "st", "lang": "zh", "text": "你好", "style_text": "哈", "style_weight": 2})]),
+                                json.dumps({"id": "st", "lang": "zh", "text": "你好", "style_text": "哈", "style_weight": 2}),
+                                json.dumps({"id": "num", "lang": "zh", "text": 5})]),
                      encoding="utf-8")
     r = runner.invoke(app, ["inputs", "--params", str(REPO / "params.yaml"), "--batch", str(cases),
                             "--out", str(tmp_path / "dir")])
     assert r.exit_code == 1
     report = json.loads(r.stdout)
-    assert report["written"] == ["ok"] and [e["line"] for e in report["errors"]] == [2, 3, 4, 5]
+    assert report["written"] == ["ok"] and [e["line"] for e in report["errors"]] == [2, 3, 4, 5, 6]
+    assert "'text': 5 has the wrong type" in report["errors"][4]["error"]
     assert "letters, digits" in report["errors"][0]["error"] and "<fr>" in report["errors"][1]["error"]
     assert "style weight 2.0" in report["errors"][3]["error"]
     assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["ok.npz"]

@@ -188,10 +188,13 @@ def test_parse_batch_reads_three_line_kinds_and_a_bad_line_fails_alone_with_its_
     assert [(j["line"], j.get("speaker"), j.get("lang"), j.get("text")) for j in jobs[:3]] == [
         (2, "en_m1", "en", "Hello there."), (4, "ja_f1", "ja", "plain line"), (5, "ja_f1", "mix", "[a]<zh>你好<en>hi")]
     assert jobs[2]["split"] is True and jobs[0]["split"] is False and jobs[0]["style_weight"] == 0.3
-    assert set(jobs[3]) == {"line", "error"} and jobs[3]["line"] == 6 and 'with "text"' in jobs[3]["error"]
-    assert jobs[4]["line"] == 7 and jobs[4]["error"].startswith("line 7: not JSON")
+    assert jobs[3] == {"line": 6, "error": "'text': 3 is not a string"}
+    assert jobs[4]["line"] == 7 and jobs[4]["error"].startswith("not JSON")
     assert parse_batch(lines[:4], None, None)[1] == {
-        "line": 4, "error": "line 4: plain text needs --lang and --speaker (or write `speaker|lang|text`)"}
+        "line": 4, "error": "plain text needs --lang and --speaker (or write `speaker|lang|text`)"}
+    bad_types = ['{"text": "hi", "split": "false"}', '{"text": "hi", "style_weight": "0.5"}', '{"text": 5}']
+    assert [j["error"] for j in parse_batch(bad_types, "en", "en_m1")] == [
+        "'split': 'false' is not true or false", "'style_weight': '0.5' is not a number", "'text': 5 is not a string"]
 
 
 QUIET = dict(noise_scale=0.0, noise_scale_w=0.0, sdp_ratio=0.0)
