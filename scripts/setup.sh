@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng libsndfile1 git chromium)  # chromium: the web page's browser test (Playwright drives it)
+APT_PACKAGES=(espeak-ng libsndfile1 git chromium fonts-wqy-zenhei)  # chromium: the web page's browser test (Playwright drives it); a CJK font for its screenshot
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
