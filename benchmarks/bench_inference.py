@@ -21,10 +21,20 @@ and the first-audio latency (seconds until the first sentence's waveform exists;
 UI returns the page's audio only when all of it is done, so its latency to first audio is its
 total; its loop's first sentence is also printed).
 
-Measured (2026-12-07, 2 threads, 2,005 characters, 26 paragraphs, 95 sentences): upstream 187.9 s
-(RTF 1.34, its loop's first sentence after 3.5 s), vitsflow 85.7 s (RTF 0.61, first audio after
-1.4 s): 2.19x. On 231 characters (14 sentences) vitsflow was 0.77x: the bert stage's fixed batch
-shapes pad a short request with empty rows (58 rows for 9 sentences); a page fills them.
+Measured (2026-12-07, 2 threads, 2,005 characters, 26 paragraphs, 95 sentences; seconds):
+
+    run   upstream (generator + text/BERT)   vitsflow (generator + text/BERT)   speedup
+    1     102.2 (55.9 + 46.3)                 65.9 (49.6 + 16.4)                 1.55x
+    2     100.8 (54.7 + 46.1)                 71.4 (54.4 + 17.0)                 1.41x
+    3     115.8 (62.9 + 52.9)                 74.8 (56.0 + 18.8)                 1.55x
+
+(an earlier run beside another job: 187.9 s against 85.7 s, 2.19x, not comparable). First audio
+0.6-0.8 s on both sides. Our BERT: zh 4.2 s for 36 sentences, ja 12.6 s for 59 (DeBERTa). The
+generator is the same work on both sides and its own spread decides 1.41x against 1.55x. Tried,
+no gain on this CPU: cached weight norm, inference_mode, four sentences in one generator batch
+(3.8 s against 3.0 s one by one); a token budget of 512 for the ja BERT (same bits) saves 1.6 s.
+On 231 characters (14 sentences): 0.77x with the stage's full batch shapes (58 rows for 9
+sentences), 1.26x once a short batch runs with its own rows.
 
     .venv/bin/python benchmarks/bench_inference.py [--chars 2000] [--threads 2]
 """

@@ -414,8 +414,8 @@ class TextFrontend:
         if "reject" in entry.meta:
             reason = entry.meta["reject"]
             if reason == "normalised text is empty":
-                raise SynthError(f"{where}: nothing to say: {text!r} is empty after {language!r} normalisation")
-            raise SynthError(f"{where}: cannot synthesise {text!r} ({language}): {reason}")
+                raise SynthError(f"{where}: nothing to say: {_short(text)!r} is empty after {language!r} normalisation")
+            raise SynthError(f"{where}: cannot synthesise {_short(text)!r} ({language}): {reason}")
         return {"language": language, **entry.meta}
 
     def _style_row(self, style_text: str, language: str) -> dict[str, Any]:
