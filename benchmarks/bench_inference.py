@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.bench_features import UPSTREAM_BERTS, random_upstream_bert, real_sentences  # noqa: E402
+from tasks.frontends.symbols import intersperse  # noqa: E402  (upstream's commons.intersperse)
 
 
 def page(chars: int) -> str:
@@ -117,21 +118,15 @@ def upstream_loop(voice, pieces: list[str], langs: list[str], pauses: list[float
             feats = torch.cat([res[i].repeat(word2ph[i], 1) for i in range(len(word2ph))], dim=0).T
             zeros = torch.zeros(1024, feats.shape[1])
             slots = {"zh": zeros, "ja": zeros, "en": zeros, code: feats}
-            x = torch.LongTensor(_intersperse(ids))[None]
+            x = torch.LongTensor(intersperse(ids))[None]
             o = voice.generator.infer(x, torch.LongTensor([x.shape[1]]), torch.LongTensor([0]),
-                                      torch.LongTensor(_intersperse(tones))[None],
-                                      torch.LongTensor(_intersperse(lang_ids))[None], slots["zh"][None],
+                                      torch.LongTensor(intersperse(tones))[None],
+                                      torch.LongTensor(intersperse(lang_ids))[None], slots["zh"][None],
                                       slots["ja"][None], slots["en"][None], **KNOBS)[0][0, 0].numpy()
             audio += [o, np.zeros(int(round(pause * voice.sample_rate)))]
             if first is None:
                 first = time.perf_counter() - start
     return time.perf_counter() - start, first, sum(len(a) for a in audio) / voice.sample_rate
-
-
-def _intersperse(items):
-    out = [0] * (2 * len(items) + 1)
-    out[1::2] = items
-    return out
 
 
 def ours(voice, paras) -> tuple[float, float, float]:

@@ -192,6 +192,31 @@ def stats_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST,
     return metrics
 
 
+def _train_side_stage(path: Path, params, root: Path, log, kind: str, nproc: int, train, run_id: str) -> dict:
+    """Train `kind` (tasks.training.<kind>) in-process, or under torchrun for nproc > 1, and return
+    the base of its run record: run id, the latest checkpoint's URI and step, metrics, lineage."""
+    import logging
+    import os
+
+    from tasks.core.checkpoints import CheckpointStore
+    from tasks.core.storage import storage_from_config
+    from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
+
+    launch = torchrun_args(nproc)
+    if is_distributed(launch):
+        launch_torchrun(path, launch, root, log, module=f"tasks.training.{kind}")
+    else:
+        logging.getLogger(f"vitsflow.{kind}").setLevel(logging.INFO)
+        train(params, root)
+    manifest = CheckpointStore(storage_from_config(params.storage, root), run_id).latest()
+    if manifest is None:
+        raise RuntimeError(f"{kind} run {run_id}: training finished without a checkpoint")
+    uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
+    return {"enabled": True, "run_id": run_id,
+            "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
+            "metrics": manifest["metrics"], "lineage": manifest["lineage"]}
+
+
 @task(name="waveglow-chunk", **RETRIES)
 def waveglow_chunk_task(chunk, ingest_dir, settings):
     from tasks.prep import vocoder
@@ -204,8 +229,7 @@ def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGE
                   out: str = paths.WAVEGLOW_RECORD) -> dict:
     """The vocoder's features (cached by content), then its training (in-process, or torchrun for
     vocoder.nproc > 1), then the run record `out`; with vocoder.enabled false only a record saying so."""
-    from tasks.core.checkpoints import CheckpointStore
-    from tasks.core.storage import atomic_write_bytes, storage_from_config
+    from tasks.core.storage import atomic_write_bytes
 
     started = time.perf_counter()
     log = get_run_logger()
@@ -220,7 +244,6 @@ def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGE
         return record
     from tasks.prep import vocoder
     from tasks.training import waveglow
-    from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
 
     waveglow.check_vocoder(v)  # a config that cannot build a WaveGlow fails before any work
     ingest_path = resolve_local(root, ingest_dir)
@@ -230,29 +253,13 @@ def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGE
         computed = fill_cache(waveglow_chunk_task, items, cache, params.features.spec.chunk_size,
                               params.runtime.in_flight_chunks, "waveglow features", ingest_dir=ingest_path,
                               settings=vocoder.vocoder_settings(params))
-    run_id = waveglow.run_id_for(params, root)
-    launch = torchrun_args(v.nproc)
-    if is_distributed(launch):
-        launch_torchrun(path, launch, root, log, module="tasks.training.waveglow")
-    else:
-        import logging
-
-        logging.getLogger("vitsflow.waveglow").setLevel(logging.INFO)
-        waveglow.train(params, root)
-    manifest = CheckpointStore(storage_from_config(params.storage, root), run_id).latest()
-    if manifest is None:
-        raise RuntimeError(f"waveglow run {run_id}: training finished without a checkpoint")
-    import os
-
-    uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
-    record = {"enabled": True, "run_id": run_id,
-              "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
-              "metrics": manifest["metrics"], "lineage": manifest["lineage"],
-              "sample_rate": v.data_config.sampling_rate, "waveglow_config": v.waveglow_config.model_dump(),
+    record = _train_side_stage(path, params, root, log, "waveglow", v.nproc, waveglow.train,
+                               waveglow.run_id_for(params, root))
+    record |= {"sample_rate": v.data_config.sampling_rate, "waveglow_config": v.waveglow_config.model_dump(),
               "clips": len(items)}
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    log.info("waveglow: run %s at step %d, val_loss %s; features of %d clips (%d computed), %.1f s", run_id,
-             manifest["step"], manifest["metrics"].get("val_loss"), len(items), computed, time.perf_counter() - started)
+    log.info("waveglow: run %s at step %d, val_loss %s; features of %d clips (%d computed), %.1f s", record["run_id"],
+             record["checkpoint"]["step"], record["metrics"].get("val_loss"), len(items), computed, time.perf_counter() - started)
     return record
 
 
@@ -268,8 +275,7 @@ def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, o
     """The content encoder's features (16 kHz log-mels, cached by content), then its CTC training
     on the text stage's phones (in-process, or torchrun for asr.nproc > 1), then the run record
     `out`; with asr.enabled false only a record saying so."""
-    from tasks.core.checkpoints import CheckpointStore
-    from tasks.core.storage import atomic_write_bytes, storage_from_config
+    from tasks.core.storage import atomic_write_bytes
 
     started = time.perf_counter()
     log = get_run_logger()
@@ -284,7 +290,6 @@ def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, o
         return record
     from tasks.prep import content, vocoder
     from tasks.training import asr
-    from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
 
     ingest_path = resolve_local(root, ingest_dir)
     items = content.plan_content(ingest.read_index(ingest_path), params.audio.sample_rate)
@@ -294,28 +299,11 @@ def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, o
                               params.runtime.in_flight_chunks, "asr features", ingest_dir=ingest_path,
                               settings=content.content_settings(params.audio.sample_rate))
     split = asr.clips(root, params, asr.symbol_table(root))  # the clips with phones: what it trains on
-    run_id = asr.run_id_for(params, split)
-    launch = torchrun_args(a.nproc)
-    if is_distributed(launch):
-        launch_torchrun(path, launch, root, log, module="tasks.training.asr")
-    else:
-        import logging
-
-        logging.getLogger("vitsflow.asr").setLevel(logging.INFO)
-        asr.train(params, root)
-    manifest = CheckpointStore(storage_from_config(params.storage, root), run_id).latest()
-    if manifest is None:
-        raise RuntimeError(f"asr run {run_id}: training finished without a checkpoint")
-    import os
-
-    uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
-    record = {"enabled": True, "run_id": run_id,
-              "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
-              "metrics": manifest["metrics"], "lineage": manifest["lineage"],
-              "clips": {name: len(rows) for name, rows in split.items()}}
+    record = _train_side_stage(path, params, root, log, "asr", a.nproc, asr.train, asr.run_id_for(params, split))
+    record["clips"] = {name: len(rows) for name, rows in split.items()}
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    log.info("asr: run %s at step %d, val PER %s; features of %d clips (%d computed), %.1f s", run_id,
-             manifest["step"], manifest["metrics"].get("per"), len(items), computed, time.perf_counter() - started)
+    log.info("asr: run %s at step %d, val PER %s; features of %d clips (%d computed), %.1f s", record["run_id"],
+             record["checkpoint"]["step"], record["metrics"].get("per"), len(items), computed, time.perf_counter() - started)
     return record
 
 
@@ -331,8 +319,7 @@ def vc_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, ou
     """HiFi-VC's features (the content mels the asr stage caches too, and per clip lf0 and 24 kHz
     audio), then its training with the asr stage's encoder frozen, then the run record `out`; with
     vc.enabled false only a record saying so."""
-    from tasks.core.checkpoints import CheckpointStore
-    from tasks.core.storage import atomic_write_bytes, storage_from_config
+    from tasks.core.storage import atomic_write_bytes
 
     started = time.perf_counter()
     log = get_run_logger()
@@ -360,27 +347,10 @@ def vc_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, ou
             computed += fill_cache(task_fn, items, stage_cache(params, root, name), params.features.spec.chunk_size,
                                    params.runtime.in_flight_chunks, f"{name} features", ingest_dir=ingest_path,
                                    settings=settings)
-    from tasks.training.launch import is_distributed, launch_torchrun, torchrun_args
-
-    run_id = vc.run_id_for(params, vc.clips(root, params), encoder)
-    launch = torchrun_args(params.vc.nproc)
-    if is_distributed(launch):
-        launch_torchrun(path, launch, root, log, module="tasks.training.vc")
-    else:
-        import logging
-
-        logging.getLogger("vitsflow.vc").setLevel(logging.INFO)
-        vc.train(params, root)
-    manifest = CheckpointStore(storage_from_config(params.storage, root), run_id).latest()
-    if manifest is None:
-        raise RuntimeError(f"vc run {run_id}: training finished without a checkpoint")
-    import os
-
-    uri = os.environ.get("VITSFLOW_STORAGE_URI") or params.storage.uri  # as params.yaml writes it
-    record = {"enabled": True, "run_id": run_id, "encoder": encoder,
-              "checkpoint": {"uri": f"{uri.rstrip('/')}/{manifest['path']}", "step": manifest["step"]},
-              "metrics": manifest["metrics"], "lineage": manifest["lineage"], "clips": len(rows)}
+    record = _train_side_stage(path, params, root, log, "vc", params.vc.nproc, vc.train,
+                               vc.run_id_for(params, vc.clips(root, params), encoder))
+    record |= {"encoder": encoder, "clips": len(rows)}
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    log.info("vc: run %s at step %d, val mel L1 %s; features of %d clips (%d computed), %.1f s", run_id,
-             manifest["step"], manifest["metrics"].get("val_loss"), len(rows), computed, time.perf_counter() - started)
+    log.info("vc: run %s at step %d, val mel L1 %s; features of %d clips (%d computed), %.1f s", record["run_id"],
+             record["checkpoint"]["step"], record["metrics"].get("val_loss"), len(rows), computed, time.perf_counter() - started)
     return record

@@ -41,6 +41,13 @@ BASE_LANGUAGE_IDS = {"zh": 0, "ja": 1, "en": 2}
 BASE_TONE_OFFSETS = {"zh": 0, "ja": 6, "en": 8}
 
 
+def intersperse(items: list, blank=0) -> list:
+    """Upstream's commons.intersperse (add_blank): [blank, a, blank, b, blank, ..., blank]."""
+    out = [blank] * (2 * len(items) + 1)
+    out[1::2] = items
+    return out
+
+
 @dataclass(frozen=True)
 class SymbolTable:
     """Symbols, language ids and tone offsets the model embeds; stored beside the text outs."""

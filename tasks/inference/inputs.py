@@ -53,7 +53,7 @@ import numpy as np
 
 from tasks.core.config import (PAUSE_DEFAULTS, PAUSE_LIMITS, STYLE_WEIGHT_DEFAULT, BertStageConfig,
                                LanguageConfig)
-from tasks.frontends.symbols import SymbolTable
+from tasks.frontends.symbols import SymbolTable, intersperse
 
 PAUSE_RATE = 44100  # upstream's tts_split counts silence in samples at 44.1 kHz
 DEFAULT_STYLE_WEIGHT = STYLE_WEIGHT_DEFAULT  # upstream 2.3's get_text / web UI default
@@ -479,9 +479,9 @@ class TextFrontend:
                     f = f * (1 - style_weight) + style * style_weight
                 f = f.astype(np.float16).astype(np.float32)  # the bert stage's fp16, as in training
             if self.add_blank:
-                ids, tones, langs = (_intersperse(v, 0) for v in (ids, tones, langs))
-                phones = _intersperse(phones, self.symbols.symbols[0])
-                if f is not None:  # word2ph doubled, +1 on the first: [dim, 2n + 1]
+                ids, tones, langs = (intersperse(v, 0) for v in (ids, tones, langs))
+                phones = intersperse(phones, self.symbols.symbols[0])
+                if f is not None:  # word2ph doubled, +1 on the first: [dim, 2n + 1] (corpus.blank_features)
                     f = np.concatenate([f[:, :1], np.repeat(f, 2, axis=1)], axis=1)
             start = SKIP_START if (s != 0 or utt.skip_start) else 0
             stop = -SKIP_END if (s != n - 1 or utt.skip_end) else None
@@ -509,13 +509,6 @@ def _where(u: int, s: int, n_segments: int) -> str:
 
 def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
-
-
-def _intersperse(items: list, blank: Any) -> list:
-    """Upstream's commons.intersperse: [b, a, b, c, b, ...]."""
-    out = [blank] * (2 * len(items) + 1)
-    out[1::2] = items
-    return out
 
 
 def frontend_from_params(params_path: Path, device: str = "cpu") -> TextFrontend:

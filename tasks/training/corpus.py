@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 
 from model.mel_processing import STFTParams
 from tasks.core.shards import read_jsonl, read_pcm
-from tasks.frontends.symbols import SymbolTable
+from tasks.frontends.symbols import SymbolTable, intersperse
 from tasks.prep.bert import read_features, slot_inputs
 from tasks.prep.stats import bucket_of  # the one bucket rule, shared with the stats report
 
@@ -113,9 +113,7 @@ class Corpus:
 
 def add_blanks(ids: list[int]) -> list[int]:
     """Upstream's commons.intersperse(ids, 0): [0, a, 0, b, 0, ..., 0]."""
-    out = [0] * (2 * len(ids) + 1)
-    out[1::2] = ids
-    return out
+    return intersperse(ids, 0)
 
 
 def blank_features(feats: torch.Tensor) -> torch.Tensor:
