@@ -7,9 +7,10 @@ inference.py calls remove_weightnorm first; `--nvidia-removed` times that varian
 train.py step: forward((mel, audio)), WaveGlowLoss, backward, Adam step. Ours, on the same weights,
 the same inputs, the same threads, in the same run:
 
-* inference: `WaveGlowInference` (weight norm baked, `end` folded into the skip convs, W^-1 once,
-  no per-flow concatenation) under `torch.inference_mode()`, eager and as a `torch.jit.trace`
-  (the TorchScript artefact `vitsflow export` writes);
+* inference: `WaveGlowInference` (weight norm baked, `end` folded into the skip convs, `start`
+  into the first dilated conv, the gate as one sigmoid, W^-1 once, no per-flow concatenation)
+  under `torch.inference_mode()`, eager and as a `torch.jit.trace` (the TorchScript artefact
+  `vitsflow export` writes);
 * training: `model.waveglow.WaveGlow` + `WaveGlowLoss` (tasks/training/waveglow.py's step).
 
 Outputs are checked equal before timing (sigma-0 audio, the first step's loss). Prints one line per
@@ -24,6 +25,15 @@ Measured on 2 shared CPU cores (2026-12-06, defaults, --repeats 5): inference of
 4178 ms, ours 3257 ms eager (1.28x), 3334 ms TorchScript (1.25x), NVIDIA after remove_weightnorm
 4178 ms; sigma-0 audio equal within 1.2e-7. Training step NVIDIA 8627 ms, ours 8260 ms (1.04x),
 the same first loss.
+
+2026-12-07, another host (AVX-512 EPYC, 2 cores), --repeats 9, three runs: that version 1.20x,
+1.12x, 1.14x (this host's convolutions are faster, so NVIDIA's overheads weigh less); with `start`
+folded and the one-sigmoid gate 1.31x, 1.38x, 1.32x eager (NVIDIA 3347/3389/3194 ms, ours
+2549/2465/2421 ms), 1.34x, 1.40x, 1.36x TorchScript; sigma-0 audio within 1.6e-7. The two
+changes alone, same process, 12 interleaved rounds: 1.038x (fold) and 1.097x (both) over that
+version. Training step NVIDIA 7246 ms, ours 7125 ms (1.02x), the same first loss. Profile (torch
+profiler, 2 calls): convolutions 90% of both sides' time (NVIDIA 6.36 s, ours 4.08 s); torch's
+tanh cost 7x its sigmoid here, which the gate now avoids.
 """
 from __future__ import annotations
 
