@@ -96,6 +96,21 @@ def sigkill_once_cached(proc: subprocess.Popen, db: Path, at_least: int) -> int:
     return done
 
 
+def assert_equal_to_fp16_rounding(actual, desired) -> None:
+    """BERT features (stored as float16) of one utterance computed in a batch of another row count:
+    equal within one float16 step of each value, or 2e-6 where that step is finer (float32's own
+    noise at unit scale). The row count changes the CPU's GEMM blocking on some hosts: on an Intel
+    Xeon (2026-12-08) 22-47 values of 5-8 k per utterance differed, by one step or by <= 1.3e-6;
+    on an AVX-512 EPYC (2026-12-07) none. A wrong row or a wrong layer is off by far more."""
+    import numpy as np
+
+    a, d = np.asarray(actual, np.float32), np.asarray(desired, np.float32)
+    assert a.shape == d.shape, (a.shape, d.shape)
+    step = np.spacing(np.abs(d).astype(np.float16)).astype(np.float32)
+    off = np.abs(a - d) > np.maximum(step, 2e-6)
+    assert not off.any(), f"{int(off.sum())} of {a.size} values beyond float16 rounding, worst {np.abs(a - d).max()}"
+
+
 def edit_params(root: Path, edit) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
     edit(params)

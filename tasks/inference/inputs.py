@@ -35,9 +35,9 @@ the reason: an unknown `<lang>` tag or speaker, an empty segment or utterance, t
 languages is written in.
 
 BERT runs batched across every segment and style text of a request (the bert stage's batch
-shapes; a short batch runs with its own rows, at least 2, instead of the shape's empty ones: on
-the CPU a segment's features then still do not depend on its batch mates and equal the bert
-stage's bit for bit, on a GPU to float rounding), the model loaded once.
+shapes; a short batch runs with its own rows, at least 2, instead of the shape's empty ones: a
+segment's features then equal the bert stage's to float16 rounding, bit for bit on some CPUs),
+the model loaded once.
 """
 from __future__ import annotations
 
@@ -62,8 +62,9 @@ MAX_SENT_PAUSE, MAX_PARA_PAUSE = PAUSE_LIMITS["sent_pause"], PAUSE_LIMITS["para_
 SKIP_START, SKIP_END = 3, 2  # items infer / infer_multilang drop at a joined boundary (v2.3)
 MODES = ("mix", "auto")
 # A request's short BERT batches run with their own rows (at least 2), not the stage's full shape:
-# on the CPU the same bits (tasks.prep.bert.encode_features; on a GPU, where kernels change with
-# the row count, equal to float rounding), and 4x less compute for one sentence of 24 tokens.
+# the stage's features to float16 rounding (bit for bit on some CPUs, not all: the row count can
+# change the GEMM blocking; tasks.prep.bert.encode_features), and 4x less compute for one sentence
+# of 24 tokens.
 INFERENCE_MIN_ROWS = 2
 MIX_TAGS = {"zh": "zh", "jp": "ja", "ja": "ja", "en": "en"}  # upstream's <zh> <jp> <en>; <ja> too
 

@@ -174,10 +174,12 @@ def encode_features(items: list[BertItem], bert: BertConfig, stage: BertStageCon
     phone-level features [dim, sum(word2ph)] (on the CPU) or the reason it has none.
 
     `min_rows` (inference): a short batch runs with max(min_rows, its items) rows instead of the
-    shape's, filled with empty rows as the stage fills them. Measured on this CPU (2026-12-07,
-    upstream-size models, 40 sentences each): 2..5 rows give the same bits as the full shape for
-    BERT and DeBERTa; one row the same for BERT, 440 of 2.2 M fp16 values one step off for DeBERTa
-    (3.8e-6 in float32), hence 2. tests/tasks/prep/test_bert.py checks it for the test models."""
+    shape's, filled with empty rows as the stage fills them. Its features equal the stage's to
+    float16 rounding, not always bit for bit: the row count can change the CPU's GEMM blocking.
+    Measured on an AVX-512 EPYC (2026-12-07, upstream-size models, 40 sentences each): 2..5 rows
+    the same bits as the full shape for BERT and DeBERTa, one row 440 of 2.2 M fp16 values one step
+    off for DeBERTa, hence 2; on an Intel Xeon (2026-12-08, the test models) 1-3 rows put 0.3-0.8%
+    of the values one fp16 step (or <= 1.3e-6) off, 4 or more none. tests/tasks/prep/test_bert.py."""
     import torch
 
     tokenizer, (model, index) = tokenizer_for(root, bert), encoder_for(root, bert, device)

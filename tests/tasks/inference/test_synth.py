@@ -14,6 +14,7 @@ import torch
 
 from tasks.frontends import backend_info
 from tasks.inference.synth import SynthError, Voice, load_voice, parse_batch
+from tests.helpers import assert_equal_to_fp16_rounding
 
 SPEAKER = "en_m1"
 TEXTS = {"zh": "你吃饭了吗？", "ja": "お元気ですか？", "en": "Where are you going?", "de": "Guten Abend!"}
@@ -99,7 +100,8 @@ def test_an_export_and_its_checkpoint_sound_the_same(exported, bundle):
 
 
 def test_inputs_are_what_training_reads(bundle, train_corpus):
-    """Phones/ids from the raw transcript and BERT features equal the text and bert stages' outs."""
+    """Phones/ids from the raw transcript equal the text stage's outs; BERT features the bert stage's
+    to float16 rounding (a request's short batch has fewer rows than the stage's shape)."""
     from tasks.prep.bert import read_features
     from tasks.training.corpus import add_blanks
     from tasks.core.shards import read_jsonl
@@ -117,7 +119,7 @@ def test_inputs_are_what_training_reads(bundle, train_corpus):
             ids, tones, _ = bundle.symbols.to_ids(row["phones"], row["tones"], row["language"])
             assert inp["x"][0].tolist() == add_blanks(ids) and inp["tone"][0].tolist() == add_blanks(tones)
             feats = bundle.bert_features(row["language"], row["norm_text"], row["word2ph"])
-            np.testing.assert_array_equal(feats, read_features(train_corpus / "data/bert", bert_rows[row["id"]]))
+            assert_equal_to_fp16_rounding(feats, read_features(train_corpus / "data/bert", bert_rows[row["id"]]))
     assert seen == set(TEXTS)
 
 
