@@ -76,9 +76,26 @@ _NUMBER_RE = re.compile(r"[0-9]+")
 
 @functools.cache
 def _inflect() -> Any:
-    import inflect
+    """inflect's engine (upstream reads numbers with it), imported without typeguard's run-time
+    type checks: inflect decorates 23 methods with `@typechecked`, which re-parses and recompiles
+    inflect's whole 3,900-line module once for each, 3.4 s of every process that reads a number
+    (2026-12-08: most of `evaluate`'s G2P time and of a `vitsflow synth` of "5 apples"). The checks
+    only raise on arguments of the wrong type (ours are str and int), so the same functions give
+    the same words (tests/tasks/frontends/test_en.py compares them with inflect imported as is)."""
+    if "inflect" not in sys.modules:
+        import typeguard
 
-    return inflect.engine()
+        with _INFLECT_IMPORT:
+            checked = typeguard.typechecked
+            typeguard.typechecked = lambda target=None, **_: target if target is not None else (lambda t: t)
+            try:
+                import inflect  # noqa: F401  (binds `typechecked` from typeguard at import)
+            finally:
+                typeguard.typechecked = checked
+    return sys.modules["inflect"].engine()
+
+
+_INFLECT_IMPORT = threading.Lock()
 
 
 def _units(n: int, one: str, many: str) -> str:

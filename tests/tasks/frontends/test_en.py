@@ -224,3 +224,34 @@ def test_a_word_missing_from_cmudict_rep_goes_through_g2p_en_with_its_quotes(min
 def test_normalize_reads_numbers_like_upstream_and_expands_nothing_else():
     assert en.normalize("Mr. Smith paid $1.50 in 1905 for 50% of it.") == \
         "Mr. Smith paid one dollar, fifty cents in nineteen oh five for fifty% of it."
+
+
+def test_numbers_read_without_typeguards_checks_equal_inflect_imported_as_is():
+    """en._inflect imports inflect with typeguard's @typechecked as the identity (1.3-3.4 s less a
+    process): each of two fresh processes, one through en._inflect and one importing inflect as is,
+    reads years, cardinals, groups, ordinals and the andword/zero options; same words."""
+    import json
+    import subprocess
+    import sys
+
+    numbers = list(range(0, 130)) + [999, 1000, 1001, 1066, 1900, 1905, 1948, 1999, 2000, 2001, 2009, 2010, 2099,
+                                     2999, 3000, 12345, 100000, 1234567, 10 ** 12 + 7]
+    calls = [(str(n), {"andword": ""}) for n in numbers] + [(str(n), {"andword": "", "zero": "oh", "group": 2})
+                                                             for n in numbers] + [
+        (f"{n}{s}", {}) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 1000) for s in ("st", "nd", "rd", "th")]
+    read = ("import json, sys\n{engine}\nimport inflect\n"
+            "checks = [n for n in inflect.engine.number_to_words.__code__.co_names if n.startswith('check_')]\n"
+            "print(json.dumps([checks, [e.number_to_words(w, **k) for w, k in json.loads(sys.stdin.read())]]))")
+
+    def words(engine: str) -> tuple[list, list]:
+        out = subprocess.run([sys.executable, "-c", read.format(engine=engine)], input=json.dumps(calls),
+                             capture_output=True, text=True, check=True, cwd=REPO).stdout
+        return json.loads(out)
+
+    ours_checks, ours = words("from tasks.frontends.en import _inflect; e = _inflect()")
+    real_checks, real = words("import inflect; e = inflect.engine()")
+    assert real_checks and not ours_checks  # typeguard's instrumentation is there as is, and not in ours
+    assert ours == real and len(set(real)) > 200
+    text = "In 1948 he paid $5.50 for the 3rd of 12,000 books, 3.5 each, in 2005."
+    assert en.normalize(text) == ("In nineteen forty-eight he paid five dollars, fifty cents for the third of twelve "
+                                  "thousand books, three point five each, in two thousand five.")
