@@ -2,10 +2,11 @@
 of tests/data/speech (LJ Speech's reader, ~210 Hz, and the three Common Voice ja clips at ~107 Hz,
 taken as one male speaker: the set names no speakers), the VAE's embeddings of other clips put
 the two speakers far apart and each speaker's clips close together, and the same source converted
-with the other speaker's reference is a different output. The content encoder is a 200-step tiny
-asr run. Not proven here (measured, see the README's HiFi-VC figures): that the output's GE2E
-embedding moves toward the reference; after 300-1000 such steps the output is not yet voiced
-(pYIN finds no F0 in it) and the GE2E shift is noise (-0.16 to +0.04)."""
+with the other speaker's reference is a different output. The content encoder is a 100-step tiny
+asr run (200 steps proved the same in 85 s alone, against 60 s). Not proven here (measured, see
+the README's HiFi-VC figures): that the output's GE2E embedding moves toward the reference; after
+300-1000 such steps the output is not yet voiced (pYIN finds no F0 in it) and the GE2E shift is
+noise (-0.16 to +0.04)."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 SPEECH = Path(__file__).resolve().parents[2] / "data" / "speech"
 LJ = [f"LJ001-{i:04d}" for i in range(1, 9)]
 JA_M = ["common_voice_ja_38853932_16k", "common_voice_ja_38898180_16k", "common_voice_ja_38925334_16k"]
-ASR_STEPS, STEPS = 200, 300
+ASR_STEPS, STEPS = 100, 300
 
 
 def _project(root: Path) -> Path:
@@ -102,12 +103,12 @@ def test_a_short_training_on_two_speakers_separates_them_in_the_embedding_and_th
     lj_a, lj_b, ja_a, ja_b = (mean_embedding(n) for n in ("LJ001-0004", "LJ001-0005", JA_M[0], JA_M[2]))
     within = max(float((lj_a - lj_b).norm()), float((ja_a - ja_b).norm()))
     between = min(float((lj_a - ja_a).norm()), float((lj_b - ja_b).norm()), float((lj_a - ja_b).norm()))
-    assert between > 3 * within, (between, within)  # measured: 0.5-0.8 apart, 0.06-0.1 within
+    assert between > 3 * within, (between, within)  # measured: 3.14 apart, 0.40 within (asr 200 steps: 0.5-0.8, 0.06-0.1)
     src = wav("LJ001-0002")
     to_own, _ = conv.convert(*src, *wav("LJ001-0004"))
     to_other, _ = conv.convert(*src, *wav(JA_M[0]))
     change = float(np.abs(to_other - to_own).mean() / np.abs(to_own).mean())
-    assert change > 0.01, change  # the reference reaches the output (measured: ~4% of its level)
+    assert change > 0.01, change  # the reference reaches the output (measured: 32% of its level; asr 200 steps: ~4%)
     judge = Ge2e()  # what the held-out evaluation reports, printed for the record
     e_ja = judge.embed(*wav(JA_M[0]))
     shift = cosine(judge.embed(to_other, 24000), e_ja) - cosine(judge.embed(to_own, 24000), e_ja)
