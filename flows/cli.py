@@ -228,7 +228,7 @@ def waveglow(params: str = PARAMS,
     from model.waveglow import CheckpointError as WaveGlowCheckpointError
     from tasks.core.checkpoints import CheckpointError
     from tasks.core.config import ConfigError
-    from tasks.prep.vocoder import ClipTooShort
+    from tasks.prep.clips import ClipTooShort
     from tasks.training.waveglow import VocoderError
 
     try:
@@ -245,7 +245,7 @@ def asr(params: str = PARAMS,
     """Stage `asr`: HiFi-VC's Conformer content encoder, CTC-trained on the text stage's phones (params `asr`); a rerun resumes."""
     from tasks.core.checkpoints import CheckpointError
     from tasks.core.config import ConfigError
-    from tasks.prep.content import ClipTooShort
+    from tasks.prep.clips import ClipTooShort
     from tasks.training.asr import AsrError
 
     try:
@@ -261,7 +261,7 @@ def vc(params: str = PARAMS,
     """Stage `vc`: HiFi-VC trained on the ingested clips with the asr stage's content encoder (params `vc`); a rerun resumes."""
     from tasks.core.checkpoints import CheckpointError
     from tasks.core.config import ConfigError
-    from tasks.prep.content import ClipTooShort
+    from tasks.prep.clips import ClipTooShort
     from tasks.training.vc import VcError
 
     try:

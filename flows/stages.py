@@ -192,6 +192,20 @@ def stats_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST,
     return metrics
 
 
+def _side_rejects(*planned) -> list[dict]:
+    """The clips a side stage's features refused (tasks.prep.content.short_clip), each once, from
+    (items, cache) pairs: its record lists them, training goes on without them."""
+    from tasks.prep.clips import rejected as rejects_in
+
+    found: dict[str, str] = {}
+    for items, cache in planned:
+        rejected = rejects_in(cache, (i.key for i in items))
+        for item in items:
+            if item.key in rejected:
+                found.setdefault(item.row["id"], rejected[item.key])
+    return [{"id": k, "reason": found[k]} for k in sorted(found)]
+
+
 def _train_side_stage(path: Path, params, root: Path, log, kind: str, nproc: int, train, run_id: str) -> dict:
     """Train `kind` (tasks.training.<kind>) in-process, or under torchrun for nproc > 1, and return
     the base of its run record: run id, the latest checkpoint's URI and step, metrics, lineage."""
@@ -255,11 +269,13 @@ def waveglow_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGE
                               settings=vocoder.vocoder_settings(params))
     record = _train_side_stage(path, params, root, log, "waveglow", v.nproc, waveglow.train,
                                waveglow.run_id_for(params, root))
+    rejects = _side_rejects((items, cache))
     record |= {"sample_rate": v.data_config.sampling_rate, "waveglow_config": v.waveglow_config.model_dump(),
-              "clips": len(items)}
+              "clips": len(items) - len(rejects), "rejects": rejects}
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    log.info("waveglow: run %s at step %d, val_loss %s; features of %d clips (%d computed), %.1f s", record["run_id"],
-             record["checkpoint"]["step"], record["metrics"].get("val_loss"), len(items), computed, time.perf_counter() - started)
+    log.info("waveglow: run %s at step %d, val_loss %s; features of %d clips (%d computed), %d rejects, %.1f s",
+             record["run_id"], record["checkpoint"]["step"], record["metrics"].get("val_loss"), len(items), computed,
+             len(rejects), time.perf_counter() - started)
     return record
 
 
@@ -301,9 +317,11 @@ def asr_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, o
     split = asr.clips(root, params, asr.symbol_table(root))  # the clips with phones: what it trains on
     record = _train_side_stage(path, params, root, log, "asr", a.nproc, asr.train, asr.run_id_for(params, split))
     record["clips"] = {name: len(rows) for name, rows in split.items()}
+    record["rejects"] = _side_rejects((items, cache))
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    log.info("asr: run %s at step %d, val PER %s; features of %d clips (%d computed), %.1f s", record["run_id"],
-             record["checkpoint"]["step"], record["metrics"].get("per"), len(items), computed, time.perf_counter() - started)
+    log.info("asr: run %s at step %d, val PER %s; features of %d clips (%d computed), %d rejects, %.1f s",
+             record["run_id"], record["checkpoint"]["step"], record["metrics"].get("per"), len(items), computed,
+             len(record["rejects"]), time.perf_counter() - started)
     return record
 
 
@@ -337,20 +355,23 @@ def vc_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST, ou
     _, _, encoder = vc.asr_checkpoint(root, params)  # no encoder: fail before any work
     ingest_path = resolve_local(root, ingest_dir)
     rows = ingest.read_index(ingest_path)
-    computed = 0
+    computed, planned = 0, []
     with vocoder.one_torch_thread():
         for task_fn, items, name, settings in [
                 (asr_chunk_task, content.plan_content(rows, params.audio.sample_rate), content.CACHE_NAME,
                  content.content_settings(params.audio.sample_rate)),
                 (vc_chunk_task, content.plan_vc(rows, params.audio.sample_rate), content.VC_CACHE_NAME,
                  content.vc_settings(params.audio.sample_rate))]:
-            computed += fill_cache(task_fn, items, stage_cache(params, root, name), params.features.spec.chunk_size,
+            planned.append((items, stage_cache(params, root, name)))
+            computed += fill_cache(task_fn, items, planned[-1][1], params.features.spec.chunk_size,
                                    params.runtime.in_flight_chunks, f"{name} features", ingest_dir=ingest_path,
                                    settings=settings)
     record = _train_side_stage(path, params, root, log, "vc", params.vc.nproc, vc.train,
                                vc.run_id_for(params, vc.clips(root, params), encoder))
-    record |= {"encoder": encoder, "clips": len(rows)}
+    rejects = _side_rejects(*planned)
+    record |= {"encoder": encoder, "clips": len(rows) - len(rejects), "rejects": rejects}
     atomic_write_bytes(resolve_local(root, out), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    log.info("vc: run %s at step %d, val mel L1 %s; features of %d clips (%d computed), %.1f s", record["run_id"],
-             record["checkpoint"]["step"], record["metrics"].get("val_loss"), len(rows), computed, time.perf_counter() - started)
+    log.info("vc: run %s at step %d, val mel L1 %s; features of %d clips (%d computed), %d rejects, %.1f s",
+             record["run_id"], record["checkpoint"]["step"], record["metrics"].get("val_loss"), len(rows), computed,
+             len(rejects), time.perf_counter() - started)
     return record

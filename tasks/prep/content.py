@@ -22,12 +22,9 @@ import numpy as np
 from tasks.core.cache import Entry, ResultCache, cache_key_with
 from tasks.core.code import code_hash
 from tasks.core.shards import RecordReader
+from tasks.prep.clips import ClipTooShort, short_clip
 
 CACHE_NAME = "asr"  # the stage cache's name (runtime.cache_dir/asr.sqlite)
-
-
-class ClipTooShort(ValueError):
-    """A clip with too few samples at 16 kHz for the mel's STFT."""
 
 
 def content_settings(source_rate: int) -> dict[str, Any]:
@@ -77,9 +74,9 @@ def content_chunk(items: list[ContentItem], ingest_dir: Path, settings: dict[str
         for item in items:
             try:
                 mel = clip_mel(shards.pcm(item.row), settings)
-            except ClipTooShort as err:
-                raise ClipTooShort(f"clip {item.row.get('id')!r} (dataset {item.row.get('dataset')!r}): {err}; "
-                                   "raise params audio.min_seconds so that ingest drops clips this short") from None
+            except ClipTooShort as err:  # a reject (the stage record lists it), not the stage's end
+                out.append((item.key, short_clip(item.row, err)))
+                continue
             out.append((item.key, Entry({"frames": mel.shape[1], "n_mels": mel.shape[0]}, mel.astype("<f4").tobytes())))
     return out
 
@@ -126,14 +123,16 @@ def vc_chunk(items: list[ContentItem], ingest_dir: Path, settings: dict[str, Any
             audio = shards.pcm(item.row).astype(np.float32) / 32768.0
             src = resample(audio, settings["source_rate"], settings["content_rate"])
             if len(src) <= 1024:
-                raise ClipTooShort(f"clip {item.row.get('id')!r}: {len(src)} samples at 16 kHz is too short for "
-                                   "the F0 frames; raise params audio.min_seconds")
+                out.append((item.key, short_clip(item.row, ClipTooShort(
+                    f"{len(src)} samples at 16 kHz is too short for the F0 frames (more than 1024)"))))
+                continue
             with torch.no_grad():
                 lf0 = yin_lf0(torch.from_numpy(np.ascontiguousarray(src))[None])[0].numpy().astype("<f4")
             pcm24 = to_int16(resample(audio, settings["source_rate"], settings["output_rate"])).astype("<i2")
             if len(pcm24) < 32 * 256:  # the speaker encoder's five halvings need 32 mel frames of a reference
-                raise ClipTooShort(f"clip {item.row.get('id')!r}: {len(pcm24) / 24000:.2f} s is shorter than the "
-                                   "0.35 s a reference needs; raise params audio.min_seconds")
+                out.append((item.key, short_clip(item.row, ClipTooShort(
+                    f"{len(pcm24) / 24000:.2f} s is shorter than the 0.35 s a reference needs"))))
+                continue
             out.append((item.key, Entry({"frames": len(lf0), "samples": len(pcm24)}, lf0.tobytes() + pcm24.tobytes())))
     return out
 

@@ -11,7 +11,7 @@ int16 because NVIDIA's loader reads int16 WAVs (mel2samp.py: MAX_WAV_VALUE); at 
 ingested PCM is used unchanged. The mel is computed on the whole clip with one torch thread (so its
 last bits do not depend on the machine's core count); training cuts segments out of it. A clip of
 no more than filter_length / 2 samples at the vocoder's rate (the STFT's reflect padding needs
-more) is a ClipTooShort error naming the clip, not torch's padding error.
+more) is a ClipTooShort naming the clip, not torch's padding error, and the stage's reject.
 """
 from __future__ import annotations
 
@@ -27,12 +27,9 @@ from tasks.core.cache import Entry, ResultCache, cache_key_with
 from tasks.core.code import code_hash
 from tasks.core.config import Params
 from tasks.core.shards import RecordReader
+from tasks.prep.clips import ClipTooShort, short_clip
 
 CACHE_NAME = "waveglow"  # the stage cache's name (runtime.cache_dir/waveglow.sqlite)
-
-
-class ClipTooShort(ValueError):
-    """A clip with too few samples (at the vocoder's rate) for the mel's STFT."""
 
 
 def vocoder_settings(params: Params) -> dict[str, Any]:
@@ -86,9 +83,9 @@ def vocoder_chunk(items: list[VocoderItem], ingest_dir: Path, settings: dict[str
         for item in items:
             try:
                 pcm, mel = clip_features(shards.pcm(item.row), settings)
-            except ClipTooShort as err:  # name the clip, and the setting that keeps such clips out
-                raise ClipTooShort(f"clip {item.row.get('id')!r} (dataset {item.row.get('dataset')!r}): {err}; "
-                                   "raise params audio.min_seconds so that ingest drops clips this short") from None
+            except ClipTooShort as err:  # a reject (the stage record lists it), not the stage's end
+                out.append((item.key, short_clip(item.row, err)))
+                continue
             out.append((item.key, Entry({"samples": len(pcm), "frames": mel.shape[1], "n_mels": mel.shape[0]},
                                         pcm.tobytes() + mel.astype("<f4").tobytes())))
     return out

@@ -46,6 +46,7 @@ from tasks.core.shards import read_jsonl
 from tasks.core.storage import storage_from_config
 from tasks.frontends.symbols import PAD, SymbolTable
 from tasks.prep.content import CACHE_NAME, content_settings, plan_content, read_mel
+from tasks.prep.clips import rejected as clip_rejects
 from tasks.prep.ingest import read_index
 from tasks.training.launch import setup_distributed
 from tasks.training.order import Order
@@ -77,13 +78,17 @@ def symbol_table(root: Path) -> SymbolTable:
 
 
 def clips(root: Path, params: Params, symbols: SymbolTable) -> dict[str, list[dict[str, Any]]]:
-    """The clips that have phones, by split: ingest row + `key` (their features) + `target` (ids)."""
+    """The clips that have phones and features (not a stage reject: tasks.prep.content.short_clip),
+    by split: ingest row + `key` (their features) + `target` (ids)."""
     text_dir = resolve_local(root, paths.TEXT)
     phones = {r["id"]: r["phones"] for shard in sorted(text_dir.glob("text-*.jsonl")) for r in read_jsonl(shard)}
     rows = [r for r in read_index(resolve_local(root, paths.INGEST)) if r["id"] in phones]
     index = {s: i for i, s in enumerate(symbols.symbols)}  # the text stage wrote every phone into it
+    items = plan_content(rows, params.audio.sample_rate)
+    rejected = clip_rejects(ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{CACHE_NAME}.sqlite"),
+                               (i.key for i in items))
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
-    for item in plan_content(rows, params.audio.sample_rate):
+    for item in (i for i in items if i.key not in rejected):
         target = [index[p] for p in phones[item.row["id"]] if p != PAD]
         out.setdefault(item.row["split"], []).append({**item.row, "key": item.key, "target": target})
     return out

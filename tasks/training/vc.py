@@ -48,6 +48,7 @@ from tasks.core.checkpoints import CheckpointStore, all_rng_states, lineage, set
 from tasks.core.config import Params, resolve_local
 from tasks.core.storage import storage_from_config
 from tasks.prep.content import CACHE_NAME, VC_CACHE_NAME, plan_content, plan_vc, read_mel, read_vc
+from tasks.prep.clips import rejected as clip_rejects
 from tasks.prep.ingest import read_index
 from tasks.training.asr import NET as ASR_NET
 from tasks.training.order import Order
@@ -94,11 +95,18 @@ def build_model(params: Params, asr_config: dict) -> HiFiVC:
 
 
 def clips(root: Path, params: Params) -> dict[str, list[dict[str, Any]]]:
-    """The ingested clips by split, each with its content-mel key (`mel_key`) and vc key (`key`)."""
+    """The ingested clips by split, each with its content-mel key (`mel_key`) and vc key (`key`);
+    not those either cache holds as a reject (tasks.prep.content.short_clip)."""
     rows = read_index(resolve_local(root, paths.INGEST))
     sr = params.audio.sample_rate
+    cache_dir = resolve_local(root, params.runtime.cache_dir)
+    pairs = list(zip(plan_content(rows, sr), plan_vc(rows, sr)))
+    rejected = {**clip_rejects(ResultCache(cache_dir / f"{CACHE_NAME}.sqlite"), (m.key for m, _ in pairs)),
+                **clip_rejects(ResultCache(cache_dir / f"{VC_CACHE_NAME}.sqlite"), (v.key for _, v in pairs))}
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
-    for mel_item, vc_item in zip(plan_content(rows, sr), plan_vc(rows, sr)):
+    for mel_item, vc_item in pairs:
+        if mel_item.key in rejected or vc_item.key in rejected:
+            continue
         out.setdefault(mel_item.row["split"], []).append({**mel_item.row, "mel_key": mel_item.key, "key": vc_item.key})
     return out
 

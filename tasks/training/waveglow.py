@@ -49,6 +49,7 @@ from tasks.core.checkpoints import CheckpointStore, all_rng_states, lineage, set
 from tasks.core.config import Params, VocoderConfig, resolve_local
 from tasks.core.storage import open_storage, storage_from_config
 from tasks.prep.ingest import read_index
+from tasks.prep.clips import rejected as clip_rejects
 from tasks.prep.vocoder import CACHE_NAME, plan_vocoder, read_features
 from tasks.training.launch import setup_distributed
 from tasks.training.order import Order
@@ -70,11 +71,14 @@ class VocoderError(ValueError):
 
 
 def clips(root: Path, params: Params) -> dict[str, list[dict[str, Any]]]:
-    """The ingested clips by split, with their vocoder cache keys (`key`)."""
+    """The ingested clips by split, with their vocoder cache keys (`key`); not the stage's rejects
+    (a clip too short for the mel: tasks.prep.content.short_clip)."""
     rows = read_index(resolve_local(root, paths.INGEST))
     items = plan_vocoder(rows, params)
+    rejected = clip_rejects(ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{CACHE_NAME}.sqlite"),
+                               (i.key for i in items))
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
-    for item in items:
+    for item in (i for i in items if i.key not in rejected):
         out.setdefault(item.row["split"], []).append({**item.row, "key": item.key})
     return out
 

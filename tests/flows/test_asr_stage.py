@@ -58,10 +58,31 @@ def test_the_asr_stage_off_writes_only_a_record_saying_so(train_corpus, tmp_path
     assert not (project / "storage").exists()
 
 
+def _with_a_short_clip(project: Path) -> str:
+    """The project's ingest as a copy whose first train clip is cut to 0.2 s (a new sha256: its own
+    cache key): long enough for the content mel and the F0 frames, too short for a reference."""
+    import hashlib
+    import shutil
+
+    from tasks.core.shards import read_jsonl, write_jsonl
+
+    src = (project / "data/ingest").resolve()
+    (project / "data/ingest").unlink()
+    shutil.copytree(src, project / "data/ingest")
+    rows = list(read_jsonl(project / "data/ingest/index.jsonl"))
+    short = next(r for r in rows if r["split"] == "train")
+    n = int(0.2 * short["sample_rate"])
+    short.update(nbytes=2 * n, num_samples=n, duration=0.2, sha256=hashlib.sha256(f"{short['sha256']}:{n}".encode()).hexdigest())
+    write_jsonl(project / "data/ingest/index.jsonl", rows)
+    return short["id"]
+
+
 def test_the_vc_stage_trains_on_the_asr_stages_encoder_and_a_rerun_resumes(train_corpus, tmp_path, prefect_server):
+    """...and a clip too short for a reference is the stage's reject, listed in its record, not its end."""
     from tests.tasks.training.test_vc_training import TINY_VC
 
     project = make_project(train_corpus, tmp_path, fill=False)
+    short = _with_a_short_clip(project)
     data = yaml.safe_load((project / "params.yaml").read_text())
     data["asr"]["max_steps"] = 2
     data["vc"] = TINY_VC
@@ -73,6 +94,11 @@ def test_the_vc_stage_trains_on_the_asr_stages_encoder_and_a_rerun_resumes(train
     assert record["enabled"] is True and record["run_id"].startswith("vc-") and record["checkpoint"]["step"] == 4
     assert record["encoder"] == {"run_id": asr_record["run_id"], "step": 2}
     assert record["metrics"]["val_loss"] > 0 and (project / ".cache/vitsflow/vc.sqlite").is_file()
+    [reject] = record["rejects"]
+    assert reject["id"] == short and "0.20 s is shorter than the 0.35 s a reference needs" in reject["reason"]
+    assert "audio.min_seconds" in reject["reason"] and asr_record["rejects"] == []  # the content mel has enough
+    n = len((project / "data/ingest/index.jsonl").read_text().splitlines())
+    assert record["clips"] == n - 1
     again = vitsflow(project, prefect_server, "vc")
     assert json.loads((project / "train/vc.json").read_text()) == record
     assert "(0 computed)" in again.stdout + again.stderr

@@ -1,6 +1,8 @@
 """The vocoder's feature cache (tasks/prep/vocoder.py) on the tiny corpus's ingested clips: keyed by
 content, the mel is WaveGlow's own log mel of the clip at the vocoder's rate, and a clip too short
 for the mel is an error naming it."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -155,7 +157,7 @@ def test_a_full_scale_clip_resampled_stays_in_int16_without_wrapping(train_corpu
     assert np.corrcoef(out.astype(np.float64), ref)[0, 1] > 0.999
 
 
-def test_a_clip_too_short_for_the_mel_is_an_error_naming_the_clip(train_corpus, tmp_path):
+def test_a_clip_too_short_for_the_mel_is_an_error_naming_the_clip_and_the_chunks_reject(train_corpus, tmp_path):
     params = params_of(train_corpus, data_config={"sampling_rate": 8000, "mel_fmax": 4000.0})
     settings = vocoder_settings(params)
     # filter_length 1024 reflect-pads by 512: 1420 samples at 22.05 kHz are 515 at 8 kHz (enough), 1400 are 508
@@ -165,12 +167,13 @@ def test_a_clip_too_short_for_the_mel_is_an_error_naming_the_clip(train_corpus, 
     with pytest.raises(ClipTooShort, match="0 samples"):
         clip_features(np.zeros(0, np.int16), vocoder_settings(params_of(train_corpus)))
 
-    # a clip that short in the corpus: the chunk names it and the setting that keeps it out
+    # a clip that short in the corpus: the chunk's reject names it and the setting that keeps it
+    # out, and the other clip's features are there
     rows = read_index(train_corpus / "data/ingest")
     short = dict(rows[0], nbytes=2 * 1400, num_samples=1400, id="tiny_clip")  # its first 1400 samples
     items = plan_vocoder([rows[1], short], params)
     torch.set_num_threads(2)
-    with pytest.raises(ClipTooShort, match=r"clip 'tiny_clip' \(dataset '.+'\): 508 samples.*audio.min_seconds"):
-        vocoder_chunk(items, train_corpus / "data/ingest", settings)
-    assert torch.get_num_threads() == 2  # the chunk's one-thread setting is undone on the error too
+    (_, good), (key, bad) = vocoder_chunk(items, train_corpus / "data/ingest", settings)
+    assert good.meta["frames"] > 0 and key == items[1].key and bad.data == b""
+    assert re.fullmatch(r"clip 'tiny_clip' \(dataset '.+'\): 508 samples.*audio.min_seconds.*", bad.meta["reject"])
     assert len(vocoder_chunk(items[:1], train_corpus / "data/ingest", settings)) == 1
