@@ -196,4 +196,3 @@ def test_metadata_with_nan_which_only_json_reads_comes_back_intact(tmp_path):
     (_, nan), (_, ok) = cache.iter_entries(["nan", "ok"])
     assert nan.meta["x"] != nan.meta["x"] and nan.meta["y"] == [1.5] and ok.meta == {"n": 2**62}
     assert [meta for _, meta, _ in cache.iter_sizes(["ok"])] == [{"n": 2**62}]
-
