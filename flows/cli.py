@@ -228,12 +228,11 @@ def waveglow(params: str = PARAMS,
     from model.waveglow import CheckpointError as WaveGlowCheckpointError
     from tasks.core.checkpoints import CheckpointError
     from tasks.core.config import ConfigError
-    from tasks.prep.clips import ClipTooShort
     from tasks.training.waveglow import VocoderError
 
     try:
         record = _run("waveglow_flow", params_path=params, out=out)
-    except (ConfigError, CheckpointError, WaveGlowCheckpointError, VocoderError, ClipTooShort, RuntimeError) as err:
+    except (ConfigError, CheckpointError, WaveGlowCheckpointError, VocoderError, RuntimeError) as err:
         # (RuntimeError: torchrun's failure, as launch_torchrun reports it)
         _fail(str(err))
     typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
@@ -245,12 +244,11 @@ def asr(params: str = PARAMS,
     """Stage `asr`: HiFi-VC's Conformer content encoder, CTC-trained on the text stage's phones (params `asr`); a rerun resumes."""
     from tasks.core.checkpoints import CheckpointError
     from tasks.core.config import ConfigError
-    from tasks.prep.clips import ClipTooShort
     from tasks.training.asr import AsrError
 
     try:
         record = _run("asr_flow", params_path=params, out=out)
-    except (ConfigError, CheckpointError, AsrError, ClipTooShort, RuntimeError) as err:
+    except (ConfigError, CheckpointError, AsrError, RuntimeError) as err:
         _fail(str(err))
     typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
 
@@ -261,12 +259,11 @@ def vc(params: str = PARAMS,
     """Stage `vc`: HiFi-VC trained on the ingested clips with the asr stage's content encoder (params `vc`); a rerun resumes."""
     from tasks.core.checkpoints import CheckpointError
     from tasks.core.config import ConfigError
-    from tasks.prep.clips import ClipTooShort
     from tasks.training.vc import VcError
 
     try:
         record = _run("vc_flow", params_path=params, out=out)
-    except (ConfigError, CheckpointError, VcError, ClipTooShort) as err:
+    except (ConfigError, CheckpointError, VcError) as err:
         _fail(str(err))
     typer.echo(json.dumps({k: record.get(k) for k in ("enabled", "run_id", "checkpoint", "metrics")}))
 

@@ -193,7 +193,7 @@ def stats_flow(params_path: str = "params.yaml", ingest_dir: str = paths.INGEST,
 
 
 def _side_rejects(*planned) -> list[dict]:
-    """The clips a side stage's features refused (tasks.prep.content.short_clip), each once, from
+    """The clips a side stage's features refused (tasks.prep.clips.short_clip), each once, from
     (items, cache) pairs: its record lists them, training goes on without them."""
     from tasks.prep.clips import rejected as rejects_in
 

@@ -107,7 +107,7 @@ def assert_equal_to_fp16_rounding(actual, desired) -> None:
     a, d = np.asarray(actual, np.float32), np.asarray(desired, np.float32)
     assert a.shape == d.shape, (a.shape, d.shape)
     step = np.spacing(np.abs(d).astype(np.float16)).astype(np.float32)
-    off = np.abs(a - d) > np.maximum(step, 2e-6)
+    off = ~(np.abs(a - d) <= np.maximum(step, 2e-6))  # NaN is off too
     assert not off.any(), f"{int(off.sum())} of {a.size} values beyond float16 rounding, worst {np.abs(a - d).max()}"
 
 

@@ -143,7 +143,8 @@ def test_dvc_repro_runs_every_stage_on_a_clean_clone(project, first_repro, prefe
     # the pipeline ends with the evaluation of that checkpoint and the promotion gate
     metrics = json.loads((project / "eval/metrics.json").read_text())
     assert metrics["model"]["checkpoint"] == manifest["checkpoint"]["uri"] and metrics["mcd_db"] > 0
-    assert metrics["utterances"] == len(json.loads((project / "eval/plots/per_utterance.json").read_text()))
+    assert metrics["utterances"] == 4 == len(json.loads((project / "eval/plots/per_utterance.json").read_text()))
+    assert metrics["failed"] == []  # (eval.max_utterances 4: tests/helpers.pipeline_project)
     assert "| **overall** |" in (project / "eval/report.md").read_text()
     assert len(list((project / "eval/plots/images").glob("*.png"))) == 4  # eval.samples
     pointer = json.loads((project / "storage/models/demo/production.json").read_text())

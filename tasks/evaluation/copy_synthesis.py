@@ -49,7 +49,7 @@ def copy_synthesis(params: Params, root: Path, vocoder_ref: str, out_dir: str = 
     from tasks.evaluation.evaluate import _finite, _safe_name
     from tasks.evaluation.judges import Judges
     from tasks.evaluation.metrics import aggregate, utterance_metrics
-    from tasks.inference.vocode import load_vocoder
+    from tasks.inference.vocode import VocodeError, load_vocoder
     from tasks.prep.audio import resample, wav_bytes
     from tasks.prep.ingest import read_index
 
@@ -67,10 +67,15 @@ def copy_synthesis(params: Params, root: Path, vocoder_ref: str, out_dir: str = 
     ref_sr = params.audio.sample_rate
     out = resolve_local(root, out_dir)
     texts = normalised_texts(root)  # what the voice's judges transcribe against
-    rows = []
+    rows, failed = [], []
     for i, meta in enumerate(val):
         ref = read_pcm(ingest_dir, meta).astype(np.float32) / 32768.0
-        wav = vocoder.copy_synthesis(ref, ref_sr, v.infer_sigma, v.denoise, seed=cfg.seed, name=meta["id"])
+        try:
+            wav = vocoder.copy_synthesis(ref, ref_sr, v.infer_sigma, v.denoise, seed=cfg.seed, name=meta["id"])
+        except VocodeError as err:  # a clip too short for the vocoder's mel (the waveglow stage's reject): it alone
+            logger.warning("copy-synthesis %s: %s", meta["id"], err)
+            failed.append({"id": meta["id"], "language": meta["language"], "speaker": meta["speaker"], "error": str(err)})
+            continue
         syn = resample(wav, vocoder.sample_rate, ref_sr)
         m = utterance_metrics(ref, syn, ref_sr, f0_method=cfg.f0_method)
         row = {"id": meta["id"], "language": meta["language"], "speaker": meta["speaker"],
@@ -83,12 +88,14 @@ def copy_synthesis(params: Params, root: Path, vocoder_ref: str, out_dir: str = 
         if write and i < cfg.samples:
             atomic_write_bytes(out / "samples" / f"{_safe_name(meta['id'])}{SAMPLE_SUFFIX}", wav_bytes(syn, ref_sr))
         logger.info("copy-synthesis %s: MCD %.2f dB, MOS %s", meta["id"], row["mcd_db"] or float("nan"), row.get("mos"))
+    if not rows:
+        raise ValueError(f"no val utterance could be copy-synthesised: {failed}")
     groups = aggregate(rows, by=("language", "speaker"))
     result = {"enabled": True, "vocoder": {"reference": vocoder_ref, **{k: vocoder.info.get(k) for k in ("run_id", "step", "checkpoint")}},
               "settings": {"sigma": v.infer_sigma, "denoise": v.denoise, "seed": cfg.seed, "f0_method": cfg.f0_method,
                            "sample_rate": vocoder.sample_rate},
               "utterances": len(rows), "eval_set": hashlib.sha256("\n".join(r["id"] for r in rows).encode()).hexdigest()[:16],
-              "judges": judges.described() if judges is not None else {}, **groups, "rows": rows}
+              "judges": judges.described() if judges is not None else {}, **groups, "rows": rows, "failed": failed}
     if write:
         atomic_write_bytes(out / RESULT_NAME, (json.dumps(result, indent=2, sort_keys=True, default=str) + "\n").encode())
     return result

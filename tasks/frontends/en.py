@@ -82,17 +82,19 @@ def _inflect() -> Any:
     (2026-12-08: most of `evaluate`'s G2P time and of a `vitsflow synth` of "5 apples"). The checks
     only raise on arguments of the wrong type (ours are str and int), so the same functions give
     the same words (tests/tasks/frontends/test_en.py compares them with inflect imported as is)."""
-    if "inflect" not in sys.modules:
-        import typeguard
+    with _INFLECT_IMPORT:  # the check too: inflect is in sys.modules before its import has finished
+        if "inflect" not in sys.modules:
+            import typeguard
 
-        with _INFLECT_IMPORT:
             checked = typeguard.typechecked
             typeguard.typechecked = lambda target=None, **_: target if target is not None else (lambda t: t)
             try:
                 import inflect  # noqa: F401  (binds `typechecked` from typeguard at import)
             finally:
                 typeguard.typechecked = checked
-    return sys.modules["inflect"].engine()
+    import inflect  # done, or another thread's import of it (which this waits for)
+
+    return inflect.engine()
 
 
 _INFLECT_IMPORT = threading.Lock()

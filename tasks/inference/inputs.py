@@ -36,8 +36,8 @@ languages is written in.
 
 BERT runs batched across every segment and style text of a request (the bert stage's batch
 shapes; a short batch runs with its own rows, at least 2, instead of the shape's empty ones: a
-segment's features then equal the bert stage's to float16 rounding, bit for bit on some CPUs),
-the model loaded once.
+segment's features then equal the bert stage's to float16 rounding on the CPU, bit for bit on
+some; on a GPU, where kernels change with the row count, to float rounding), the model loaded once.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ def short_clip(row: dict[str, Any], err: Exception) -> Entry:
 def rejected(cache: ResultCache, keys: Iterable[str]) -> dict[str, str]:
     """{key: reason} of those `keys` whose entry in a side stage's cache is a reject (`short_clip`);
     a key not in the cache is not one. (Here, not in tasks/core/cache.py: the cache's code is in
-    every stage's key, and a query would make every stage compute everything once more.)"""
+    every stage's key, and a method there would make the ingest, text, bert and spec stages
+    compute everything once more; this file is in the side stages' keys only.)"""
     keys = list(dict.fromkeys(keys))
     missing = cache.missing(keys)
     return {key: meta["reject"] for key, meta, _ in cache.iter_sizes(k for k in keys if k not in missing)

@@ -78,7 +78,7 @@ def symbol_table(root: Path) -> SymbolTable:
 
 
 def clips(root: Path, params: Params, symbols: SymbolTable) -> dict[str, list[dict[str, Any]]]:
-    """The clips that have phones and features (not a stage reject: tasks.prep.content.short_clip),
+    """The clips that have phones and features (not a stage reject: tasks.prep.clips.short_clip),
     by split: ingest row + `key` (their features) + `target` (ids)."""
     text_dir = resolve_local(root, paths.TEXT)
     phones = {r["id"]: r["phones"] for shard in sorted(text_dir.glob("text-*.jsonl")) for r in read_jsonl(shard)}
@@ -209,7 +209,8 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
     train_rows, val_rows = split["train"], split["val"][: a.val_max_utterances]
     if len(train_rows) < a.batch_size * world:
         raise AsrError(f"{len(train_rows)} training clips with phones cannot fill one batch of asr.batch_size "
-                       f"{a.batch_size} on {world} processes")
+                       f"{a.batch_size} on {world} processes (clips too short for the features are left out: "
+                       "params audio.min_seconds)")
     order = Order(len(train_rows), a.batch_size, a.seed, rank, world)
 
     torch.manual_seed(a.seed)

@@ -96,7 +96,7 @@ def build_model(params: Params, asr_config: dict) -> HiFiVC:
 
 def clips(root: Path, params: Params) -> dict[str, list[dict[str, Any]]]:
     """The ingested clips by split, each with its content-mel key (`mel_key`) and vc key (`key`);
-    not those either cache holds as a reject (tasks.prep.content.short_clip)."""
+    not those either cache holds as a reject (tasks.prep.clips.short_clip)."""
     rows = read_index(resolve_local(root, paths.INGEST))
     sr = params.audio.sample_rate
     cache_dir = resolve_local(root, params.runtime.cache_dir)
@@ -264,7 +264,8 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
                       "stage (vitsflow vc), which computes them before training")
     if len(split["train"]) < v.batch_size * world:
         raise VcError(f"{len(split['train'])} training clips cannot fill one batch of vc.batch_size {v.batch_size} "
-                      f"on {world} processes")
+                      f"on {world} processes (clips too short for the features are left out: params "
+                      "audio.min_seconds)")
 
     torch.manual_seed(v.seed)  # the same initial weights on every rank
     model = build_model(params, asr_config).to(device)

@@ -72,7 +72,7 @@ class VocoderError(ValueError):
 
 def clips(root: Path, params: Params) -> dict[str, list[dict[str, Any]]]:
     """The ingested clips by split, with their vocoder cache keys (`key`); not the stage's rejects
-    (a clip too short for the mel: tasks.prep.content.short_clip)."""
+    (a clip too short for the mel: tasks.prep.clips.short_clip)."""
     rows = read_index(resolve_local(root, paths.INGEST))
     items = plan_vocoder(rows, params)
     rejected = clip_rejects(ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{CACHE_NAME}.sqlite"),
@@ -230,7 +230,8 @@ def train(params: Params, root: Path, on_step: Optional[Callable[[dict], None]] 
     val_set = Segments(cache, split["val"][: v.val_max_utterances], v)
     if len(train_set) < v.batch_size * world:
         raise VocoderError(f"{len(train_set)} training clips cannot fill one batch of vocoder.batch_size "
-                           f"{v.batch_size} on {world} processes")
+                           f"{v.batch_size} on {world} processes (clips too short for the mel are left out: "
+                           "params audio.min_seconds)")
     order = Order(len(train_set), v.batch_size, v.seed, rank, world)
 
     torch.manual_seed(v.seed)  # NVIDIA: torch.manual_seed(seed) before building the model

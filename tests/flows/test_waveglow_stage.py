@@ -170,3 +170,34 @@ def test_the_export_writes_waveglow_as_torchscript_and_onnx_equal_to_the_eager_m
     (folder / "model.safetensors").write_bytes(b"x" * 64)
     with pytest.raises(ValueError, match="sha256"):
         load_vocoder(tmp_path)
+
+
+def test_a_val_clip_too_short_for_the_vocoders_mel_fails_alone_in_copy_synthesis(trained, tmp_path):
+    """The waveglow stage's reject (tasks/prep/clips.py) is still a val utterance: copy-synthesis
+    lists it in `failed` and judges the others."""
+    import hashlib
+    import shutil
+
+    from tasks.core.shards import read_jsonl, write_jsonl
+    from tasks.evaluation.copy_synthesis import copy_synthesis
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for entry in trained.iterdir():
+        if entry.name != "data":
+            (root / entry.name).symlink_to(entry)
+    (root / "data").mkdir()
+    for entry in (trained / "data").iterdir():
+        if entry.name != "ingest":
+            (root / "data" / entry.name).symlink_to(entry)
+    shutil.copytree((trained / "data/ingest").resolve(), root / "data/ingest")
+    rows = list(read_jsonl(root / "data/ingest/index.jsonl"))
+    val = [r for r in rows if r["split"] == "val"][:2]
+    val[0].update(nbytes=2 * 400, num_samples=400, sha256=hashlib.sha256(val[0]["sha256"].encode()).hexdigest())
+    write_jsonl(root / "data/ingest/index.jsonl", rows)
+    params = load_params(root / "params.yaml")
+    result = copy_synthesis(params, root, str(trained / "train/waveglow.json"), write=False,
+                            ids=[r["id"] for r in val], params_path=root / "params.yaml")
+    [failed] = result["failed"]
+    assert failed["id"] == val[0]["id"] and "too short for a mel" in failed["error"]
+    assert [r["id"] for r in result["rows"]] == [val[1]["id"]]

@@ -1,6 +1,6 @@
 """The vocoder's feature cache (tasks/prep/vocoder.py) on the tiny corpus's ingested clips: keyed by
 content, the mel is WaveGlow's own log mel of the clip at the vocoder's rate, and a clip too short
-for the mel is an error naming it."""
+for the mel is an error naming it, in the stage the chunk's reject."""
 import re
 
 import numpy as np
