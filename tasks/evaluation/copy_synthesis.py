@@ -150,6 +150,9 @@ def comparison_markdown(voice: dict, copy: dict) -> str:
     for name, scores in (("voice (end-to-end)", voice["overall"]), ("WaveGlow copy-synthesis", copy["overall"]),
                          ("recordings", rec)):
         lines.append(f"| {name} | " + " | ".join(fmt(scores.get(k), d) for k, _, d in COMPARED) + " |\n")
+    if copy.get("failed"):
+        lines.append(f"\n- {len(copy['failed'])} recordings could not be copy-synthesised: "
+                     + "; ".join(f"`{f['id']}`: {f['error']}" for f in copy["failed"]) + "\n")
     return "".join(lines)
 
 

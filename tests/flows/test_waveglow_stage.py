@@ -179,7 +179,7 @@ def test_a_val_clip_too_short_for_the_vocoders_mel_fails_alone_in_copy_synthesis
     import shutil
 
     from tasks.core.shards import read_jsonl, write_jsonl
-    from tasks.evaluation.copy_synthesis import copy_synthesis
+    from tasks.evaluation.copy_synthesis import comparison_markdown, copy_synthesis
 
     root = tmp_path / "project"
     root.mkdir()
@@ -201,3 +201,5 @@ def test_a_val_clip_too_short_for_the_vocoders_mel_fails_alone_in_copy_synthesis
     [failed] = result["failed"]
     assert failed["id"] == val[0]["id"] and "too short for a mel" in failed["error"]
     assert [r["id"] for r in result["rows"]] == [val[1]["id"]]
+    assert f"1 recordings could not be copy-synthesised: `{val[0]['id']}`" in comparison_markdown(
+        {"overall": {}}, result)
