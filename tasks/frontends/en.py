@@ -78,8 +78,8 @@ _NUMBER_RE = re.compile(r"[0-9]+")
 def _inflect() -> Any:
     """inflect's engine (upstream reads numbers with it), imported without typeguard's run-time
     type checks: inflect decorates 23 methods with `@typechecked`, which re-parses and recompiles
-    inflect's whole 3,900-line module once for each, 3.4 s of every process that reads a number
-    (2026-12-08: most of `evaluate`'s G2P time and of a `vitsflow synth` of "5 apples"). The checks
+    inflect's whole 3,900-line module once for each: 1.3 s of every process that reads a number
+    (2026-12-08, 3.4 s under cProfile, the largest part of `evaluate`'s G2P time). The checks
     only raise on arguments of the wrong type (ours are str and int), so the same functions give
     the same words (tests/tasks/frontends/test_en.py compares them with inflect imported as is)."""
     with _INFLECT_IMPORT:  # the check too: inflect is in sys.modules before its import has finished
