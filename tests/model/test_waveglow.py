@@ -348,4 +348,7 @@ def test_torchscript_and_onnx_exports_equal_the_eager_model_at_another_batch_and
             "np.save(sys.argv[3], m(torch.from_numpy(np.load(sys.argv[2])), torch.tensor(0.0)).numpy())")
     subprocess.run([sys.executable, "-I", "-c", code, str(ts_path), str(tmp_path / "mel.npy"),
                     str(tmp_path / "out.npy")], check=True, cwd=tmp_path)
-    assert max_abs(np.load(tmp_path / "out.npy"), eager) <= 1e-5
+    # 1e-4 as ONNX: on an Intel Xeon (2026-12-08) a process's first call, eager or TorchScript, gives
+    # one of two results 4.2e-5 apart at this output's scale 1.2 (in 4 of 8 processes; the code
+    # before the start and gate folds: 2.0e-5, 1 of 8), later calls always the same one
+    assert max_abs(np.load(tmp_path / "out.npy"), eager) <= 1e-4
