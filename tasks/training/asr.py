@@ -86,7 +86,7 @@ def clips(root: Path, params: Params, symbols: SymbolTable) -> dict[str, list[di
     index = {s: i for i, s in enumerate(symbols.symbols)}  # the text stage wrote every phone into it
     items = plan_content(rows, params.audio.sample_rate)
     rejected = clip_rejects(ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{CACHE_NAME}.sqlite"),
-                               (i.key for i in items))
+                            (i.key for i in items))
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     for item in (i for i in items if i.key not in rejected):
         target = [index[p] for p in phones[item.row["id"]] if p != PAD]

@@ -76,7 +76,7 @@ def clips(root: Path, params: Params) -> dict[str, list[dict[str, Any]]]:
     rows = read_index(resolve_local(root, paths.INGEST))
     items = plan_vocoder(rows, params)
     rejected = clip_rejects(ResultCache(resolve_local(root, params.runtime.cache_dir) / f"{CACHE_NAME}.sqlite"),
-                               (i.key for i in items))
+                            (i.key for i in items))
     out: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     for item in (i for i in items if i.key not in rejected):
         out.setdefault(item.row["split"], []).append({**item.row, "key": item.key})

@@ -172,7 +172,6 @@ def test_a_clip_too_short_for_the_mel_is_an_error_naming_the_clip_and_the_chunks
     rows = read_index(train_corpus / "data/ingest")
     short = dict(rows[0], nbytes=2 * 1400, num_samples=1400, id="tiny_clip")  # its first 1400 samples
     items = plan_vocoder([rows[1], short], params)
-    torch.set_num_threads(2)
     (_, good), (key, bad) = vocoder_chunk(items, train_corpus / "data/ingest", settings)
     assert good.meta["frames"] > 0 and key == items[1].key and bad.data == b""
     assert re.fullmatch(r"clip 'tiny_clip' \(dataset '.+'\): 508 samples.*audio.min_seconds.*", bad.meta["reject"])
